@@ -1,0 +1,360 @@
+//! fd exhaustion (EMFILE: the process hit RLIMIT_NOFILE; ENFILE: the system file table is
+//! full), from the exit tracepoint of every fd-creating syscall.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::TracePoint,
+};
+use npd_common::fd::{EMFILE, ENFILE, FdRateState};
+use serde::Serialize;
+
+use super::DetectorStatus;
+use crate::{
+    event::{Detail, Event, Source, Task, comm_string},
+    kernel::tracefs::Tracefs,
+};
+
+pub const PROGRAM: &str = "fd_sys_exit";
+pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
+
+macro_rules! syscalls {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), libc::$name as i32)),*]
+    };
+}
+
+/// Every syscall that can fail with EMFILE/ENFILE because it creates a file descriptor.
+/// Numbers come from libc for the architecture the agent is built for.
+#[rustfmt::skip]
+const COMMON: &[(&str, i32)] = syscalls![
+    SYS_openat, SYS_openat2, SYS_open_by_handle_at, SYS_open_tree,
+    SYS_socket, SYS_socketpair, SYS_accept, SYS_accept4,
+    SYS_dup, SYS_dup3, SYS_fcntl, SYS_pipe2,
+    SYS_eventfd2, SYS_epoll_create1, SYS_memfd_create, SYS_memfd_secret,
+    SYS_inotify_init1, SYS_fanotify_init, SYS_timerfd_create, SYS_signalfd4,
+    SYS_pidfd_open, SYS_pidfd_getfd, SYS_userfaultfd, SYS_perf_event_open,
+    SYS_bpf, SYS_io_uring_setup, SYS_fsopen, SYS_fsmount, SYS_fspick,
+    SYS_mq_open, SYS_landlock_create_ruleset, SYS_seccomp, SYS_clone, SYS_clone3,
+];
+
+/// The pre-`*at`/flags variants that only some architectures keep.
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+const LEGACY: &[(&str, i32)] = syscalls![
+    SYS_open, SYS_creat, SYS_dup2, SYS_pipe, SYS_eventfd, SYS_epoll_create,
+    SYS_inotify_init, SYS_signalfd,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[(&str, i32)] = &[];
+
+fn short_name(name: &str) -> &str {
+    name.strip_prefix("SYS_").unwrap_or(name)
+}
+
+/// Every fd-creating syscall on this architecture: (name, number).
+pub fn fd_syscalls() -> impl Iterator<Item = (&'static str, i32)> {
+    COMMON
+        .iter()
+        .chain(LEGACY)
+        .map(|&(name, nr)| (short_name(name), nr))
+}
+
+pub fn syscall_name(nr: i32) -> Option<&'static str> {
+    fd_syscalls().find(|&(_, n)| n == nr).map(|(name, _)| name)
+}
+
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        EMFILE => "EMFILE",
+        ENFILE => "ENFILE",
+        _ => "other",
+    }
+}
+
+/// Loads the program and attaches it to every fd syscall's exit tracepoint this kernel has.
+pub fn attach(ebpf: &mut Ebpf, tracefs: &Tracefs) -> DetectorStatus {
+    let mut status = DetectorStatus::new("fd");
+    let target = "syscalls:sys_exit_<fd syscalls>";
+    let program: &mut TracePoint = match ebpf.program_mut(PROGRAM).map(TryInto::try_into) {
+        Some(Ok(program)) => program,
+        _ => {
+            status.tried(
+                Source::Tracepoint,
+                target,
+                Err(format!("program {PROGRAM} missing from the object")),
+            );
+            return status;
+        }
+    };
+    if let Err(err) = program.load() {
+        status.tried(
+            Source::Tracepoint,
+            target,
+            Err(crate::probes::describe(&err)),
+        );
+        return status;
+    }
+    let mut attached = Vec::new();
+    let mut absent = Vec::new();
+    let mut failed = Vec::new();
+    for (name, _) in fd_syscalls() {
+        let tracepoint = format!("sys_exit_{name}");
+        if !tracefs.has_tracepoint("syscalls", &tracepoint) {
+            absent.push(name);
+            continue;
+        }
+        match program.attach("syscalls", &tracepoint) {
+            Ok(_) => attached.push(name),
+            Err(err) => failed.push(format!("{name}: {}", crate::probes::describe(&err))),
+        }
+    }
+    let target = format!("syscalls:sys_exit_* ({} syscalls)", attached.len());
+    if attached.is_empty() {
+        status.tried(
+            Source::Tracepoint,
+            target,
+            Err(format!("attached to no syscall: {}", failed.join("; "))),
+        );
+    } else {
+        status.tried(Source::Tracepoint, target, Ok(()));
+    }
+    if !absent.is_empty() {
+        status
+            .notes
+            .push(format!("not on this kernel: {}", absent.join(", ")));
+    }
+    if !failed.is_empty() {
+        status
+            .notes
+            .push(format!("failed to attach: {}", failed.join("; ")));
+    }
+    status
+}
+
+/// An fd-exhaustion event as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct FdExhausted {
+    pub errno: &'static str,
+    pub syscall: String,
+    pub syscall_nr: i32,
+    /// Failures of this process folded into this event (not counting this one for a kernel
+    /// record; all of them for a sweep).
+    pub suppressed: u64,
+    /// Failures of this process counted since its first, this one included.
+    pub failures_total: u64,
+    /// RLIMIT_NOFILE soft limit at the failure, if the kernel exposes it.
+    pub nofile_limit: Option<u64>,
+    /// True when the agent reports failures the kernel folded away after a storm's last
+    /// record (no kernel record stands for them).
+    pub flushed: bool,
+}
+
+impl FdExhausted {
+    pub fn summary(&self) -> String {
+        let limit = self
+            .nofile_limit
+            .map(|l| format!(" (RLIMIT_NOFILE {l})"))
+            .unwrap_or_default();
+        let what = if self.errno == "ENFILE" {
+            "system file table full".to_owned()
+        } else {
+            format!("out of file descriptors{limit}")
+        };
+        if self.flushed {
+            format!(
+                "{what}: {} more failures of {}",
+                self.suppressed, self.syscall
+            )
+        } else if self.suppressed > 0 {
+            format!(
+                "{what}: {} failed (+{} suppressed)",
+                self.syscall, self.suppressed
+            )
+        } else {
+            format!("{what}: {} failed", self.syscall)
+        }
+    }
+}
+
+/// Running totals per rate-limit entry, so that every failure is counted exactly once
+/// whether it arrives in a record or is found by a sweep.
+#[derive(Debug, Default)]
+pub struct FdAccounting {
+    /// (tgid, first_failure_ns) -> failures accounted for.
+    accounted: HashMap<(u32, u64), u64>,
+    /// Failures accounted in total (records and sweeps).
+    pub failures: u64,
+}
+
+/// Entries idle this long are removed from the kernel map once fully accounted: the next
+/// failure of that process is then reported at once again.
+const IDLE_EVICT_NS: u64 = 60_000_000_000;
+
+impl FdAccounting {
+    /// Accounts for a kernel record and returns its event.
+    pub fn on_record(&mut self, record: &npd_common::fd::FdExhausted) -> Event {
+        let key = (record.header.pid, record.first_failure_ns);
+        let accounted = self.accounted.entry(key).or_default();
+        let new = record.failures_total.saturating_sub(*accounted);
+        *accounted = (*accounted).max(record.failures_total);
+        self.failures += new;
+        Event::new(
+            record.header.ts_ns,
+            Task::from_header(&record.header),
+            Source::from_hook(
+                npd_common::Hook::from_u8(record.header.hook)
+                    .unwrap_or(npd_common::Hook::Tracepoint),
+            ),
+            Detail::FdExhausted(FdExhausted {
+                errno: errno_name(record.errno),
+                syscall: syscall_label(record.syscall_nr),
+                syscall_nr: record.syscall_nr,
+                // A record stands for itself and the failures before it not yet accounted.
+                suppressed: new.saturating_sub(1),
+                failures_total: record.failures_total,
+                nofile_limit: (record.nofile_limit != u64::MAX).then_some(record.nofile_limit),
+                flushed: false,
+            }),
+        )
+    }
+
+    /// Reports failures the kernel folded away and no record will carry because the process
+    /// went quiet, and forgets long-idle entries. Call right after draining the ring buffer,
+    /// so no record older than `rate_limit_ns` can still be in flight.
+    pub fn sweep(
+        &mut self,
+        map: &mut BpfHashMap<MapData, u32, FdRateState>,
+        now_ns: u64,
+        rate_limit_ns: u64,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut idle = Vec::new();
+        let mut live = std::collections::HashSet::new();
+        for (tgid, state) in map.iter().filter_map(Result::ok) {
+            let key = (tgid, state.first_failure_ns);
+            live.insert(key);
+            let quiet_for = now_ns.saturating_sub(state.last_record_ns);
+            if quiet_for < rate_limit_ns {
+                continue;
+            }
+            let accounted = self.accounted.entry(key).or_insert(state.reported);
+            if state.failures > *accounted {
+                let new = state.failures - *accounted;
+                *accounted = state.failures;
+                self.failures += new;
+                events.push(Event::new(
+                    now_ns,
+                    Task {
+                        pid: tgid,
+                        tid: state.last_tid,
+                        comm: comm_string(&state.comm),
+                        cgroup_id: state.cgroup_id,
+                    },
+                    Source::Sweep,
+                    Detail::FdExhausted(FdExhausted {
+                        errno: errno_name(state.last_errno),
+                        syscall: syscall_label(state.last_syscall_nr),
+                        syscall_nr: state.last_syscall_nr,
+                        suppressed: new,
+                        failures_total: state.failures,
+                        nofile_limit: None,
+                        flushed: true,
+                    }),
+                ));
+            } else if quiet_for >= IDLE_EVICT_NS {
+                idle.push(key);
+            }
+        }
+        for (tgid, first) in idle {
+            // A failure racing with this removal still finds the entry and is reported by
+            // the kernel with its running total, so nothing is lost.
+            let _ = map.remove(&tgid);
+            self.accounted.remove(&(tgid, first));
+        }
+        self.accounted.retain(|key, _| live.contains(key));
+        events
+    }
+}
+
+fn syscall_label(nr: i32) -> String {
+    syscall_name(nr).map_or_else(|| format!("syscall_{nr}"), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_table_is_complete_and_unambiguous() {
+        let names: Vec<_> = fd_syscalls().map(|(name, _)| name).collect();
+        for expected in [
+            "openat",
+            "socket",
+            "accept4",
+            "dup",
+            "fcntl",
+            "pipe2",
+            "eventfd2",
+            "epoll_create1",
+            "memfd_create",
+            "inotify_init1",
+            "timerfd_create",
+            "signalfd4",
+            "pidfd_open",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing");
+        }
+        #[cfg(target_arch = "x86_64")]
+        for legacy in ["open", "creat", "dup2", "pipe", "eventfd", "epoll_create"] {
+            assert!(names.contains(&legacy), "{legacy} missing");
+        }
+        let mut numbers: Vec<_> = fd_syscalls().map(|(_, nr)| nr).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), names.len(), "two syscalls share a number");
+        assert_eq!(syscall_name(libc::SYS_openat as i32), Some("openat"));
+        assert_eq!(syscall_label(-1), "syscall_-1");
+    }
+
+    fn record(pid: u32, first: u64, total: u64) -> npd_common::fd::FdExhausted {
+        let mut header: npd_common::RecordHeader =
+            // SAFETY: RecordHeader is Pod; all-zero is a valid value.
+            unsafe { std::mem::zeroed() };
+        header.pid = pid;
+        header.hook = npd_common::Hook::Tracepoint as u8;
+        npd_common::fd::FdExhausted {
+            header,
+            errno: EMFILE,
+            syscall_nr: libc::SYS_openat as i32,
+            suppressed: 0,
+            failures_total: total,
+            first_failure_ns: first,
+            nofile_limit: 32,
+        }
+    }
+
+    #[test]
+    fn accounting_counts_every_failure_once() {
+        let mut acc = FdAccounting::default();
+        let suppressed = |e: &Event| match &e.detail {
+            Detail::FdExhausted(fd) => fd.suppressed,
+        };
+        // First failure: reported at once, nothing suppressed.
+        assert_eq!(suppressed(&acc.on_record(&record(1, 100, 1))), 0);
+        // A second later, at the 1000th failure: the record stands for itself and the 998
+        // folded since the first.
+        assert_eq!(suppressed(&acc.on_record(&record(1, 100, 1000))), 998);
+        // A lost record (ring full) shows up as more suppressed in the next one.
+        assert_eq!(suppressed(&acc.on_record(&record(1, 100, 3000))), 1999);
+        // A replayed or reordered record adds nothing.
+        assert_eq!(suppressed(&acc.on_record(&record(1, 100, 2000))), 0);
+        assert_eq!(acc.failures, 3000);
+        // Another process, and the same pid reused later (a new entry), are separate.
+        acc.on_record(&record(2, 100, 5));
+        acc.on_record(&record(1, 900, 1));
+        assert_eq!(acc.failures, 3006);
+    }
+}

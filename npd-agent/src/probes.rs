@@ -1,0 +1,362 @@
+//! Loading npd's kernel programs: the embedded object, the load-time configuration resolved
+//! for this kernel, and each detector attached with its fallbacks.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::ProgramError,
+};
+use npd_common::{
+    config::{ProbeConfig, TracepointOffsets, cgroup_mode},
+    counters::{COUNTERS_PER_DETECTOR, Counter, Detector, counter_index},
+    fd::FdRateState,
+};
+use thiserror::Error;
+
+use crate::{
+    detectors::{self, DetectorStatus},
+    kernel::{
+        self, CgroupLayout,
+        btf::{Btf, BtfError},
+        kallsyms::Symbolizer,
+        offsets,
+        tracefs::{Tracefs, TracefsError},
+    },
+};
+
+/// The object `cargo xtask build` compiled from npd-ebpf; empty in a plain `cargo build`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npd.bpf.o"));
+
+pub const RECORDS_MAP: &str = "RECORDS";
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "this npd-agent was built without its eBPF object (plain `cargo build`); \
+         build it with `cargo xtask build` or run it with `cargo xtask run`"
+    )]
+    NoObject,
+    #[error("{0}")]
+    Privileges(String),
+    #[error(
+        "this kernel has no BTF at {path} ({source}); npd needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (5.8 or later)",
+        path = kernel::btf::VMLINUX_BTF
+    )]
+    Btf { source: BtfError },
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(String),
+    #[error("map {0} is missing from the eBPF object or has the wrong type")]
+    Map(&'static str),
+    #[error("no detector could attach on this kernel:\n{0}")]
+    NothingAttached(String),
+}
+
+/// Which detectors to run and how.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub fd: bool,
+    pub ring_buffer_bytes: u32,
+    pub fd_rate_limit: Duration,
+    /// Forward the programs' aya-log debug messages to the agent's log.
+    pub bpf_log: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            fd: true,
+            ring_buffer_bytes: 256 * 1024,
+            fd_rate_limit: Duration::from_secs(1),
+            bpf_log: false,
+        }
+    }
+}
+
+/// The loaded programs and the maps the agent reads.
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub fd_rate: BpfHashMap<MapData, u32, FdRateState>,
+    pub statuses: Vec<DetectorStatus>,
+    pub config: ProbeConfig,
+    pub cgroup_layout: CgroupLayout,
+    /// BTF offsets that could not be resolved, and why.
+    pub missing_offsets: Vec<(&'static str, String)>,
+    pub tracefs: Tracefs,
+    pub logger: Option<aya_log::EbpfLogger<TracingLogger>>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("statuses", &self.statuses)
+            .field("cgroup_layout", &self.cgroup_layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renders a program error with the kernel's reason, and the verifier's last words if any.
+pub fn describe(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            let reason = if io_error.raw_os_error() == Some(libc::EPERM) {
+                format!("the kernel refused to load it ({io_error})")
+            } else {
+                io_error.to_string()
+            };
+            if tail.is_empty() {
+                reason
+            } else {
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("{reason}; verifier: {}", tail.join(" | "))
+            }
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(inner) = source {
+                text.push_str(": ");
+                text.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            text
+        }
+    }
+}
+
+/// Field offsets of the tracepoints the programs read, from their format files.
+fn tracepoint_offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
+    let mut tp = TracepointOffsets::unknown();
+    // Every sys_exit_* event shares one layout (struct syscall_trace_exit).
+    let sys_exit = tracefs.format("syscalls", "sys_exit_openat")?;
+    tp.sys_exit_nr = sys_exit.require("__syscall_nr", 4)?;
+    tp.sys_exit_ret = sys_exit.require("ret", 8)?;
+    Ok(tp)
+}
+
+/// Builds the load-time configuration for this kernel.
+fn probe_config(
+    options: &LoadOptions,
+    btf: &Btf,
+    tracefs: &Tracefs,
+    layout: CgroupLayout,
+) -> Result<(ProbeConfig, Vec<(&'static str, String)>), LoadError> {
+    let resolved = offsets::resolve(btf);
+    let config = ProbeConfig {
+        fd_rate_limit_ns: options.fd_rate_limit.as_nanos() as u64,
+        tainted_mask_addr: Symbolizer::default()
+            .address_of("tainted_mask")
+            .unwrap_or(0),
+        page_size: kernel::page_size(),
+        cgroup_mode: match layout {
+            CgroupLayout::Unified => cgroup_mode::UNIFIED,
+            CgroupLayout::Legacy => cgroup_mode::MEMORY_V1,
+        },
+        _pad: 0,
+        offsets: resolved.offsets,
+        tracepoints: tracepoint_offsets(tracefs)?,
+    };
+    Ok((config, resolved.missing))
+}
+
+pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    if let Some(missing) = kernel::missing_privileges() {
+        return Err(LoadError::Privileges(missing));
+    }
+    if let Err(err) = kernel::raise_memlock_limit()
+        && kernel::version().is_some_and(|v| v < (5, 11))
+    {
+        tracing::warn!("cannot lift RLIMIT_MEMLOCK ({err}); loading may fail on this kernel");
+    }
+    let btf = Btf::from_sys_fs().map_err(|source| LoadError::Btf { source })?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|err| LoadError::Btf {
+        source: BtfError::Malformed(if matches!(err, aya::BtfError::FileError { .. }) {
+            "unreadable"
+        } else {
+            "rejected by aya"
+        }),
+    })?;
+    let tracefs = Tracefs::find_or_mount()?;
+    let cgroup_layout = CgroupLayout::detect();
+    let (config, missing_offsets) = probe_config(options, &btf, &tracefs, cgroup_layout)?;
+
+    let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("PROBE_CONFIG", &config, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .map_max_entries(RECORDS_MAP, options.ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|err| LoadError::Load(error_chain(&err)))?;
+
+    let mut statuses = Vec::new();
+    if options.fd {
+        statuses.push(detectors::fd::attach(&mut ebpf, &tracefs));
+    }
+    if statuses.iter().all(|s| s.active.is_none()) {
+        return Err(LoadError::NothingAttached(
+            statuses
+                .iter()
+                .flat_map(|s| s.attempts.iter().map(move |a| (s.detector, a)))
+                .map(|(detector, a)| {
+                    format!(
+                        "  {detector}: {} {}: {}",
+                        a.hook.as_str(),
+                        a.target,
+                        a.error.as_deref().unwrap_or("ok")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ));
+    }
+
+    // aya-log's map must be taken after the programs are loaded (see KERNEL-AND-TOOLCHAIN.md).
+    let logger = if options.bpf_log {
+        match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLogger) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!("eBPF debug log unavailable: {err}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let ring = take_map(&mut ebpf, RECORDS_MAP)?;
+    let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
+    let fd_rate = take_map(&mut ebpf, detectors::fd::RATE_LIMIT_MAP)?;
+    Ok(Probes {
+        ebpf,
+        ring,
+        counters,
+        fd_rate,
+        statuses,
+        config,
+        cgroup_layout,
+        missing_offsets,
+        tracefs,
+        logger,
+    })
+}
+
+fn take_map<T: TryFrom<aya::maps::Map>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    ebpf.take_map(name)
+        .and_then(|map| T::try_from(map).ok())
+        .ok_or(LoadError::Map(name))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Sums of the programs' per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    values: [u64; npd_common::counters::COUNTER_SLOTS as usize],
+}
+
+impl KernelCounters {
+    pub fn read(map: &PerCpuArray<MapData, u64>) -> Self {
+        let mut values = [0; npd_common::counters::COUNTER_SLOTS as usize];
+        for (index, value) in values.iter_mut().enumerate() {
+            if let Ok(per_cpu) = map.get(&(index as u32), 0) {
+                *value = per_cpu.iter().sum();
+            }
+        }
+        Self { values }
+    }
+
+    pub fn get(&self, detector: Detector, counter: Counter) -> u64 {
+        self.values[counter_index(detector, counter) as usize]
+    }
+
+    pub fn total(&self, counter: Counter) -> u64 {
+        Detector::ALL
+            .iter()
+            .map(|&detector| self.get(detector, counter))
+            .sum()
+    }
+}
+
+const _: () = assert!(COUNTERS_PER_DETECTOR == Counter::ALL.len() as u32);
+
+/// Forwards the programs' aya-log messages to `tracing`.
+#[derive(Debug, Clone, Copy)]
+pub struct TracingLogger;
+
+impl log::Log for TracingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::debug!(target: "npd::ebpf", "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Whether this kernel accepts the program types npd's preferred hooks need.
+#[derive(Debug)]
+pub struct ProgramTypeSupport {
+    pub btf_tracepoint: Result<String, String>,
+    pub fentry: Result<String, String>,
+}
+
+/// Loads (never attaches) the object's feature-probe programs.
+pub fn probe_program_types(ebpf: &mut Ebpf) -> ProgramTypeSupport {
+    let btf = aya::Btf::from_sys_fs();
+    let mut try_load = |name: &str,
+                        load: &dyn Fn(
+        &mut aya::programs::Program,
+        &aya::Btf,
+    ) -> Result<(), ProgramError>| {
+        let btf = btf.as_ref().map_err(|e| format!("no BTF: {e}"))?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?;
+        load(program, btf)
+            .map(|()| "allowed".to_owned())
+            .map_err(|err| describe(&err))
+    };
+    let btf_tracepoint = try_load("feature_tp_btf", &|program, btf| {
+        let program: &mut aya::programs::BtfTracePoint = program.try_into()?;
+        program.load("sched_switch", btf)
+    });
+    let fentry = try_load("feature_fentry", &|program, btf| {
+        let program: &mut aya::programs::FEntry = program.try_into()?;
+        program.load("vfs_read", btf)
+    });
+    ProgramTypeSupport {
+        btf_tracepoint,
+        fentry,
+    }
+}

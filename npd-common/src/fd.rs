@@ -1,0 +1,60 @@
+//! fd exhaustion: an fd-creating syscall failed with EMFILE (the process hit RLIMIT_NOFILE)
+//! or ENFILE (the system file table is full).
+
+use crate::{RecordHeader, TASK_COMM_LEN, assert_layout, impl_pod};
+
+pub const EMFILE: i32 = 24;
+pub const ENFILE: i32 = 23;
+
+pub const FD_EXHAUSTED_VERSION: u8 = 1;
+
+/// One reported failure, standing for `suppressed` more of the same process since the
+/// previous record (the kernel rate-limits per process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdExhausted {
+    pub header: RecordHeader,
+    /// EMFILE or ENFILE (positive).
+    pub errno: i32,
+    /// The failing syscall's number on this architecture.
+    pub syscall_nr: i32,
+    /// Failures of this process not reported since its previous record.
+    pub suppressed: u64,
+    /// Failures counted for this process since `first_failure_ns`, this one included.
+    pub failures_total: u64,
+    /// When the rate-limit entry for this process was created: with `header.pid` it
+    /// identifies the running count `failures_total` belongs to.
+    pub first_failure_ns: u64,
+    /// The process's RLIMIT_NOFILE soft limit at the failure; `u64::MAX` if unknown.
+    pub nofile_limit: u64,
+}
+
+assert_layout!(FdExhausted, 88);
+impl_pod!(FdExhausted);
+
+/// Per-process rate-limit state, the value of the `FD_RATE_LIMIT` LRU hash keyed by tgid.
+///
+/// `failures` only grows; the agent reads it to account for failures suppressed after a
+/// process's last record (a storm that stopped), so nothing is lost between records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdRateState {
+    pub first_failure_ns: u64,
+    pub last_record_ns: u64,
+    /// Every failure of this process since `first_failure_ns` (atomically incremented).
+    pub failures: u64,
+    /// `failures` as of the last record sent.
+    pub reported: u64,
+    pub last_errno: i32,
+    pub last_syscall_nr: i32,
+    pub last_tid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+assert_layout!(FdRateState, 72);
+impl_pod!(FdRateState);
+
+/// Processes the rate limiter tracks at once (least recently failing evicted first).
+pub const FD_RATE_LIMIT_ENTRIES: u32 = 16384;

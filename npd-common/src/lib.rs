@@ -1,0 +1,49 @@
+//! The ABI between npd's eBPF programs and its agent.
+//!
+//! Every record in the ring buffer starts with a [`RecordHeader`]; its `kind` names the
+//! payload struct that follows, one module per detector. All layouts are `#[repr(C)]`, sized
+//! and aligned at compile time, and free of implicit padding, so both sides read the same bytes
+//! whatever compiler produced them.
+#![no_std]
+
+pub mod config;
+pub mod counters;
+pub mod fd;
+pub mod hung_task;
+pub mod oom;
+pub mod oops;
+pub mod record;
+
+pub use record::{Hook, RecordHeader, RecordKind};
+
+/// Size of `task_struct::comm` (TASK_COMM_LEN), fixed in the kernel's UAPI-visible ABI.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Frames captured for a kernel stack (hung task, OOM trigger, oops).
+pub const MAX_STACK_DEPTH: usize = 32;
+
+/// Asserts a layout at compile time: size, alignment, and that the size is a multiple of 8
+/// so ring-buffer records stay naturally aligned.
+macro_rules! assert_layout {
+    ($ty:ty, $size:expr) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            assert!(core::mem::align_of::<$ty>() == 8);
+            assert!(core::mem::size_of::<$ty>() % 8 == 0);
+        };
+    };
+}
+pub(crate) use assert_layout;
+
+/// `aya::Pod` for userspace; the kernel side never needs it.
+macro_rules! impl_pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is #[repr(C)], has no padding (checked by assert_layout!) and
+            // every bit pattern is a valid value (integers and byte arrays only).
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+pub(crate) use impl_pod;

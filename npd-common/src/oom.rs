@@ -1,0 +1,48 @@
+//! OOM kill: the kernel chose a victim (`mark_oom_victim`).
+
+use crate::{MAX_STACK_DEPTH, RecordHeader, TASK_COMM_LEN, assert_layout, impl_pod};
+
+pub const OOM_KILL_VERSION: u8 = 1;
+
+/// Set in [`OomKill::flags`] for each group of fields the hook could read.
+pub mod flags {
+    /// total_vm, RSS counters and pgtables are valid.
+    pub const MEMORY: u16 = 1 << 0;
+    pub const UID: u16 = 1 << 1;
+    pub const OOM_SCORE_ADJ: u16 = 1 << 2;
+    /// `header.cgroup_id` is the victim's, read in the kernel.
+    pub const VICTIM_CGROUP: u16 = 1 << 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomKill {
+    /// The victim. Its `cgroup_id` is read from the victim task in the kernel at the kill, so
+    /// it does not race with the reaper.
+    pub header: RecordHeader,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub uid: u32,
+    pub oom_score_adj: i16,
+    /// Which fields are valid, see [`flags`].
+    pub flags: u16,
+    /// The task whose allocation triggered the OOM (the one running the OOM killer).
+    pub trigger_pid: u32,
+    pub trigger_tid: u32,
+    pub trigger_cgroup_id: u64,
+    pub trigger_comm: [u8; TASK_COMM_LEN],
+    /// Valid frames in `trigger_stack`. The stack tells a memory-cgroup OOM
+    /// (`mem_cgroup_out_of_memory`) from a system-wide one.
+    pub trigger_stack_len: u32,
+    pub _pad: u32,
+    pub trigger_stack: [u64; MAX_STACK_DEPTH],
+}
+
+assert_layout!(
+    OomKill,
+    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH
+);
+impl_pod!(OomKill);

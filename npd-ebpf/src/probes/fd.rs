@@ -1,0 +1,152 @@
+//! fd exhaustion: one program attached to the `syscalls:sys_exit_*` tracepoint of every
+//! fd-creating syscall (the agent picks the list). Only EMFILE and ENFILE go further; the rest
+//! return after one load.
+//!
+//! Rate limit per process: the first failure is reported at once, then at most one record per
+//! `fd_rate_limit_ns` carrying how many were folded into it. `FdRateState::failures` counts
+//! every failure, so the agent can account for the tail of a storm that stopped between
+//! records.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use npd_common::{
+    Hook, RecordKind,
+    counters::{Counter, Detector},
+    fd::{EMFILE, ENFILE, FD_EXHAUSTED_VERSION, FD_RATE_LIMIT_ENTRIES, FdExhausted, FdRateState},
+};
+
+use crate::{
+    config::config,
+    emit::{count, current_header, reserve, submit},
+    task,
+};
+
+#[map]
+static FD_RATE_LIMIT: LruHashMap<u32, FdRateState> =
+    LruHashMap::with_max_entries(FD_RATE_LIMIT_ENTRIES, 0);
+
+/// Where `ret` sits in every `sys_exit_*` record since 2.6.33; the format file is still what
+/// decides, this only lets the common case use a direct load instead of a helper call.
+const USUAL_RET_OFFSET: u32 = 16;
+
+#[tracepoint]
+pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
+    let ret_offset = config!(tracepoints.sys_exit_ret);
+    let ret: i64 = if ret_offset == USUAL_RET_OFFSET {
+        // SAFETY: the format file puts `long ret` at this offset of the tracepoint record,
+        // which the verifier allows reading directly.
+        unsafe {
+            *(ctx.as_ptr() as *const u8)
+                .add(USUAL_RET_OFFSET as usize)
+                .cast::<i64>()
+        }
+    } else {
+        // SAFETY: the offset comes from the format file; the helper checks the read.
+        match unsafe { ctx.read_at::<i64>(ret_offset as usize) } {
+            Ok(ret) => ret,
+            Err(_) => return 0,
+        }
+    };
+    if ret != -(EMFILE as i64) && ret != -(ENFILE as i64) {
+        return 0;
+    }
+    // SAFETY: the offset comes from the format file; the helper checks the read.
+    let syscall_nr =
+        unsafe { ctx.read_at::<i32>(config!(tracepoints.sys_exit_nr) as usize) }.unwrap_or(-1);
+    on_failure(-(ret as i32), syscall_nr);
+    0
+}
+
+#[inline(always)]
+fn on_failure(errno: i32, syscall_nr: i32) {
+    count(Detector::Fd, Counter::Hits);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let mut state = FD_RATE_LIMIT.get_ptr_mut(tgid);
+    if state.is_none() {
+        let fresh = FdRateState {
+            first_failure_ns: now,
+            last_record_ns: now,
+            failures: 1,
+            reported: 1,
+            last_errno: errno,
+            last_syscall_nr: syscall_nr,
+            last_tid: tid,
+            _pad: 0,
+            cgroup_id: task::current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        if FD_RATE_LIMIT
+            .insert(tgid, fresh, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            emit(errno, syscall_nr, 0, 1, now);
+            return;
+        }
+        // Another thread of the process created the entry first: count on it.
+        state = FD_RATE_LIMIT.get_ptr_mut(tgid);
+    }
+    let Some(state) = state else {
+        return;
+    };
+    // SAFETY: a pointer into the map value, valid for this program run; `failures` is only
+    // ever changed atomically, the other fields are last-writer-wins hints.
+    unsafe {
+        // bpfel has no atomic types; an xadd whose result is unused is BPF_XADD, which every
+        // kernel with ring buffers supports.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).failures, 1);
+        (*state).last_errno = errno;
+        (*state).last_syscall_nr = syscall_nr;
+        (*state).last_tid = tid;
+        if now.wrapping_sub((*state).last_record_ns) < config!(fd_rate_limit_ns) {
+            count(Detector::Fd, Counter::RateLimited);
+            return;
+        }
+        (*state).last_record_ns = now;
+        let failures = core::ptr::read_volatile(&raw const (*state).failures);
+        let suppressed = failures.saturating_sub((*state).reported).saturating_sub(1);
+        (*state).reported = failures;
+        emit(
+            errno,
+            syscall_nr,
+            suppressed,
+            failures,
+            (*state).first_failure_ns,
+        );
+    }
+}
+
+#[inline(always)]
+fn emit(errno: i32, syscall_nr: i32, suppressed: u64, failures_total: u64, first_failure_ns: u64) {
+    let Some(mut entry) = reserve::<FdExhausted>(Detector::Fd) else {
+        return;
+    };
+    let current = task::current_task();
+    let signal = task::read_ptr(current, config!(offsets.task_signal));
+    entry.write(FdExhausted {
+        header: current_header::<FdExhausted>(
+            RecordKind::FdExhausted,
+            FD_EXHAUSTED_VERSION,
+            Hook::Tracepoint,
+        ),
+        errno,
+        syscall_nr,
+        suppressed,
+        failures_total,
+        first_failure_ns,
+        nofile_limit: task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
+            .unwrap_or(u64::MAX),
+    });
+    submit(Detector::Fd, entry);
+}

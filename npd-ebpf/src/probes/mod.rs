@@ -1,0 +1,4 @@
+//! One file per detector.
+
+mod fd;
+mod feature;

@@ -1,0 +1,69 @@
+//! Reading kernel structures at offsets the agent resolved from this kernel's BTF.
+//! Every offset may be `UNKNOWN`; readers then return a neutral value instead of guessing.
+
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel};
+use npd_common::{
+    TASK_COMM_LEN,
+    config::{UNKNOWN, cgroup_mode},
+};
+
+use crate::config::config;
+
+/// Reads a `T` at `base + offset`, or `None` if the offset is unknown or the read faults.
+#[inline(always)]
+pub(crate) fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+    if offset == UNKNOWN || base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()).ok() }
+}
+
+#[inline(always)]
+pub(crate) fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
+    read::<*const u8>(base, offset).unwrap_or(core::ptr::null())
+}
+
+pub(crate) fn current_task() -> *const u8 {
+    // SAFETY: no preconditions; the result is only ever passed to bpf_probe_read_kernel.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+#[inline(always)]
+pub(crate) fn pid(task: *const u8) -> u32 {
+    read::<u32>(task, config!(offsets.task_pid)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub(crate) fn tgid(task: *const u8) -> u32 {
+    read::<u32>(task, config!(offsets.task_tgid)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub(crate) fn comm(task: *const u8) -> [u8; TASK_COMM_LEN] {
+    read::<[u8; TASK_COMM_LEN]>(task, config!(offsets.task_comm)).unwrap_or([0; TASK_COMM_LEN])
+}
+
+/// The task's cgroup id in the hierarchy the agent attributes by (see `cgroup_mode`).
+#[inline(always)]
+pub(crate) fn cgroup_id(task: *const u8) -> u64 {
+    let css_set = read_ptr(task, config!(offsets.task_cgroups));
+    let cgroup = if config!(cgroup_mode) == cgroup_mode::MEMORY_V1 {
+        let css = read_ptr(css_set, config!(offsets.css_set_memory_subsys));
+        read_ptr(css, config!(offsets.css_cgroup))
+    } else {
+        read_ptr(css_set, config!(offsets.css_set_dfl_cgrp))
+    };
+    let kernfs_node = read_ptr(cgroup, config!(offsets.cgroup_kn));
+    read::<u64>(kernfs_node, config!(offsets.kernfs_node_id)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub(crate) fn current_cgroup_id() -> u64 {
+    if config!(cgroup_mode) == cgroup_mode::MEMORY_V1 {
+        cgroup_id(current_task())
+    } else {
+        // SAFETY: no preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: builds npd (the eBPF object on nightly, the agent with it embedded), runs it,
+//! and runs every test, installing whatever this machine lacks first.
+
+mod build;
+mod prereqs;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test npd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what is missing to build npd (rust-src, LLVM, bpf-linker); quick when present.
+    Setup,
+    /// Build the eBPF object and the agent (release) with the object embedded.
+    Build(build::BuildArgs),
+    /// Build, then run `npd-agent ARGS` as root (default: `run`).
+    Run(build::RunArgs),
+    /// Run everything: unit tests, then the root-only kernel tests serially.
+    Test(test::TestArgs),
+    /// rustfmt and clippy (-D warnings) over both workspaces.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => prereqs::ensure(),
+        Command::Build(args) => build::build(&args).map(|_| ()),
+        Command::Run(args) => build::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Lint => build::lint(),
+    }
+}

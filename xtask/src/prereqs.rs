@@ -1,0 +1,156 @@
+//! Makes sure the eBPF toolchain exists, installing what is missing and saying so:
+//! rust-src for the nightly, the LLVM dev packages of the nightly's LLVM major, and
+//! bpf-linker built against that LLVM (recipe: shared/notes/KERNEL-AND-TOOLCHAIN.md).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, bail};
+
+use crate::util::{self, output, sh, step};
+
+/// The toolchain that builds npd-ebpf.
+pub(crate) const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub(crate) fn ensure() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    let llvm_major = nightly_llvm_major()?;
+    ensure_llvm_dev(llvm_major)?;
+    ensure_bpf_linker(llvm_major)
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to find the nightly toolchain")?;
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        return Ok(());
+    }
+    step("no nightly toolchain: installing one (the eBPF crate needs -Z build-std)");
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context("installing the nightly toolchain failed; install it by hand and retry")
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let core = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if core.is_dir() {
+        return Ok(());
+    }
+    step(format!("rust-src is missing for {NIGHTLY}: adding it"));
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// The LLVM major of the nightly, from `rustc +nightly -vV`.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let version = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.trim().parse().ok())
+        .context("`rustc +nightly -vV` printed no LLVM version")
+}
+
+fn llvm_prefix(major: u32) -> String {
+    format!("/usr/lib/llvm-{major}")
+}
+
+fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
+    let prefix = llvm_prefix(major);
+    if Path::new(&prefix).join("bin/llvm-config").is_file()
+        && Path::new(&prefix).join("include/llvm").is_dir()
+    {
+        return Ok(());
+    }
+    let packages = [
+        format!("llvm-{major}-dev"),
+        format!("libpolly-{major}-dev"),
+        "libzstd-dev".to_owned(),
+        "zlib1g-dev".to_owned(),
+    ];
+    step(format!(
+        "LLVM {major} development files are missing (bpf-linker must be built against the \
+         nightly's LLVM): installing {}",
+        packages.join(" ")
+    ));
+    if !util::is_root() {
+        bail!(
+            "installing packages needs root: run `sudo apt-get install -y {}` and retry",
+            packages.join(" ")
+        );
+    }
+    apt_install(&packages)
+}
+
+pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+    let install = |cmd: &mut Command| {
+        sh(cmd
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages))
+    };
+    if install(&mut Command::new("apt-get")).is_ok() {
+        return Ok(());
+    }
+    step("refreshing the package lists and trying again");
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    install(&mut Command::new("apt-get"))
+        .with_context(|| format!("cannot install {}", packages.join(" ")))
+}
+
+/// The LLVM major bpf-linker links against, from its shared-library dependencies.
+fn bpf_linker_llvm_major(path: &Path) -> Option<u32> {
+    let libs = output(Command::new("ldd").arg(path)).ok()?;
+    libs.split_whitespace()
+        .find_map(|word| word.strip_prefix("libLLVM.so."))
+        .or_else(|| {
+            libs.split_whitespace()
+                .find_map(|word| word.strip_prefix("libLLVM-"))
+                .map(|rest| rest.trim_end_matches(".so"))
+        })
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse().ok())
+}
+
+fn ensure_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
+    if let Some(path) = util::which("bpf-linker") {
+        match bpf_linker_llvm_major(&path) {
+            Some(major) if major >= llvm_major => return Ok(()),
+            Some(major) => step(format!(
+                "bpf-linker at {} uses LLVM {major}, older than the nightly's LLVM {llvm_major} \
+                 (it could not read the nightly's bitcode): rebuilding it",
+                path.display()
+            )),
+            // Statically linked: trust it; the build fails loudly if it cannot read the bitcode.
+            None => return Ok(()),
+        }
+    } else {
+        step(format!(
+            "bpf-linker is missing: building {BPF_LINKER_VERSION} against LLVM {llvm_major} (about 1-4 minutes)"
+        ));
+    }
+    sh(util::cargo(None)
+        .env("LLVM_PREFIX", llvm_prefix(llvm_major))
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ]))
+    .context("building bpf-linker failed")
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask test`: unit tests (no root, no kernel programs), then the tests that load the
+//! real programs into this kernel and provoke real problems (root, serially).
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::{
+    build::{self, BuildArgs},
+    util::{self, root, sh, step},
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct TestArgs {
+    /// Only the unit tests.
+    #[arg(long)]
+    pub(crate) unit: bool,
+    /// Only the kernel tests.
+    #[arg(long, conflicts_with = "unit")]
+    pub(crate) kernel: bool,
+    /// Passed to the test binaries (e.g. a test name filter).
+    #[arg(last = true)]
+    pub(crate) filter: Vec<String>,
+}
+
+pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
+    if !args.kernel {
+        step("unit tests");
+        sh(util::cargo(None).current_dir(root()).args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "npd-tests",
+        ]))?;
+    }
+    if args.unit {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "the kernel tests load eBPF programs and change sysctls, mounts and cgroups: they \
+             need root. Run `sudo -E cargo xtask test` (or `cargo xtask test --unit` for the \
+             unit tests alone)"
+        );
+    }
+    let artifacts = build::build(&BuildArgs { debug: false })?;
+    step("kernel tests (root, one at a time: they share global kernel state)");
+    sh(util::cargo(None)
+        .current_dir(root())
+        .env("NPD_AGENT_BIN", &artifacts.agent)
+        .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
+        .args(&args.filter))
+}
