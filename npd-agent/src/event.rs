@@ -66,6 +66,39 @@ pub fn comm_string(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// Who a problem belongs to, from its cgroup: a container of a pod, or a systemd unit.
+/// Filled in by attribution; empty in records straight from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// The cgroup's path below the hierarchy root, e.g. `/kubepods/burstable/pod<uid>/<id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// The systemd unit of a process outside pods, e.g. `containerd.service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodRef {
+    pub uid: String,
+    /// From the API server; absent until the pod is known (or in standalone mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `guaranteed`, `burstable` or `besteffort`, from the cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// The container runtime's id, from the cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The container's name, from the pod's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     pub kind: &'static str,
@@ -76,6 +109,8 @@ pub struct Event {
     #[serde(flatten)]
     pub task: Task,
     pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
     #[serde(flatten)]
     pub detail: Detail,
 }
@@ -84,12 +119,22 @@ pub struct Event {
 #[serde(untagged)]
 pub enum Detail {
     FdExhausted(detectors::fd::FdExhausted),
+    HungTask(detectors::hung_task::HungTask),
+    HungTaskRecovered(detectors::hung_task::HungTaskRecovered),
+    OomKill(detectors::oom::OomKill),
+    KernelOops(detectors::oops::KernelProblem),
+    KernelWarning(detectors::oops::KernelProblem),
 }
 
 impl Detail {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::FdExhausted(_) => "fd_exhausted",
+            Self::HungTask(_) => "hung_task",
+            Self::HungTaskRecovered(_) => "hung_task_recovered",
+            Self::OomKill(_) => "oom_kill",
+            Self::KernelOops(_) => "kernel_oops",
+            Self::KernelWarning(_) => "kernel_warning",
         }
     }
 }
@@ -102,6 +147,7 @@ impl Event {
             time: clock::rfc3339(clock::wall_time(ts_ns)),
             task,
             source,
+            attribution: None,
             detail,
         }
     }
@@ -109,7 +155,12 @@ impl Event {
     /// One line for people: what, who, and the kind's own summary.
     pub fn summary(&self) -> String {
         match &self.detail {
-            Detail::FdExhausted(fd) => fd.summary(),
+            Detail::FdExhausted(detail) => detail.summary(),
+            Detail::HungTask(detail) => detail.summary(),
+            Detail::HungTaskRecovered(detail) => detail.summary(),
+            Detail::OomKill(detail) => detail.summary(),
+            Detail::KernelOops(detail) => format!("kernel oops {}", detail.summary()),
+            Detail::KernelWarning(detail) => format!("kernel warning {}", detail.summary()),
         }
     }
 }

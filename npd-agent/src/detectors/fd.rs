@@ -341,6 +341,7 @@ mod tests {
         let mut acc = FdAccounting::default();
         let suppressed = |e: &Event| match &e.detail {
             Detail::FdExhausted(fd) => fd.suppressed,
+            other => panic!("not an fd event: {other:?}"),
         };
         // First failure: reported at once, nothing suppressed.
         assert_eq!(suppressed(&acc.on_record(&record(1, 100, 1))), 0);

@@ -2,6 +2,9 @@
 //! and whatever it must watch from userspace.
 
 pub mod fd;
+pub mod hung_task;
+pub mod oom;
+pub mod oops;
 
 use serde::Serialize;
 
