@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod clock;
 pub mod decode;
 pub mod detectors;
+pub mod engine;
 pub mod event;
 pub mod kernel;
 pub mod probes;
