@@ -158,6 +158,13 @@ fi
 
 # Let the agent drain its ring buffer and poll its counters once more.
 sleep 5
+# The kernel's own account, to compare with the agent's (oops_count/warn_count: 6.2, and
+# backported to Debian's 6.1).
+counters="tainted=$(cat /proc/sys/kernel/tainted)"
+for counter in oops_count warn_count softlockup_count; do
+	[ -r /sys/kernel/$counter ] && counters="$counters $counter=$(cat /sys/kernel/$counter)"
+done
+say "kernel counters: $counters"
 say "tests done; stopping npd-agent"
 kill -TERM "$AGENT" 2>/dev/null
 wait "$AGENT"

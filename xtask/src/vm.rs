@@ -494,6 +494,8 @@ struct Console {
     blocks: BTreeMap<String, Vec<String>>,
     /// Step name -> `exit=N` or `skipped: why`.
     steps: BTreeMap<String, String>,
+    /// The kernel's problem counters at the end (`tainted=N oops_count=N ...`).
+    counters: Option<String>,
     /// `npd-agent event-dump`'s exit status after SIGTERM (`early` if it died on its own).
     agent_exit: Option<String>,
     done: bool,
@@ -547,6 +549,9 @@ impl Console {
             && let Some((name, outcome)) = rest.split_once(' ')
         {
             self.steps.insert(name.to_owned(), outcome.to_owned());
+        }
+        if let Some(counters) = line.strip_prefix("npd-vm: kernel counters: ") {
+            self.counters = Some(counters.to_owned());
         }
         if let Some(status) = line.strip_prefix("npd-vm: npd-agent event-dump exit=") {
             self.agent_exit = Some(status.to_owned());
@@ -688,6 +693,7 @@ struct Row {
 struct Report {
     check: Vec<String>,
     agent_log: Vec<String>,
+    counters: Option<String>,
     rows: Vec<Row>,
     failures: Vec<String>,
 }
@@ -799,6 +805,7 @@ impl Report {
             .collect();
         Self {
             check: console.blocks.get("check").cloned().unwrap_or_default(),
+            counters: console.counters.clone(),
             agent_log: console.blocks.get("agent-log").cloned().unwrap_or_default(),
             rows,
             failures,
@@ -847,6 +854,9 @@ impl Report {
                 w3 = w[3],
                 w4 = w[4],
             );
+        }
+        if let Some(counters) = &self.counters {
+            println!("kernel counters after the steps: {counters}");
         }
     }
 }
