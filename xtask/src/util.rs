@@ -20,7 +20,7 @@ pub(crate) fn step(message: impl AsRef<str>) {
     eprintln!("xtask: {}", message.as_ref());
 }
 
-fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut text = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         text.push(' ');
