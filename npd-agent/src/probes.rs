@@ -415,3 +415,32 @@ pub fn probe_program_types(ebpf: &mut Ebpf) -> ProgramTypeSupport {
         fentry,
     }
 }
+
+/// Ids of the loaded programs that are attached through a BPF link, to notice later if a
+/// link disappears (someone detached it). Programs attached without a link (classic
+/// tracepoints on kernels before 5.15) are not listed and cannot be watched this way.
+pub fn linked_programs(ebpf: &Ebpf) -> Vec<(String, u32)> {
+    let linked: std::collections::HashSet<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|link| link.program_id())
+        .collect();
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let id = program.info().ok()?.id();
+            linked.contains(&id).then(|| (name.to_owned(), id))
+        })
+        .collect()
+}
+
+/// Which of `expected` no longer have a link.
+pub fn detached_programs(expected: &[(String, u32)]) -> Vec<String> {
+    let linked: std::collections::HashSet<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|link| link.program_id())
+        .collect();
+    expected
+        .iter()
+        .filter(|(_, id)| !linked.contains(id))
+        .map(|(name, _)| name.clone())
+        .collect()
+}

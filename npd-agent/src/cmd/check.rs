@@ -136,7 +136,7 @@ fn gather(args: &CheckArgs) -> Report {
     let mut missing_offsets = Vec::new();
     let prerequisites_ok = items.iter().all(|i| i.ok || !i.required);
     if prerequisites_ok {
-        match probes::load(&args.probes.load_options()) {
+        match probes::load(&args.probes.load_options(None)) {
             Ok(loaded) => {
                 let features = probes::probe_program_types(&mut { loaded.ebpf });
                 items.push(item("tp_btf", false, features.btf_tracepoint));
