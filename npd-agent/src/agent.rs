@@ -254,12 +254,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         tracing::warn!("kernel field {field} not found ({why}); records leave it out");
     }
     let layout = probes.cgroup_layout;
+    let cgroup_root = layout.attribution_root(&probes.host_root);
     let mut source = EventSource::new(probes).context("watching the ring buffer")?;
     let linked = probes::linked_programs(source.ebpf());
     health.set_hooks_attached();
 
     let pods = Arc::new(RwLock::new(PodDirectoryMap::default()));
-    let mut attributor = Attributor::new(CgroupIndex::new(layout.attribution_root()));
+    let mut attributor = Attributor::new(CgroupIndex::new(cgroup_root));
     let names = config.cluster.names.clone();
     let mut engine = Engine::new(config.engine.clone(), Timestamp::now())?;
 

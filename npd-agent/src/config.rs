@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
     pub ring_buffer_bytes: Option<u32>,
+    /// Where the host's /proc and /sys/fs/cgroup are mounted. Default `/`.
+    pub host_root: Option<PathBuf>,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
     #[serde(default)]

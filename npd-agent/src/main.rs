@@ -58,6 +58,10 @@ pub struct ProbeArgs {
     /// Forward the kernel programs' debug messages (aya-log) to the log.
     #[arg(long)]
     bpf_log: bool,
+    /// Where the host's /proc and /sys/fs/cgroup are mounted [default: /]. npd's DaemonSet
+    /// mounts them under /host, because a container's own are namespaced views.
+    #[arg(long, env = "NPD_HOST_ROOT")]
+    host_root: Option<std::path::PathBuf>,
 }
 
 fn parse_ring_size(value: &str) -> Result<u32, String> {
@@ -94,6 +98,11 @@ impl ProbeArgs {
                 .or_else(|| file.and_then(|f| f.fd_pressure.per_process_rate_limit))
                 .unwrap_or(defaults.fd_rate_limit),
             bpf_log: self.bpf_log,
+            host_root: self
+                .host_root
+                .clone()
+                .or_else(|| file.and_then(|f| f.host_root.clone()))
+                .unwrap_or(defaults.host_root),
         }
     }
 }

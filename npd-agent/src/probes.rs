@@ -68,6 +68,9 @@ pub struct LoadOptions {
     pub fd_rate_limit: Duration,
     /// Forward the programs' aya-log debug messages to the agent's log.
     pub bpf_log: bool,
+    /// Where the host's /proc and /sys/fs/cgroup are: `/` on a node, `/host` in npd's
+    /// DaemonSet (a container's own /proc and cgroup view are namespaced).
+    pub host_root: std::path::PathBuf,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: 256 * 1024,
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
+            host_root: std::path::PathBuf::from("/"),
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct Probes {
     pub statuses: Vec<DetectorStatus>,
     pub config: ProbeConfig,
     pub cgroup_layout: CgroupLayout,
+    pub host_root: std::path::PathBuf,
     /// BTF offsets that could not be resolved, and why.
     pub missing_offsets: offsets::MissingOffsets,
     pub tracefs: Tracefs,
@@ -230,7 +235,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         }),
     })?;
     let tracefs = Tracefs::find_or_mount()?;
-    let cgroup_layout = CgroupLayout::detect();
+    let cgroup_layout = CgroupLayout::detect(&options.host_root);
     let (config, missing_offsets) = probe_config(options, &btf, &tracefs, cgroup_layout)?;
 
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
@@ -305,6 +310,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         statuses,
         config,
         cgroup_layout,
+        host_root: options.host_root.clone(),
         missing_offsets,
         tracefs,
         oops_coverage,

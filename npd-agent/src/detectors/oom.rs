@@ -135,13 +135,15 @@ pub fn scope_from_stack(stack: &[String]) -> OomScope {
 pub struct OomDecoder {
     proc_root: PathBuf,
     layout: CgroupLayout,
+    cgroup_root: PathBuf,
 }
 
 impl OomDecoder {
-    pub fn new(proc_root: &Path, layout: CgroupLayout) -> Self {
+    pub fn new(proc_root: &Path, layout: CgroupLayout, cgroup_root: &Path) -> Self {
         Self {
             proc_root: proc_root.to_owned(),
             layout,
+            cgroup_root: cgroup_root.to_owned(),
         }
     }
 
@@ -156,7 +158,9 @@ impl OomDecoder {
         }
         let cgroup_source = if record.flags & flags::VICTIM_CGROUP != 0 {
             "kernel"
-        } else if let Some(id) = procfs::cgroup_id(&self.proc_root, task.tid, self.layout) {
+        } else if let Some(id) =
+            procfs::cgroup_id(&self.proc_root, task.tid, self.layout, &self.cgroup_root)
+        {
             task.cgroup_id = id;
             "procfs"
         } else {
