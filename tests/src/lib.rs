@@ -1,1 +1,3 @@
+//! Shared harness of npd's integration tests.
 
+pub mod cluster;
