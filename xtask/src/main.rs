@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds npd (the eBPF object on nightly, the agent with it embedded), runs it,
 //! and runs every test, installing whatever this machine lacks first.
 
+mod apiserver;
 mod build;
 mod prereqs;
 mod test;
@@ -27,6 +28,8 @@ enum Command {
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) over both workspaces.
     Lint,
+    /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
+    Apiserver(apiserver::ApiserverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lint => build::lint(),
+        Command::Apiserver(args) => apiserver::run(&args),
     }
 }

@@ -20,11 +20,20 @@ pub(crate) fn step(message: impl AsRef<str>) {
     eprintln!("xtask: {}", message.as_ref());
 }
 
+/// The command line, with very long arguments (lists of hundreds of packages) shortened.
 fn describe(cmd: &Command) -> String {
+    const LONGEST_ARG: usize = 200;
     let mut text = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
         text.push(' ');
-        text.push_str(&arg.to_string_lossy());
+        match arg.char_indices().nth(LONGEST_ARG) {
+            Some((cut, _)) => {
+                text.push_str(&arg[..cut]);
+                text.push_str(&format!("...({} more bytes)", arg.len() - cut));
+            }
+            None => text.push_str(&arg),
+        }
     }
     text
 }
