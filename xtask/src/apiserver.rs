@@ -20,7 +20,7 @@ use npd_tests::cluster::{ClusterBinaries, TestCluster};
 
 use crate::{
     prereqs::apt_install,
-    util::{self, output, root, sh, step},
+    util::{self, output, root, sh_narrating, step},
 };
 
 /// The Debian source package the recipe was verified with. Only its orig tarball (the
@@ -144,9 +144,15 @@ pub(crate) fn ensure_built() -> anyhow::Result<ApiserverBins> {
         ));
         return Ok(bins);
     }
+    let go_cache = cache.join("go-build");
+    let expected = if go_cache.is_dir() {
+        "with Go's cache warm: under a minute"
+    } else {
+        "cold: about 5 minutes on 2 cores, 1.3 GB of RAM"
+    };
     step(format!(
         "building kube-apiserver {UPSTREAM_VERSION} from Debian's `{SOURCE_PACKAGE}` source \
-         package (orig {ORIG_VERSION}) into {} (cold: about 5 minutes and 1.3 GB of RAM)",
+         package (orig {ORIG_VERSION}) into {} ({expected})",
         build.display()
     ));
     let tarball = fetch_source(&cache)?;
@@ -154,7 +160,7 @@ pub(crate) fn ensure_built() -> anyhow::Result<ApiserverBins> {
     fs::write(build.join("recipe.txt"), &recipe.text)?;
     let go = GoBuild {
         gopath: build.join("gopath"),
-        go_cache: cache.join("go-build"),
+        go_cache,
         tree,
     };
     generate_openapi(&go, &build)?;
@@ -347,15 +353,17 @@ fn fetch_source(cache: &Path) -> anyhow::Result<PathBuf> {
             .arg(format!("Dir::Cache={}", apt_cache.display()));
         cmd
     };
-    sh(apt_get().arg("update"))?;
+    sh_narrating(apt_get().arg("update"))?;
     let partial = cache.join("source/partial");
     if partial.exists() {
         fs::remove_dir_all(&partial)?;
     }
     fs::create_dir_all(&partial)?;
-    sh(apt_get()
-        .current_dir(&partial)
-        .args(["source", "--download-only", SOURCE_PACKAGE]))?;
+    sh_narrating(apt_get().current_dir(&partial).args([
+        "source",
+        "--download-only",
+        SOURCE_PACKAGE,
+    ]))?;
     let downloaded = partial.join(&orig_name);
     if !downloaded.is_file() {
         let names: Vec<String> = fs::read_dir(&partial)?
@@ -391,11 +399,13 @@ fn unpack_and_patch(tarball: &Path, build: &Path) -> anyhow::Result<PathBuf> {
         fs::remove_dir_all(&partial)?;
     }
     fs::create_dir_all(&partial)?;
-    sh(Command::new("tar")
-        .arg("-xzf")
-        .arg(tarball)
-        .arg("-C")
-        .arg(&partial))?;
+    sh_narrating(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&partial),
+    )?;
     let unpacked = partial.join(format!("{SOURCE_PACKAGE}-{UPSTREAM_VERSION}"));
     if !unpacked.is_dir() {
         bail!(
@@ -421,10 +431,12 @@ fn replace_reflect2(tree: &Path) -> anyhow::Result<()> {
     let vendored = tree.join(REFLECT2_VENDORED);
     fs::remove_dir_all(&vendored)
         .with_context(|| format!("the tree has no {}", vendored.display()))?;
-    sh(Command::new("cp")
-        .arg("-rL")
-        .arg(REFLECT2_DEBIAN_COPY)
-        .arg(&vendored))?;
+    sh_narrating(
+        Command::new("cp")
+            .arg("-rL")
+            .arg(REFLECT2_DEBIAN_COPY)
+            .arg(&vendored),
+    )?;
     // A go.mod would make it a module of its own; tests are not built.
     for entry in fs::read_dir(&vendored)? {
         let path = entry?.path();
@@ -485,11 +497,12 @@ fn generate_openapi(go: &GoBuild, build: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     step("building openapi-gen");
     let openapi_gen = build.join("bin/openapi-gen");
-    sh(go
-        .go()
-        .args(["build", "-trimpath", "-o"])
-        .arg(&openapi_gen)
-        .arg("./vendor/k8s.io/kube-openapi/cmd/openapi-gen"))?;
+    sh_narrating(
+        go.go()
+            .args(["build", "-trimpath", "-o"])
+            .arg(&openapi_gen)
+            .arg("./vendor/k8s.io/kube-openapi/cmd/openapi-gen"),
+    )?;
     let inputs = openapi_input_packages(&go.tree)?;
     // A -trimpath binary does not know GOROOT, and without the standard library every type
     // built on it (metav1.Duration) comes out "invalid".
@@ -498,28 +511,30 @@ fn generate_openapi(go: &GoBuild, build: &Path) -> anyhow::Result<()> {
         "generating pkg/generated/openapi from {} tagged packages",
         inputs.len()
     ));
-    sh(Command::new(&openapi_gen)
-        .current_dir(&go.tree)
-        .env("GOROOT", goroot.trim())
-        .env("GOPATH", &go.gopath)
-        .env("GO111MODULE", "off")
-        .env("PWD", &go.tree)
-        .arg("--input-dirs")
-        .arg(inputs.join(","))
-        .args([
-            "--output-package",
-            "k8s.io/kubernetes/pkg/generated/openapi",
-        ])
-        .args(["--output-file-base", "zz_generated.openapi"])
-        .args([
-            "--go-header-file",
-            "vendor/k8s.io/code-generator/hack/boilerplate.go.txt",
-        ])
-        .arg("--output-base")
-        .arg(go.gopath.join("src"))
-        // API rule violations are upstream's to fix; keep them out of the way.
-        .arg("--report-filename")
-        .arg(build.join("openapi-api-violations.txt")))?;
+    sh_narrating(
+        Command::new(&openapi_gen)
+            .current_dir(&go.tree)
+            .env("GOROOT", goroot.trim())
+            .env("GOPATH", &go.gopath)
+            .env("GO111MODULE", "off")
+            .env("PWD", &go.tree)
+            .arg("--input-dirs")
+            .arg(inputs.join(","))
+            .args([
+                "--output-package",
+                "k8s.io/kubernetes/pkg/generated/openapi",
+            ])
+            .args(["--output-file-base", "zz_generated.openapi"])
+            .args([
+                "--go-header-file",
+                "vendor/k8s.io/code-generator/hack/boilerplate.go.txt",
+            ])
+            .arg("--output-base")
+            .arg(go.gopath.join("src"))
+            // API rule violations are upstream's to fix; keep them out of the way.
+            .arg("--report-filename")
+            .arg(build.join("openapi-api-violations.txt")),
+    )?;
     fs::write(&done, "")?;
     step(format!(
         "OpenAPI definitions generated in {:.0?}",
@@ -574,7 +589,7 @@ fn openapi_input_packages(tree: &Path) -> anyhow::Result<Vec<String>> {
 /// everything else (errors) through.
 fn compile_apiserver(go: &GoBuild, recipe: &Recipe, binary: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    step("compiling kube-apiserver (cold: about 4 minutes on 2 cores; cached: seconds)");
+    step("compiling kube-apiserver (progress every 15 s)");
     let partial = binary.with_extension("partial");
     let mut cmd = go.go();
     cmd.args([

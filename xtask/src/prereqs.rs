@@ -94,16 +94,17 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
 
 pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let install = |cmd: &mut Command| {
-        sh(cmd
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(packages))
+        util::sh_narrating(
+            cmd.env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(packages),
+        )
     };
     if install(&mut Command::new("apt-get")).is_ok() {
         return Ok(());
     }
     step("refreshing the package lists and trying again");
-    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    util::sh_narrating(Command::new("apt-get").args(["update", "-q"]))?;
     install(&mut Command::new("apt-get"))
         .with_context(|| format!("cannot install {}", packages.join(" ")))
 }

@@ -51,6 +51,12 @@ pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Like [`sh`], with the command's stdout sent to stderr as well: for commands that only
+/// narrate (apt-get, tar), so that stdout carries nothing but what the xtask itself prints.
+pub(crate) fn sh_narrating(cmd: &mut Command) -> anyhow::Result<()> {
+    sh(cmd.stdout(std::io::stderr()))
+}
+
 /// Runs a command and returns its stdout; fails if it fails.
 pub(crate) fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let line = describe(cmd);
