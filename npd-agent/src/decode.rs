@@ -179,7 +179,8 @@ mod tests {
     #[test]
     fn rejects_every_malformed_shape() {
         let good = bytes_of(&fd_record());
-        let cases: Vec<(&str, Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+        type Case = (&'static str, Vec<u8>, fn(&DecodeError) -> bool);
+        let cases: Vec<Case> = vec![
             ("empty", vec![], |e| {
                 matches!(e, DecodeError::Short { len: 0 })
             }),

@@ -42,7 +42,7 @@ enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct ProbeArgs {
     /// Detectors to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "fd")]
+    #[arg(long, value_delimiter = ',', default_value = "fd,hung_task,oom,oops")]
     detectors: Vec<DetectorName>,
     /// Ring-buffer size in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = 256 * 1024, value_parser = parse_ring_size)]
@@ -58,6 +58,10 @@ pub struct ProbeArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DetectorName {
     Fd,
+    #[value(name = "hung_task")]
+    HungTask,
+    Oom,
+    Oops,
 }
 
 fn parse_ring_size(value: &str) -> Result<u32, String> {
@@ -75,6 +79,9 @@ impl ProbeArgs {
     fn load_options(&self) -> probes::LoadOptions {
         probes::LoadOptions {
             fd: self.detectors.contains(&DetectorName::Fd),
+            hung_task: self.detectors.contains(&DetectorName::HungTask),
+            oom: self.detectors.contains(&DetectorName::Oom),
+            oops: self.detectors.contains(&DetectorName::Oops),
             ring_buffer_bytes: self.ring_buffer_bytes,
             fd_rate_limit: Duration::from_millis(self.fd_rate_limit_ms),
             bpf_log: self.bpf_log,

@@ -9,20 +9,20 @@ use aya::{
     programs::ProgramError,
 };
 use npd_common::{
-    config::{ProbeConfig, TracepointOffsets, cgroup_mode},
+    config::{COMM_DATA_LOC_HANG, COMM_DATA_LOC_OOM, ProbeConfig, TracepointOffsets, cgroup_mode},
     counters::{COUNTERS_PER_DETECTOR, Counter, Detector, counter_index},
     fd::FdRateState,
 };
 use thiserror::Error;
 
 use crate::{
-    detectors::{self, DetectorStatus},
+    detectors::{self, AttachContext, DetectorStatus, oops::FentryCoverage},
     kernel::{
         self, CgroupLayout,
         btf::{Btf, BtfError},
         kallsyms::Symbolizer,
         offsets,
-        tracefs::{Tracefs, TracefsError},
+        tracefs::{Tracefs, TracefsError, TracepointFormat},
     },
 };
 
@@ -61,6 +61,9 @@ pub enum LoadError {
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub fd: bool,
+    pub hung_task: bool,
+    pub oom: bool,
+    pub oops: bool,
     pub ring_buffer_bytes: u32,
     pub fd_rate_limit: Duration,
     /// Forward the programs' aya-log debug messages to the agent's log.
@@ -71,6 +74,9 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             fd: true,
+            hung_task: true,
+            oom: true,
+            oops: true,
             ring_buffer_bytes: 256 * 1024,
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
@@ -89,8 +95,11 @@ pub struct Probes {
     pub config: ProbeConfig,
     pub cgroup_layout: CgroupLayout,
     /// BTF offsets that could not be resolved, and why.
-    pub missing_offsets: Vec<(&'static str, String)>,
+    pub missing_offsets: offsets::MissingOffsets,
     pub tracefs: Tracefs,
+    /// Which oops/warn problems fentry covers (the counter watcher takes the rest);
+    /// `None` when the oops detector is off.
+    pub oops_coverage: Option<FentryCoverage>,
     pub logger: Option<aya_log::EbpfLogger<TracingLogger>>,
 }
 
@@ -144,7 +153,35 @@ fn tracepoint_offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsErr
     let sys_exit = tracefs.format("syscalls", "sys_exit_openat")?;
     tp.sys_exit_nr = sys_exit.require("__syscall_nr", 4)?;
     tp.sys_exit_ret = sys_exit.require("ret", 8)?;
+    // The fallbacks' tracepoints are optional: a kernel without one uses another hook.
+    if let Ok(hang) = tracefs.format("sched", "sched_process_hang") {
+        tp.hang_pid = hang.optional("pid", 4);
+        (tp.hang_comm, tp.comm_data_loc) = comm_field(&hang, tp.comm_data_loc, COMM_DATA_LOC_HANG);
+    }
+    if let Ok(oom) = tracefs.format("oom", "mark_victim") {
+        tp.oom_pid = oom.optional("pid", 4);
+        (tp.oom_comm, tp.comm_data_loc) = comm_field(&oom, tp.comm_data_loc, COMM_DATA_LOC_OOM);
+        tp.oom_total_vm = oom.optional("total_vm", 8);
+        tp.oom_anon_rss = oom.optional("anon_rss", 8);
+        tp.oom_file_rss = oom.optional("file_rss", 8);
+        tp.oom_shmem_rss = oom.optional("shmem_rss", 8);
+        tp.oom_uid = oom.optional("uid", 4);
+        tp.oom_pgtables = oom.optional("pgtables", 8);
+        tp.oom_score_adj = oom.optional("oom_score_adj", 2);
+    }
     Ok(tp)
+}
+
+/// A `comm` field's offset, and the data-loc flags with `flag` set if it is a `__data_loc`
+/// string (newer kernels) rather than a `char[16]`.
+fn comm_field(format: &TracepointFormat, flags: u32, flag: u32) -> (u32, u32) {
+    match format.field("comm") {
+        Some(field) if field.declaration.starts_with("__data_loc") && field.size == 4 => {
+            (field.offset, flags | flag)
+        }
+        Some(field) if field.size == 16 => (field.offset, flags),
+        _ => (npd_common::config::UNKNOWN, flags),
+    }
 }
 
 /// Builds the load-time configuration for this kernel.
@@ -153,7 +190,7 @@ fn probe_config(
     btf: &Btf,
     tracefs: &Tracefs,
     layout: CgroupLayout,
-) -> Result<(ProbeConfig, Vec<(&'static str, String)>), LoadError> {
+) -> Result<(ProbeConfig, offsets::MissingOffsets), LoadError> {
     let resolved = offsets::resolve(btf);
     let config = ProbeConfig {
         fd_rate_limit_ns: options.fd_rate_limit.as_nanos() as u64,
@@ -205,9 +242,26 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
 
+    let ctx = AttachContext {
+        aya_btf: &aya_btf,
+        btf: &btf,
+        tracefs: &tracefs,
+    };
     let mut statuses = Vec::new();
     if options.fd {
-        statuses.push(detectors::fd::attach(&mut ebpf, &tracefs));
+        statuses.push(detectors::fd::attach(&mut ebpf, &ctx));
+    }
+    if options.hung_task {
+        statuses.push(detectors::hung_task::attach(&mut ebpf, &ctx));
+    }
+    if options.oom {
+        statuses.push(detectors::oom::attach(&mut ebpf, &ctx));
+    }
+    let mut oops_coverage = None;
+    if options.oops {
+        let (status, coverage) = detectors::oops::attach(&mut ebpf, &ctx);
+        statuses.push(status);
+        oops_coverage = Some(coverage);
     }
     if statuses.iter().all(|s| s.active.is_none()) {
         return Err(LoadError::NothingAttached(
@@ -253,6 +307,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         cgroup_layout,
         missing_offsets,
         tracefs,
+        oops_coverage,
         logger,
     })
 }

@@ -1,7 +1,8 @@
 //! The live event stream: the kernel ring buffer, decoded and enriched, plus what the agent
-//! finds by itself on a timer (a rate-limited storm's tail).
+//! finds by itself on a timer (a rate-limited storm's tail, hung tasks recovering, the
+//! kernel's problem counters where fentry is refused).
 
-use std::{io, time::Duration};
+use std::{io, path::Path, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -12,12 +13,15 @@ use tokio::{
 use crate::{
     clock,
     decode::{self, DecodeStats, Record},
-    detectors::fd::FdAccounting,
+    detectors::{
+        fd::FdAccounting, hung_task::HungTaskTracker, oom::OomDecoder, oops, oops::CounterWatcher,
+    },
     event::Event,
+    kernel::{CgroupLayout, kallsyms::Symbolizer},
     probes::{KernelCounters, Probes},
 };
 
-/// How often the agent looks for what no record brings (storm tails, recoveries).
+/// How often the agent looks for what no record brings.
 const TICK: Duration = Duration::from_secs(1);
 
 pub struct EventSource {
@@ -35,29 +39,54 @@ impl std::fmt::Debug for EventSource {
     }
 }
 
-/// Turns ring-buffer records into events, keeping the per-detector state that needs.
-#[derive(Debug, Default)]
+/// Turns ring-buffer records into events, with the per-detector state that needs.
+#[derive(Debug)]
 pub struct Decoder {
     pub fd_accounting: FdAccounting,
+    pub hung_tasks: HungTaskTracker,
+    oom: OomDecoder,
+    /// `None` when the oops detector is off.
+    counters: Option<CounterWatcher>,
+    symbolizer: Symbolizer,
     pub stats: DecodeStats,
     /// Records read from the ring buffer, valid or not.
     pub records_read: u64,
 }
 
 impl Decoder {
+    pub fn new(layout: CgroupLayout, oops_coverage: Option<oops::FentryCoverage>) -> Self {
+        let proc_root = Path::new("/proc");
+        Self {
+            fd_accounting: FdAccounting::default(),
+            hung_tasks: HungTaskTracker::new(proc_root, layout),
+            oom: OomDecoder::new(proc_root, layout),
+            counters: oops_coverage.map(|coverage| CounterWatcher::new(Path::new("/"), coverage)),
+            symbolizer: Symbolizer::default(),
+            stats: DecodeStats::default(),
+            records_read: 0,
+        }
+    }
+
     fn drain(&mut self, ring: &mut RingBuf<MapData>, events: &mut Vec<Event>) {
         while let Some(item) = ring.next() {
             self.records_read += 1;
             match decode::decode(&item) {
-                Ok(Record::FdExhausted(record)) => {
-                    events.push(self.fd_accounting.on_record(&record));
-                }
-                Ok(other) => tracing::debug!("no handler yet for {other:?}"),
+                Ok(record) => events.push(self.on_record(&record)),
                 Err(err) => {
                     self.stats.count(&err);
                     tracing::warn!("skipped a malformed record: {err}");
                 }
             }
+        }
+    }
+
+    fn on_record(&mut self, record: &Record) -> Event {
+        match record {
+            Record::FdExhausted(record) => self.fd_accounting.on_record(record),
+            Record::HungTask(record) => self.hung_tasks.on_record(record, &mut self.symbolizer),
+            Record::OomKill(record) => self.oom.on_record(record, &mut self.symbolizer),
+            Record::KernelOops(record) => oops::on_record(true, record, &mut self.symbolizer),
+            Record::KernelWarning(record) => oops::on_record(false, record, &mut self.symbolizer),
         }
     }
 }
@@ -81,6 +110,8 @@ impl EventSource {
             fd_rate,
             config,
             logger,
+            cgroup_layout,
+            oops_coverage,
             ..
         } = probes;
         let logger = logger.map(register).transpose()?;
@@ -95,7 +126,7 @@ impl EventSource {
                 fd_rate_limit_ns: config.fd_rate_limit_ns,
                 logger,
             },
-            decoder: Decoder::default(),
+            decoder: Decoder::new(cgroup_layout, oops_coverage),
             tick,
         })
     }
@@ -120,11 +151,16 @@ impl EventSource {
             _ = self.tick.tick() => {
                 // Drain first: the sweep must not count what a pending record carries.
                 self.decoder.drain(self.ring.get_mut(), &mut events);
+                let now = clock::monotonic_ns();
                 events.extend(self.decoder.fd_accounting.sweep(
                     &mut self.probes.fd_rate,
-                    clock::monotonic_ns(),
+                    now,
                     self.probes.fd_rate_limit_ns,
                 ));
+                events.extend(self.decoder.hung_tasks.check_recoveries(now));
+                if let Some(counters) = self.decoder.counters.as_mut() {
+                    events.extend(counters.poll(now));
+                }
             }
             Some(guard) = async {
                 match self.probes.logger.as_mut() {

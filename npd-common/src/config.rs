@@ -111,10 +111,15 @@ pub struct TracepointOffsets {
     pub oom_uid: u32,
     pub oom_pgtables: u32,
     pub oom_score_adj: u32,
-    pub _pad: u32,
+    /// Which `comm` fields are `__data_loc` strings (newer kernels) rather than `char[16]`:
+    /// [`COMM_DATA_LOC_HANG`], [`COMM_DATA_LOC_OOM`].
+    pub comm_data_loc: u32,
 }
 
 assert_layout_u32!(TracepointOffsets, 14);
+
+pub const COMM_DATA_LOC_HANG: u32 = 1 << 0;
+pub const COMM_DATA_LOC_OOM: u32 = 1 << 1;
 
 impl TracepointOffsets {
     pub const fn unknown() -> Self {
@@ -132,7 +137,7 @@ impl TracepointOffsets {
             oom_uid: UNKNOWN,
             oom_pgtables: UNKNOWN,
             oom_score_adj: UNKNOWN,
-            _pad: 0,
+            comm_data_loc: 0,
         }
     }
 }

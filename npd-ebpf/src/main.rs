@@ -9,7 +9,10 @@ mod config;
 mod emit;
 mod maps;
 mod probes;
+mod ratelimit;
+mod stack;
 mod task;
+mod tracepoint;
 
 #[cfg(not(test))]
 #[panic_handler]

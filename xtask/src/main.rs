@@ -6,6 +6,7 @@ mod build;
 mod prereqs;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Command {
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) over both workspaces.
     Lint,
+    /// Boot other kernels (Debian's, under QEMU/TCG) and provoke real oops, WARN, hung task,
+    /// OOM kill and fd exhaustion there; print what the agent saw per kernel.
+    VmTest(vm::VmTestArgs),
     /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
     Apiserver(apiserver::ApiserverArgs),
 }
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lint => build::lint(),
+        Command::VmTest(args) => vm::run(&args),
         Command::Apiserver(args) => apiserver::run(&args),
     }
 }

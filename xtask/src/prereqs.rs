@@ -92,11 +92,20 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
     apt_install(&packages)
 }
 
+/// Installs Debian packages; never removes any (apt would otherwise remove what conflicts,
+/// e.g. a newer qemu-utils from backports when installing qemu-system-x86): that is left to
+/// a person.
 pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let install = |cmd: &mut Command| {
         util::sh_narrating(
             cmd.env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
                 .args(packages),
         )
     };
@@ -105,8 +114,13 @@ pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     }
     step("refreshing the package lists and trying again");
     util::sh_narrating(Command::new("apt-get").args(["update", "-q"]))?;
-    install(&mut Command::new("apt-get"))
-        .with_context(|| format!("cannot install {}", packages.join(" ")))
+    install(&mut Command::new("apt-get")).with_context(|| {
+        format!(
+            "cannot install {0} (if apt would have to remove packages for them, run \
+                 `apt-get install {0}` yourself to accept that)",
+            packages.join(" ")
+        )
+    })
 }
 
 /// The LLVM major bpf-linker links against, from its shared-library dependencies.

@@ -21,8 +21,8 @@ pub(crate) fn step(message: impl AsRef<str>) {
 }
 
 /// The command line, with very long arguments (lists of hundreds of packages) shortened.
-fn describe(cmd: &Command) -> String {
-    const LONGEST_ARG: usize = 200;
+pub(crate) fn describe(cmd: &Command) -> String {
+    const LONGEST_ARG: usize = 500;
     let mut text = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         let arg = arg.to_string_lossy();

@@ -70,6 +70,7 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut source = EventSource::new(probes).context("watching the ring buffer")?;
+    tracing::info!("streaming records");
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stdout = std::io::stdout().lock();
     if matches!(args.format, DumpFormat::Table) {

@@ -28,8 +28,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None => tracing::warn!(detector = status.detector, "no hook could attach"),
         }
     }
-    tracing::info!("no cluster configured: running standalone, problems are logged");
     let mut source = EventSource::new(probes).context("watching the ring buffer")?;
+    tracing::info!("no cluster configured: running standalone, problems are logged");
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -11,11 +11,8 @@ use aya::{
 use npd_common::fd::{EMFILE, ENFILE, FdRateState};
 use serde::Serialize;
 
-use super::DetectorStatus;
-use crate::{
-    event::{Detail, Event, Source, Task, comm_string},
-    kernel::tracefs::Tracefs,
-};
+use super::{AttachContext, DetectorStatus};
+use crate::event::{Detail, Event, Source, Task, comm_string};
 
 pub const PROGRAM: &str = "fd_sys_exit";
 pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
@@ -75,17 +72,13 @@ pub fn errno_name(errno: i32) -> &'static str {
 }
 
 /// Loads the program and attaches it to every fd syscall's exit tracepoint this kernel has.
-pub fn attach(ebpf: &mut Ebpf, tracefs: &Tracefs) -> DetectorStatus {
+pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
     let mut status = DetectorStatus::new("fd");
     let target = "syscalls:sys_exit_<fd syscalls>";
-    let program: &mut TracePoint = match ebpf.program_mut(PROGRAM).map(TryInto::try_into) {
-        Some(Ok(program)) => program,
-        _ => {
-            status.tried(
-                Source::Tracepoint,
-                target,
-                Err(format!("program {PROGRAM} missing from the object")),
-            );
+    let program: &mut TracePoint = match super::program_mut(ebpf, PROGRAM) {
+        Ok(program) => program,
+        Err(err) => {
+            status.tried(Source::Tracepoint, target, Err(err));
             return status;
         }
     };
@@ -102,7 +95,7 @@ pub fn attach(ebpf: &mut Ebpf, tracefs: &Tracefs) -> DetectorStatus {
     let mut failed = Vec::new();
     for (name, _) in fd_syscalls() {
         let tracepoint = format!("sys_exit_{name}");
-        if !tracefs.has_tracepoint("syscalls", &tracepoint) {
+        if !ctx.tracefs.has_tracepoint("syscalls", &tracepoint) {
             absent.push(name);
             continue;
         }

@@ -54,3 +54,235 @@ impl HungTaskRecovered {
         )
     }
 }
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use aya::Ebpf;
+
+use super::{AttachContext, DetectorStatus, attach_btf_tracepoint, attach_tracepoint};
+use crate::{
+    event::{Detail, Event, Source, Task},
+    kernel::{CgroupLayout, kallsyms::Symbolizer, procfs},
+};
+
+pub const BTF_PROGRAM: &str = "hung_task_btf";
+pub const TRACEPOINT_PROGRAM: &str = "hung_task_tp";
+
+/// tp_btf for the task pointer (its stack and cgroup from the kernel); the classic tracepoint
+/// otherwise.
+pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
+    let mut status = DetectorStatus::new("hung_task");
+    let btf_result = attach_btf_tracepoint(ebpf, ctx, BTF_PROGRAM, "sched_process_hang");
+    let btf_ok = btf_result.is_ok();
+    status.tried(Source::BtfTracepoint, "sched_process_hang", btf_result);
+    if !btf_ok {
+        status.tried(
+            Source::Tracepoint,
+            "sched:sched_process_hang",
+            attach_tracepoint(ebpf, ctx, TRACEPOINT_PROGRAM, "sched", "sched_process_hang"),
+        );
+        if status.active.is_some() {
+            status
+                .notes
+                .push("stacks from /proc/PID/stack, cgroups from /proc/PID/cgroup".to_owned());
+        }
+    }
+    status
+}
+
+/// A task npd has seen hung and not yet seen recover.
+#[derive(Clone, Debug)]
+struct Hung {
+    task: Task,
+    start_time: Option<u64>,
+    first_seen_ns: u64,
+    reports: u32,
+}
+
+/// Turns hang reports into events that tell a new hang from a continuing one, and notices
+/// when a hung task is no longer blocked (left D state, or gone).
+#[derive(Debug)]
+pub struct HungTaskTracker {
+    proc_root: PathBuf,
+    layout: CgroupLayout,
+    /// By thread id.
+    hung: HashMap<u32, Hung>,
+}
+
+impl HungTaskTracker {
+    pub fn new(proc_root: &Path, layout: CgroupLayout) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            layout,
+            hung: HashMap::new(),
+        }
+    }
+
+    /// Tasks currently hung.
+    pub fn hung_count(&self) -> usize {
+        self.hung.len()
+    }
+
+    pub fn on_record(
+        &mut self,
+        record: &npd_common::hung_task::HungTask,
+        symbolizer: &mut Symbolizer,
+    ) -> Event {
+        let mut task = Task::from_header(&record.header);
+        if task.pid == 0 {
+            task.pid = procfs::tgid_of(&self.proc_root, task.tid).unwrap_or(task.tid);
+        }
+        if task.cgroup_id == 0 {
+            task.cgroup_id = procfs::cgroup_id(&self.proc_root, task.tid, self.layout).unwrap_or(0);
+        }
+        let frames = (record.stack_len as usize).min(record.stack.len());
+        let (stack, stack_source) = if frames > 0 {
+            (symbolizer.symbolize(&record.stack[..frames]), "kernel")
+        } else {
+            (
+                procfs::kernel_stack(&self.proc_root, task.tid).unwrap_or_default(),
+                "procfs",
+            )
+        };
+        let start_time = procfs::task_state(&self.proc_root, task.tid).map(|s| s.start_time);
+        let ts = record.header.ts_ns;
+        let entry = self
+            .hung
+            .entry(task.tid)
+            // A reused thread id is a different task: start over.
+            .and_modify(|hung| {
+                if hung.start_time.is_some()
+                    && start_time.is_some()
+                    && hung.start_time != start_time
+                {
+                    *hung = Hung {
+                        task: task.clone(),
+                        start_time,
+                        first_seen_ns: ts,
+                        reports: 0,
+                    };
+                }
+            })
+            .or_insert_with(|| Hung {
+                task: task.clone(),
+                start_time,
+                first_seen_ns: ts,
+                reports: 0,
+            });
+        entry.reports += 1;
+        let detail = HungTask {
+            stack,
+            stack_source,
+            first_seen: entry.reports == 1,
+            repeat: entry.reports,
+            first_seen_ns: entry.first_seen_ns,
+        };
+        let source = Source::from_hook(
+            npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
+        );
+        Event::new(ts, task, source, Detail::HungTask(detail))
+    }
+
+    /// Recoveries: hung tasks that left D state or exited since they were reported.
+    pub fn check_recoveries(&mut self, now_ns: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let proc_root = self.proc_root.clone();
+        self.hung.retain(|&tid, hung| {
+            let how = match procfs::task_state(&proc_root, tid) {
+                None => "exited",
+                Some(state) if hung.start_time.is_some_and(|t| t != state.start_time) => "exited",
+                Some(state) if state.state == 'D' => return true,
+                Some(_) => "running",
+            };
+            events.push(Event::new(
+                now_ns,
+                hung.task.clone(),
+                Source::Sweep,
+                Detail::HungTaskRecovered(HungTaskRecovered {
+                    how,
+                    hung_for_ms: now_ns.saturating_sub(hung.first_seen_ns) / 1_000_000,
+                    reports: hung.reports,
+                }),
+            ));
+            false
+        });
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_stat(root: &Path, tid: u32, state: char, start: u64) {
+        let dir = root.join(tid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            format!("{tid} (dd) {state} 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("status"), format!("Tgid:\t{tid}\n")).unwrap();
+    }
+
+    fn record(tid: u32, ts: u64) -> npd_common::hung_task::HungTask {
+        // SAFETY: HungTask is Pod; all-zero is valid.
+        let mut record: npd_common::hung_task::HungTask = unsafe { std::mem::zeroed() };
+        record.header.tid = tid;
+        record.header.pid = tid;
+        record.header.ts_ns = ts;
+        record.header.cgroup_id = 9;
+        record.header.hook = npd_common::Hook::BtfTracepoint as u8;
+        record.stack_len = 1;
+        record.stack[0] = 0x10;
+        record
+    }
+
+    #[test]
+    fn tells_new_hangs_from_repeats_and_notices_recovery() {
+        let root = std::env::temp_dir().join(format!("npd-hung-{}", std::process::id()));
+        let mut tracker = HungTaskTracker::new(&root, CgroupLayout::Unified);
+        let mut symbolizer = Symbolizer::new(&root.join("no-kallsyms"));
+        write_stat(&root, 10, 'D', 500);
+        write_stat(&root, 11, 'D', 600);
+
+        let hang = |event: Event| match event.detail {
+            Detail::HungTask(h) => h,
+            other => panic!("{other:?}"),
+        };
+        let first = hang(tracker.on_record(&record(10, 1_000), &mut symbolizer));
+        assert!(first.first_seen);
+        assert_eq!((first.repeat, first.first_seen_ns), (1, 1_000));
+        assert_eq!(first.stack, vec!["0x10"]);
+        let again = hang(tracker.on_record(&record(10, 3_000), &mut symbolizer));
+        assert!(!again.first_seen);
+        assert_eq!((again.repeat, again.first_seen_ns), (2, 1_000));
+        tracker.on_record(&record(11, 3_000), &mut symbolizer);
+        assert_eq!(tracker.hung_count(), 2);
+
+        // Still in D: nothing. Then 10 runs again and 11 exits.
+        assert!(tracker.check_recoveries(4_000_000_000).is_empty());
+        write_stat(&root, 10, 'S', 500);
+        std::fs::remove_dir_all(root.join("11")).unwrap();
+        let mut recovered: Vec<(u32, &str, u32)> = tracker
+            .check_recoveries(5_000_001_000)
+            .into_iter()
+            .map(|e| match e.detail {
+                Detail::HungTaskRecovered(r) => (e.task.tid, r.how, r.reports),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        recovered.sort_unstable();
+        assert_eq!(recovered, vec![(10, "running", 2), (11, "exited", 1)]);
+        assert_eq!(tracker.hung_count(), 0);
+
+        // A new task under a reused id is a new hang.
+        write_stat(&root, 10, 'D', 900);
+        let reused = hang(tracker.on_record(&record(10, 9_000), &mut symbolizer));
+        assert!(reused.first_seen);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -61,3 +61,83 @@ impl DetectorStatus {
             .map(|a| a.target.as_str())
     }
 }
+
+/// What attaching needs to know about the kernel.
+#[derive(Debug)]
+pub struct AttachContext<'a> {
+    /// aya's view of the kernel BTF, for loading tp_btf and fentry programs.
+    pub aya_btf: &'a aya::Btf,
+    /// npd's own reader of the same BTF, for choosing between hooks.
+    pub btf: &'a crate::kernel::btf::Btf,
+    pub tracefs: &'a crate::kernel::tracefs::Tracefs,
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?;
+    program
+        .try_into()
+        .map_err(|_| format!("program {name} has an unexpected type"))
+}
+
+/// Loads and attaches a tp_btf program.
+pub(crate) fn attach_btf_tracepoint(
+    ebpf: &mut aya::Ebpf,
+    ctx: &AttachContext<'_>,
+    program: &str,
+    tracepoint: &str,
+) -> Result<(), String> {
+    let program: &mut aya::programs::BtfTracePoint = program_mut(ebpf, program)?;
+    program
+        .load(tracepoint, ctx.aya_btf)
+        .map_err(|e| crate::probes::describe(&e))?;
+    program
+        .attach()
+        .map(|_| ())
+        .map_err(|e| crate::probes::describe(&e))
+}
+
+/// Loads and attaches an fentry program.
+pub(crate) fn attach_fentry(
+    ebpf: &mut aya::Ebpf,
+    ctx: &AttachContext<'_>,
+    program: &str,
+    function: &str,
+) -> Result<(), String> {
+    if !ctx.btf.has_function(function) {
+        return Err(format!("this kernel has no traceable function {function}"));
+    }
+    let program: &mut aya::programs::FEntry = program_mut(ebpf, program)?;
+    program
+        .load(function, ctx.aya_btf)
+        .map_err(|e| crate::probes::describe(&e))?;
+    program
+        .attach()
+        .map(|_| ())
+        .map_err(|e| crate::probes::describe(&e))
+}
+
+/// Loads and attaches a classic tracepoint program.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut aya::Ebpf,
+    ctx: &AttachContext<'_>,
+    program: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), String> {
+    if !ctx.tracefs.has_tracepoint(category, name) {
+        return Err(format!(
+            "tracepoint {category}:{name} does not exist on this kernel"
+        ));
+    }
+    let program: &mut aya::programs::TracePoint = program_mut(ebpf, program)?;
+    program.load().map_err(|e| crate::probes::describe(&e))?;
+    program
+        .attach(category, name)
+        .map(|_| ())
+        .map_err(|e| crate::probes::describe(&e))
+}

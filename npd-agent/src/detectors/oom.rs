@@ -50,3 +50,180 @@ impl OomKill {
         format!("killed by the OOM killer ({scope}{rss})")
     }
 }
+
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use npd_common::oom::flags;
+
+use super::{
+    AttachContext, DetectorStatus, attach_btf_tracepoint, attach_fentry, attach_tracepoint,
+};
+use crate::{
+    event::{Detail, Event, Source, comm_string},
+    kernel::{
+        CgroupLayout,
+        btf::ArgType,
+        kallsyms::{Symbolizer, without_tracing_frames},
+        procfs,
+    },
+};
+
+pub const BTF_PROGRAM: &str = "oom_btf";
+pub const FENTRY_PROGRAM: &str = "oom_fentry";
+pub const TRACEPOINT_PROGRAM: &str = "oom_tp";
+
+/// tp_btf where `mark_victim` passes the victim's `task_struct *` (6.5+); fentry on
+/// `mark_oom_victim` where the tracepoint passes only a pid and fentry is allowed; the
+/// classic tracepoint otherwise.
+pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
+    let mut status = DetectorStatus::new("oom");
+    let typed = match ctx.btf.tracepoint_args("mark_victim") {
+        Ok(args) if args.first() == Some(&ArgType::StructPtr("task_struct".into())) => Ok(()),
+        Ok(args) => Err(format!(
+            "this kernel's mark_victim passes {args:?}, not the victim task"
+        )),
+        Err(err) => Err(err.to_string()),
+    };
+    let btf = typed.and_then(|()| attach_btf_tracepoint(ebpf, ctx, BTF_PROGRAM, "mark_victim"));
+    let done = btf.is_ok();
+    status.tried(Source::BtfTracepoint, "mark_victim", btf);
+    if done {
+        return status;
+    }
+    let fentry = attach_fentry(ebpf, ctx, FENTRY_PROGRAM, "mark_oom_victim");
+    let done = fentry.is_ok();
+    status.tried(Source::Fentry, "mark_oom_victim", fentry);
+    if done {
+        return status;
+    }
+    status.tried(
+        Source::Tracepoint,
+        "oom:mark_victim",
+        attach_tracepoint(ebpf, ctx, TRACEPOINT_PROGRAM, "oom", "mark_victim"),
+    );
+    if status.active.is_some() {
+        status.notes.push(
+            "victim cgroup read from /proc after the kill (may be lost to the reaper)".to_owned(),
+        );
+    }
+    status
+}
+
+/// A memory-cgroup OOM runs the OOM killer from the memory controller
+/// (`mem_cgroup_out_of_memory`, called when a charge fails at the limit); a system-wide one
+/// from the page allocator or the page-fault path.
+pub fn scope_from_stack(stack: &[String]) -> OomScope {
+    let function = |frame: &String| frame.split('+').next().unwrap_or_default().to_owned();
+    let functions: Vec<String> = stack.iter().map(function).collect();
+    if functions
+        .iter()
+        .any(|f| f.starts_with("mem_cgroup_") || f.contains("memcg") || f == "try_charge")
+    {
+        OomScope::Memcg
+    } else if functions.iter().any(|f| {
+        f == "out_of_memory" || f.starts_with("__alloc_pages") || f == "pagefault_out_of_memory"
+    }) {
+        OomScope::Global
+    } else {
+        OomScope::Unknown
+    }
+}
+
+/// Turns OOM records into events.
+#[derive(Debug)]
+pub struct OomDecoder {
+    proc_root: PathBuf,
+    layout: CgroupLayout,
+}
+
+impl OomDecoder {
+    pub fn new(proc_root: &Path, layout: CgroupLayout) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            layout,
+        }
+    }
+
+    pub fn on_record(
+        &self,
+        record: &npd_common::oom::OomKill,
+        symbolizer: &mut Symbolizer,
+    ) -> Event {
+        let mut task = Task::from_header(&record.header);
+        if task.pid == 0 {
+            task.pid = procfs::tgid_of(&self.proc_root, task.tid).unwrap_or(task.tid);
+        }
+        let cgroup_source = if record.flags & flags::VICTIM_CGROUP != 0 {
+            "kernel"
+        } else if let Some(id) = procfs::cgroup_id(&self.proc_root, task.tid, self.layout) {
+            task.cgroup_id = id;
+            "procfs"
+        } else {
+            "unknown"
+        };
+        let frames = (record.trigger_stack_len as usize).min(record.trigger_stack.len());
+        let trigger_stack =
+            without_tracing_frames(symbolizer.symbolize(&record.trigger_stack[..frames]));
+        let memory = record.flags & flags::MEMORY != 0;
+        let kb = |value: u64| memory.then_some(value);
+        let detail = OomKill {
+            total_vm_kb: kb(record.total_vm_kb),
+            anon_rss_kb: kb(record.anon_rss_kb),
+            file_rss_kb: kb(record.file_rss_kb),
+            shmem_rss_kb: kb(record.shmem_rss_kb),
+            pgtables_kb: kb(record.pgtables_kb),
+            uid: (record.flags & flags::UID != 0).then_some(record.uid),
+            oom_score_adj: (record.flags & flags::OOM_SCORE_ADJ != 0)
+                .then_some(record.oom_score_adj),
+            scope: scope_from_stack(&trigger_stack),
+            memcg: None,
+            cgroup_source,
+            trigger: Task {
+                pid: record.trigger_pid,
+                tid: record.trigger_tid,
+                comm: comm_string(&record.trigger_comm),
+                cgroup_id: record.trigger_cgroup_id,
+            },
+            trigger_stack,
+        };
+        let source = Source::from_hook(
+            npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
+        );
+        Event::new(record.header.ts_ns, task, source, Detail::OomKill(detail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(frames: &[&str]) -> Vec<String> {
+        frames.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    #[test]
+    fn scope_comes_from_who_ran_the_oom_killer() {
+        // 6.x memory-cgroup OOM (charge at the limit).
+        let memcg = stack(&[
+            "mark_oom_victim+0x1a",
+            "oom_kill_process+0x1f0",
+            "out_of_memory+0x200",
+            "mem_cgroup_out_of_memory+0x13c",
+            "try_charge_memcg+0x7ba",
+            "charge_memcg+0x2e",
+            "__mem_cgroup_charge+0x2c",
+            "do_anonymous_page+0x140",
+        ]);
+        assert_eq!(scope_from_stack(&memcg), OomScope::Memcg);
+        // System-wide: the page allocator ran out.
+        let global = stack(&[
+            "oom_kill_process+0x1f0",
+            "out_of_memory+0x200",
+            "__alloc_pages_slowpath.constprop.0+0xbd1",
+            "__alloc_pages_noprof+0x2f5",
+        ]);
+        assert_eq!(scope_from_stack(&global), OomScope::Global);
+        assert_eq!(scope_from_stack(&[]), OomScope::Unknown);
+    }
+}

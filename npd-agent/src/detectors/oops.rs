@@ -93,3 +93,403 @@ mod tests {
         assert_eq!(taint_letters(1 | (1 << 12) | (1 << 13)), "POE");
     }
 }
+
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+
+use super::{AttachContext, DetectorStatus, attach_fentry};
+use crate::{
+    event::{Detail, Event, Source, Task},
+    kernel::kallsyms::{Symbolizer, without_tracing_frames},
+};
+
+pub const OOPS_PROGRAM: &str = "oops_fentry";
+pub const WARN_PROGRAM: &str = "warn_fentry";
+
+/// Which problems the fentry hooks cover; the counter watcher covers the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FentryCoverage {
+    pub oops: bool,
+    pub warn: bool,
+}
+
+/// fentry on `oops_enter` and `__warn`; where the kernel refuses fentry, the kernel's own
+/// counters (`/sys/kernel/*_count`, the taint mask) are watched instead.
+pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> (DetectorStatus, FentryCoverage) {
+    let mut status = DetectorStatus::new("oops");
+    let oops = attach_fentry(ebpf, ctx, OOPS_PROGRAM, "oops_enter");
+    let warn = attach_fentry(ebpf, ctx, WARN_PROGRAM, "__warn");
+    let coverage = FentryCoverage {
+        oops: oops.is_ok(),
+        warn: warn.is_ok(),
+    };
+    status.tried(Source::Fentry, "oops_enter", oops);
+    status.tried(Source::Fentry, "__warn", warn);
+    let counters = CounterWatcher::counters_present(Path::new("/"));
+    let uncovered = match (coverage.oops, coverage.warn) {
+        (true, true) => None,
+        (true, false) => Some("warnings"),
+        (false, true) => Some("oopses"),
+        (false, false) => Some("oopses and warnings"),
+    };
+    let target = if counters.is_empty() {
+        "the taint mask (/proc/sys/kernel/tainted)".to_owned()
+    } else {
+        format!("/sys/kernel/{{{}}} and the taint mask", counters.join(","))
+    };
+    match uncovered {
+        // Soft lockups and the like have no fentry hook: the counters always watch them.
+        None => status
+            .notes
+            .push(format!("soft/hard lockups and RCU stalls from {target}")),
+        Some(what) => {
+            status.tried(Source::Counters, target, Ok(()));
+            status
+                .notes
+                .push(format!("{what} from the kernel's counters"));
+        }
+    }
+    // `active` is the first hook that worked: fentry if either attached.
+    (status, coverage)
+}
+
+/// Where an oops happened: the first frame after the exception entry (`asm_exc_*`), or the
+/// first frame at all.
+pub fn oops_site(stack: &[String]) -> Option<String> {
+    let entry = stack
+        .iter()
+        .rposition(|frame| frame.starts_with("asm_exc_") || frame.starts_with("asm_sysvec_"));
+    match entry {
+        Some(i) => stack.get(i + 1).cloned(),
+        None => stack.first().cloned(),
+    }
+}
+
+/// Turns an fentry record into an event.
+pub fn on_record(
+    kind_oops: bool,
+    record: &npd_common::oops::KernelProblem,
+    symbolizer: &mut Symbolizer,
+) -> Event {
+    let frames = (record.stack_len as usize).min(record.stack.len());
+    let stack = without_tracing_frames(symbolizer.symbolize(&record.stack[..frames]));
+    let caller = if record.caller != 0 {
+        symbolizer.symbolize(&[record.caller]).pop()
+    } else {
+        oops_site(&stack)
+    };
+    let taint = (record.taint != u64::MAX).then_some(record.taint);
+    let problem = KernelProblem {
+        caller,
+        taint,
+        taint_flags: taint.map(taint_letters),
+        stack,
+        counter: None,
+        count: None,
+        occurrences: 1,
+        since_boot: false,
+    };
+    let detail = if kind_oops {
+        Detail::KernelOops(problem)
+    } else {
+        Detail::KernelWarning(problem)
+    };
+    Event::new(
+        record.header.ts_ns,
+        Task::from_header(&record.header),
+        Source::Fentry,
+        detail,
+    )
+}
+
+/// One of the kernel's problem counters.
+#[derive(Clone, Copy, Debug)]
+struct Counter {
+    name: &'static str,
+    /// Under `sys/kernel/`.
+    file: &'static str,
+    oops: bool,
+    /// The taint bit the kernel sets for it, for kernels without the counter.
+    taint_bit: u32,
+}
+
+const COUNTERS: [Counter; 5] = [
+    Counter {
+        name: "oops_count",
+        file: "oops_count",
+        oops: true,
+        taint_bit: 7,
+    },
+    Counter {
+        name: "warn_count",
+        file: "warn_count",
+        oops: false,
+        taint_bit: 9,
+    },
+    Counter {
+        name: "softlockup_count",
+        file: "softlockup_count",
+        oops: false,
+        taint_bit: 14,
+    },
+    Counter {
+        name: "hardlockup_count",
+        file: "hardlockup_count",
+        oops: false,
+        taint_bit: 64,
+    },
+    Counter {
+        name: "rcu_stall_count",
+        file: "rcu_stall_count",
+        oops: false,
+        taint_bit: 64,
+    },
+];
+
+/// Watches `/sys/kernel/{oops,warn,softlockup,hardlockup,rcu_stall}_count` (6.2+) and the
+/// taint mask, and reports what moved. At start it reports once what was already counted
+/// since boot, like NPD's log lookback but without reading the log.
+#[derive(Debug)]
+pub struct CounterWatcher {
+    root: PathBuf,
+    coverage: FentryCoverage,
+    last: Vec<Option<u64>>,
+    last_taint: Option<u64>,
+    started: bool,
+}
+
+impl CounterWatcher {
+    /// `root` is `/` on a node (a temp dir in tests); `coverage` says which increments the
+    /// fentry hooks already report.
+    pub fn new(root: &Path, coverage: FentryCoverage) -> Self {
+        Self {
+            root: root.to_owned(),
+            coverage,
+            last: vec![None; COUNTERS.len()],
+            last_taint: None,
+            started: false,
+        }
+    }
+
+    /// Names of the counters this kernel has.
+    pub fn counters_present(root: &Path) -> Vec<&'static str> {
+        COUNTERS
+            .iter()
+            .filter(|c| root.join("sys/kernel").join(c.file).is_file())
+            .map(|c| c.name)
+            .collect()
+    }
+
+    fn read(&self, relative: &str) -> Option<u64> {
+        std::fs::read_to_string(self.root.join(relative))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn covered(&self, counter: &Counter) -> bool {
+        if counter.oops {
+            self.coverage.oops
+        } else {
+            counter.name == "warn_count" && self.coverage.warn
+        }
+    }
+
+    /// Reads every counter and returns events for what moved (or, the first time, for what
+    /// was already counted since boot).
+    pub fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let taint = self.read("proc/sys/kernel/tainted");
+        let lookback = !self.started;
+        self.started = true;
+        for (i, counter) in COUNTERS.iter().enumerate() {
+            let value = self.read(&format!("sys/kernel/{}", counter.file));
+            let previous = self.last[i];
+            self.last[i] = value;
+            let (occurrences, counter_name, count) = match (value, previous) {
+                (Some(now), _) if lookback => (now, counter.name, Some(now)),
+                (Some(now), Some(before)) if now > before => {
+                    (now - before, counter.name, Some(now))
+                }
+                // No counter on this kernel: the taint bit, which only says "at least once".
+                (None, _) if counter.taint_bit < 64 => {
+                    let bit = 1u64 << counter.taint_bit;
+                    let set_now = taint.is_some_and(|t| t & bit != 0);
+                    let set_before = self.last_taint.is_some_and(|t| t & bit != 0);
+                    if set_now && (lookback || !set_before) {
+                        (1, "tainted", taint)
+                    } else {
+                        (0, "tainted", taint)
+                    }
+                }
+                _ => (0, counter.name, value),
+            };
+            if occurrences == 0 || (!lookback && self.covered(counter)) {
+                continue;
+            }
+            let problem = KernelProblem {
+                caller: None,
+                taint,
+                taint_flags: taint.map(taint_letters),
+                stack: Vec::new(),
+                counter: Some(counter_name),
+                count,
+                occurrences,
+                since_boot: lookback,
+            };
+            let detail = if counter.oops {
+                Detail::KernelOops(problem)
+            } else {
+                Detail::KernelWarning(problem)
+            };
+            events.push(Event::new(
+                now_ns,
+                Task::default(),
+                Source::Counters,
+                detail,
+            ));
+        }
+        self.last_taint = taint;
+        events
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::*;
+
+    struct FakeKernel(PathBuf);
+
+    impl FakeKernel {
+        fn new(name: &str, counters: bool) -> Self {
+            let root = std::env::temp_dir().join(format!("npd-oops-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(root.join("sys/kernel")).unwrap();
+            std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+            let kernel = Self(root);
+            if counters {
+                for c in ["oops_count", "warn_count", "softlockup_count"] {
+                    kernel.set(&format!("sys/kernel/{c}"), 0);
+                }
+            }
+            kernel.set("proc/sys/kernel/tainted", 0);
+            kernel
+        }
+
+        fn set(&self, file: &str, value: u64) {
+            std::fs::write(self.0.join(file), format!("{value}\n")).unwrap();
+        }
+    }
+
+    impl Drop for FakeKernel {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn summary(events: &[Event]) -> Vec<(&'static str, Option<&'static str>, u64, bool)> {
+        events
+            .iter()
+            .map(|e| match &e.detail {
+                Detail::KernelOops(p) | Detail::KernelWarning(p) => {
+                    (e.kind, p.counter, p.occurrences, p.since_boot)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reports_what_was_counted_before_start_once_then_increments() {
+        let kernel = FakeKernel::new("counters", true);
+        kernel.set("sys/kernel/warn_count", 3);
+        kernel.set("proc/sys/kernel/tainted", TAINT_WARN);
+        let mut watcher = CounterWatcher::new(&kernel.0, FentryCoverage::default());
+        assert_eq!(
+            summary(&watcher.poll(1)),
+            vec![("kernel_warning", Some("warn_count"), 3, true)]
+        );
+        assert!(watcher.poll(2).is_empty(), "nothing moved");
+        kernel.set("sys/kernel/oops_count", 1);
+        kernel.set("sys/kernel/warn_count", 5);
+        kernel.set("sys/kernel/softlockup_count", 1);
+        kernel.set("proc/sys/kernel/tainted", TAINT_WARN | TAINT_DIE);
+        let events = watcher.poll(3);
+        assert_eq!(
+            summary(&events),
+            vec![
+                ("kernel_oops", Some("oops_count"), 1, false),
+                ("kernel_warning", Some("warn_count"), 2, false),
+                ("kernel_warning", Some("softlockup_count"), 1, false),
+            ]
+        );
+        assert!(events.iter().all(|e| e.source == Source::Counters));
+        match &events[0].detail {
+            Detail::KernelOops(p) => assert_eq!(p.taint_flags.as_deref(), Some("DW")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fentry_coverage_leaves_only_the_uncovered_counters() {
+        let kernel = FakeKernel::new("coverage", true);
+        let mut watcher = CounterWatcher::new(
+            &kernel.0,
+            FentryCoverage {
+                oops: true,
+                warn: true,
+            },
+        );
+        assert!(watcher.poll(1).is_empty());
+        kernel.set("sys/kernel/oops_count", 1);
+        kernel.set("sys/kernel/warn_count", 1);
+        kernel.set("sys/kernel/softlockup_count", 2);
+        assert_eq!(
+            summary(&watcher.poll(2)),
+            vec![("kernel_warning", Some("softlockup_count"), 2, false)]
+        );
+    }
+
+    #[test]
+    fn without_counters_the_taint_mask_still_tells() {
+        // 6.1 and older: no *_count files.
+        let kernel = FakeKernel::new("taint", false);
+        let mut watcher = CounterWatcher::new(&kernel.0, FentryCoverage::default());
+        assert!(watcher.poll(1).is_empty());
+        kernel.set("proc/sys/kernel/tainted", TAINT_DIE);
+        assert_eq!(
+            summary(&watcher.poll(2)),
+            vec![("kernel_oops", Some("tainted"), 1, false)]
+        );
+        // The bit stays set: no new event.
+        assert!(watcher.poll(3).is_empty());
+        kernel.set("proc/sys/kernel/tainted", TAINT_DIE | TAINT_WARN);
+        assert_eq!(
+            summary(&watcher.poll(4)),
+            vec![("kernel_warning", Some("tainted"), 1, false)]
+        );
+    }
+
+    #[test]
+    fn oops_site_is_the_frame_that_faulted() {
+        let stack: Vec<String> = [
+            "oops_begin+0x5",
+            "die+0x30",
+            "do_trap+0xcd",
+            "handle_invalid_op+0x2c",
+            "exc_invalid_op+0x46",
+            "asm_exc_invalid_op+0x1a",
+            "npd_test_bug_write+0x10",
+            "full_proxy_write+0x5c",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            oops_site(&stack).as_deref(),
+            Some("npd_test_bug_write+0x10")
+        );
+        assert_eq!(oops_site(&stack[..2]).as_deref(), Some("oops_begin+0x5"));
+    }
+}

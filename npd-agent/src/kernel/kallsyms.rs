@@ -109,6 +109,28 @@ impl Symbolizer {
     }
 }
 
+/// Drops the frames of npd's own hook (the BPF program, its trampoline or tracepoint glue)
+/// from the top of a stack captured in the current context: they say where npd looked, not
+/// where the problem is.
+pub fn without_tracing_frames(mut stack: Vec<String>) -> Vec<String> {
+    const TRACING: [&str; 8] = [
+        "bpf_prog_",
+        "bpf_trampoline_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__bpf_prog_enter",
+        "trace_call_bpf",
+        "perf_trace_",
+        "perf_syscall_",
+    ];
+    let hook_frames = stack
+        .iter()
+        .take_while(|frame| TRACING.iter().any(|prefix| frame.starts_with(prefix)))
+        .count();
+    stack.drain(..hook_frames);
+    stack
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +167,18 @@ mod tests {
         );
         assert_eq!(symbolizer.address_of("helper"), Some(0xffffffff81000100));
         assert_eq!(symbolizer.address_of("absent"), None);
+        assert_eq!(
+            without_tracing_frames(
+                [
+                    "bpf_prog_9fe8_oom_btf+0xc41",
+                    "bpf_trace_run2+0xf2",
+                    "mark_oom_victim+0xba"
+                ]
+                .map(String::from)
+                .to_vec()
+            ),
+            vec!["mark_oom_victim+0xba"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod kallsyms;
 pub mod offsets;
+pub mod procfs;
 pub mod tracefs;
 
 use std::path::Path;
@@ -60,8 +61,11 @@ fn is_cgroup2(path: &Path) -> bool {
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: c_path is NUL-terminated; stat is valid for writes.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    // SAFETY: statfs succeeded, so it filled the struct.
-    rc == 0 && unsafe { stat.assume_init() }.f_type as i64 == CGROUP2_SUPER_MAGIC
+    // f_type's width differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    // SAFETY: zero-initialized, so valid even if statfs failed (then rc says so).
+    let f_type = unsafe { stat.assume_init() }.f_type as i64;
+    rc == 0 && f_type == CGROUP2_SUPER_MAGIC
 }
 
 /// The effective capabilities of this process, from /proc/self/status.

@@ -4,11 +4,18 @@ use npd_common::config::{KernelOffsets, UNKNOWN};
 
 use super::btf::{Btf, BtfError};
 
+/// RLIMIT_NOFILE's index; libc types it differently per target.
+#[allow(clippy::unnecessary_cast)]
+const RLIMIT_NOFILE: u32 = libc::RLIMIT_NOFILE as u32;
+
+/// Kernel fields that could not be resolved, and why.
+pub type MissingOffsets = Vec<(&'static str, String)>;
+
 /// The offsets, and for each one that could not be resolved, why.
 #[derive(Debug)]
 pub struct ResolvedOffsets {
     pub offsets: KernelOffsets,
-    pub missing: Vec<(&'static str, String)>,
+    pub missing: MissingOffsets,
 }
 
 /// Resolves every offset npd uses; a missing one is recorded, not fatal: the programs leave
@@ -51,7 +58,7 @@ pub fn resolve(btf: &Btf) -> ResolvedOffsets {
         kernfs_node_id: get("kernfs_node.id", btf.offset_of("kernfs_node", "id")),
         signal_nofile_cur: get(
             "signal_struct.rlim[RLIMIT_NOFILE].rlim_cur",
-            btf.offset_of_element("signal_struct", "rlim", libc::RLIMIT_NOFILE as u32)
+            btf.offset_of_element("signal_struct", "rlim", RLIMIT_NOFILE)
                 .and_then(|rlim| Ok(rlim + btf.offset_of("rlimit", "rlim_cur")?)),
         ),
         signal_oom_score_adj: get(

@@ -123,7 +123,8 @@ pub struct TracepointFormat {
 }
 
 impl TracepointFormat {
-    /// Parses lines like `field:unsigned long total_vm;	offset:16;	size:8;	signed:0;`.
+    /// Parses lines like `field:unsigned long total_vm; offset:16; size:8; signed:0;` (the
+    /// kernel separates the parts with tabs).
     pub fn parse(path: PathBuf, text: &str) -> Self {
         let mut fields = HashMap::new();
         for line in text.lines() {

@@ -2,3 +2,6 @@
 
 mod fd;
 mod feature;
+mod hung_task;
+mod oom;
+mod oops;

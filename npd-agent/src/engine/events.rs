@@ -1,0 +1,383 @@
+//! Temporary problems as Events: aggregated into series by key (like Kubernetes event series)
+//! and bounded by a per-reason token bucket. Nothing is dropped silently: an occurrence that
+//! cannot be sent now stays in its series and is counted in the series' next Event.
+
+use std::{collections::HashMap, fmt, time::SystemTime};
+
+use super::{
+    config::EngineConfig,
+    time::{Timestamp, duration_ns},
+};
+
+/// An Event's reason, NPD's name where NPD has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventReason {
+    OomKilling,
+    TaskHung,
+    TaskHungRecovered,
+    KernelOops,
+    KernelWarning,
+    FdExhausted,
+}
+
+impl EventReason {
+    pub const ALL: [Self; 6] = [
+        Self::OomKilling,
+        Self::TaskHung,
+        Self::TaskHungRecovered,
+        Self::KernelOops,
+        Self::KernelWarning,
+        Self::FdExhausted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OomKilling => "OOMKilling",
+            Self::TaskHung => "TaskHung",
+            Self::TaskHungRecovered => "TaskHungRecovered",
+            Self::KernelOops => "KernelOops",
+            Self::KernelWarning => "KernelWarning",
+            Self::FdExhausted => "FDExhausted",
+        }
+    }
+
+    pub fn event_type(self) -> EventType {
+        match self {
+            Self::TaskHungRecovered => EventType::Normal,
+            _ => EventType::Warning,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::OomKilling => 0,
+            Self::TaskHung => 1,
+            Self::TaskHungRecovered => 2,
+            Self::KernelOops => 3,
+            Self::KernelWarning => 4,
+            Self::FdExhausted => 5,
+        }
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+/// An object an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EventTarget {
+    /// This node.
+    Node,
+    /// The pod the problem happened in (the container is named in the message).
+    Pod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+}
+
+/// An Event to write: create it, or update the one written earlier for the same series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProblemEvent {
+    pub reason: EventReason,
+    pub event_type: EventType,
+    /// The latest occurrence's message.
+    pub message: String,
+    /// The Node first; the Pod too when known. One Kubernetes Event per target.
+    pub targets: Vec<EventTarget>,
+    /// Identifies the series: equal keys are the same problem at the same place.
+    pub aggregation_key: String,
+    /// Occurrences in the series so far, including those held back by the rate limit.
+    pub count: u64,
+    pub first_timestamp: SystemTime,
+    pub last_timestamp: SystemTime,
+    /// False: a new series, create an Event. True: the series' Event already exists (same
+    /// key); update its count, last timestamp and message.
+    pub series_update: bool,
+    /// Occurrences of this reason from other series that npd had to forget before it could
+    /// report them (the `max_event_series` bound); reported here so none goes unseen.
+    pub unreported_elsewhere: u64,
+}
+
+/// Per reason, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Problems seen (a record may stand for several).
+    pub occurrences: u64,
+    /// Events written (created or updated).
+    pub sent: u64,
+    /// Times a due Event waited for a token.
+    pub rate_limited: u64,
+    /// Occurrences of forgotten series, not yet folded into a sent Event.
+    pub unreported: u64,
+}
+
+/// One problem, before aggregation.
+#[derive(Clone, Debug)]
+pub(crate) struct Occurrence {
+    pub(crate) reason: EventReason,
+    pub(crate) key: String,
+    pub(crate) message: String,
+    pub(crate) targets: Vec<EventTarget>,
+    /// How many problems it stands for (an fd record counts the failures folded into it).
+    pub(crate) count: u64,
+    /// When the kernel saw it.
+    pub(crate) at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Series {
+    reason: EventReason,
+    message: String,
+    targets: Vec<EventTarget>,
+    first_timestamp: SystemTime,
+    last_timestamp: SystemTime,
+    last_occurrence_ns: u64,
+    count: u64,
+    /// `count` as of the last Event sent; 0 while the series' Event is not created yet.
+    sent_count: u64,
+    last_sent_ns: Option<u64>,
+    /// Creation order, to serve waiting series oldest first.
+    seq: u64,
+}
+
+impl Series {
+    fn pending(&self) -> bool {
+        self.count > self.sent_count
+    }
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: u32,
+    burst: u32,
+    refill_ns: u64,
+    last_refill_ns: u64,
+}
+
+impl TokenBucket {
+    fn full(burst: u32, refill_ns: u64, now_ns: u64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            refill_ns,
+            last_refill_ns: now_ns,
+        }
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        if self.tokens >= self.burst {
+            // A full bucket does not bank time.
+            self.last_refill_ns = now_ns;
+            return;
+        }
+        let earned = now_ns.saturating_sub(self.last_refill_ns) / self.refill_ns;
+        if earned > 0 {
+            let earned_u32 = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned_u32).min(self.burst);
+            self.last_refill_ns = if self.tokens >= self.burst {
+                now_ns
+            } else {
+                self.last_refill_ns + earned * self.refill_ns
+            };
+        }
+    }
+
+    fn try_take(&mut self, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    window_ns: u64,
+    update_interval_ns: u64,
+    max_series: usize,
+    series: HashMap<String, Series>,
+    buckets: Vec<TokenBucket>,
+    stats: [EventStats; EventReason::ALL.len()],
+    next_seq: u64,
+}
+
+impl EventQueue {
+    pub(crate) fn new(config: &EngineConfig, now: Timestamp) -> Self {
+        let limit = config.event_rate_limit;
+        Self {
+            window_ns: duration_ns(config.event_aggregation_window),
+            update_interval_ns: duration_ns(config.event_series_update_interval),
+            max_series: config.max_event_series,
+            series: HashMap::new(),
+            buckets: EventReason::ALL
+                .iter()
+                .map(|_| {
+                    TokenBucket::full(
+                        limit.burst,
+                        duration_ns(limit.refill_every).max(1),
+                        now.monotonic_ns,
+                    )
+                })
+                .collect(),
+            stats: [EventStats::default(); EventReason::ALL.len()],
+            next_seq: 0,
+        }
+    }
+
+    pub(crate) fn stats(&self, reason: EventReason) -> EventStats {
+        self.stats[reason.index()]
+    }
+
+    /// Adds an occurrence to its series and sends what is due.
+    pub(crate) fn record(
+        &mut self,
+        occurrence: Occurrence,
+        now: Timestamp,
+        out: &mut Vec<ProblemEvent>,
+    ) {
+        self.stats[occurrence.reason.index()].occurrences += occurrence.count;
+        let window_ns = self.window_ns;
+        let continues = self.series.get(&occurrence.key).is_some_and(|series| {
+            // A series with unsent occurrences goes on whatever its age, so they are
+            // reported with it rather than lost.
+            series.pending()
+                || now.monotonic_ns.saturating_sub(series.last_occurrence_ns) <= window_ns
+        });
+        if continues {
+            if let Some(series) = self.series.get_mut(&occurrence.key) {
+                series.count += occurrence.count;
+                series.first_timestamp = series.first_timestamp.min(occurrence.at);
+                series.last_timestamp = series.last_timestamp.max(occurrence.at);
+                series.last_occurrence_ns = now.monotonic_ns;
+                series.message = occurrence.message;
+                series.targets = occurrence.targets;
+            }
+        } else {
+            self.next_seq += 1;
+            self.series.insert(
+                occurrence.key.clone(),
+                Series {
+                    reason: occurrence.reason,
+                    message: occurrence.message,
+                    targets: occurrence.targets,
+                    first_timestamp: occurrence.at,
+                    last_timestamp: occurrence.at,
+                    last_occurrence_ns: now.monotonic_ns,
+                    count: occurrence.count,
+                    sent_count: 0,
+                    last_sent_ns: None,
+                    seq: self.next_seq,
+                },
+            );
+            self.bound_memory(&occurrence.key);
+        }
+        self.send_if_due(&occurrence.key, now, out);
+    }
+
+    /// Sends every series that is due and has a token (oldest first), then forgets series
+    /// that are over and fully reported.
+    pub(crate) fn flush(&mut self, now: Timestamp, out: &mut Vec<ProblemEvent>) {
+        let mut due: Vec<(u64, String)> = self
+            .series
+            .iter()
+            .filter(|(_, series)| self.is_due(series, now))
+            .map(|(key, series)| (series.seq, key.clone()))
+            .collect();
+        due.sort_unstable();
+        for (_, key) in due {
+            self.send_if_due(&key, now, out);
+        }
+        let window_ns = self.window_ns;
+        self.series.retain(|_, series| {
+            series.pending()
+                || now.monotonic_ns.saturating_sub(series.last_occurrence_ns) <= window_ns
+        });
+    }
+
+    fn is_due(&self, series: &Series, now: Timestamp) -> bool {
+        series.pending()
+            && series
+                .last_sent_ns
+                .is_none_or(|sent| now.monotonic_ns.saturating_sub(sent) >= self.update_interval_ns)
+    }
+
+    fn send_if_due(&mut self, key: &str, now: Timestamp, out: &mut Vec<ProblemEvent>) {
+        let Some(series) = self.series.get(key) else {
+            return;
+        };
+        if !self.is_due(series, now) {
+            return;
+        }
+        let reason = series.reason.index();
+        if !self.buckets[reason].try_take(now.monotonic_ns) {
+            self.stats[reason].rate_limited += 1;
+            return;
+        }
+        let unreported_elsewhere = std::mem::take(&mut self.stats[reason].unreported);
+        let Some(series) = self.series.get_mut(key) else {
+            return;
+        };
+        let series_update = series.sent_count > 0;
+        series.sent_count = series.count;
+        series.last_sent_ns = Some(now.monotonic_ns);
+        self.stats[reason].sent += 1;
+        let mut message = series.message.clone();
+        if unreported_elsewhere > 0 {
+            message.push_str(&format!(
+                " ({unreported_elsewhere} more {} problems elsewhere were not reported \
+                 individually: too many at once)",
+                series.reason
+            ));
+        }
+        out.push(ProblemEvent {
+            reason: series.reason,
+            event_type: series.reason.event_type(),
+            message,
+            targets: series.targets.clone(),
+            aggregation_key: key.to_owned(),
+            count: series.count,
+            first_timestamp: series.first_timestamp,
+            last_timestamp: series.last_timestamp,
+            series_update,
+            unreported_elsewhere,
+        });
+    }
+
+    /// Keeps at most `max_series`: forgets fully reported series first, oldest occurrence
+    /// first; a forgotten series' unsent occurrences go to its reason's `unreported` tally.
+    fn bound_memory(&mut self, keep: &str) {
+        while self.series.len() > self.max_series {
+            let victim = self
+                .series
+                .iter()
+                .filter(|(key, _)| key.as_str() != keep)
+                .min_by_key(|(_, series)| (series.pending(), series.last_occurrence_ns))
+                .map(|(key, _)| key.clone());
+            let Some(victim) = victim else { return };
+            if let Some(series) = self.series.remove(&victim) {
+                self.stats[series.reason.index()].unreported += series.count - series.sent_count;
+            }
+        }
+    }
+}

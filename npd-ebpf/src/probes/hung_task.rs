@@ -1,0 +1,101 @@
+//! Hung tasks: khungtaskd's `sched_process_hang`, fired for a task in D state longer than
+//! `kernel.hung_task_timeout_secs`, before (and regardless of) its `hung_task_warnings` cap.
+//!
+//! Preferred: tp_btf, which hands over the `task_struct *`, so the record carries the blocked
+//! task's own cgroup and kernel stack. Fallback: the classic tracepoint (pid and comm only;
+//! the agent reads the stack from /proc).
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use aya_log_ebpf::debug;
+use npd_common::{
+    Hook, MAX_STACK_DEPTH, RecordHeader, RecordKind,
+    config::COMM_DATA_LOC_HANG,
+    counters::{Counter, Detector},
+    hung_task::{HUNG_TASK_VERSION, HungTask},
+};
+
+use crate::{
+    config::config,
+    emit::{count, reserve, submit, task_header},
+    ratelimit,
+    stack::capture_task_stack,
+    tracepoint::comm as tracepoint_comm,
+};
+
+#[btf_tracepoint(function = "sched_process_hang")]
+pub fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
+    count(Detector::HungTask, Counter::Hits);
+    if !ratelimit::allow(Detector::HungTask) {
+        return 0;
+    }
+    let task: *mut aya_ebpf::bindings::task_struct = ctx.arg(0);
+    let Some(mut entry) = reserve::<HungTask>(Detector::HungTask) else {
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points into the reserved ring-buffer entry, valid and exclusively ours
+    // until submit; every field is written before submission.
+    unsafe {
+        (*record).header = task_header::<HungTask>(
+            RecordKind::HungTask,
+            HUNG_TASK_VERSION,
+            Hook::BtfTracepoint,
+            task as *const u8,
+        );
+        (*record)._pad = 0;
+        (*record).stack_len = capture_task_stack(task, &mut (*record).stack);
+        debug!(
+            &ctx,
+            "hung task pid {} ({} frames)",
+            (*record).header.tid,
+            (*record).stack_len
+        );
+    }
+    submit(Detector::HungTask, entry);
+    0
+}
+
+#[tracepoint]
+pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
+    count(Detector::HungTask, Counter::Hits);
+    if !ratelimit::allow(Detector::HungTask) {
+        return 0;
+    }
+    // SAFETY: offsets from the format file; the helper checks every read.
+    let pid: i32 = match unsafe { ctx.read_at(config!(tracepoints.hang_pid) as usize) } {
+        Ok(pid) => pid,
+        Err(_) => return 0,
+    };
+    let Some(mut entry) = reserve::<HungTask>(Detector::HungTask) else {
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: as in hung_task_btf.
+    unsafe {
+        (*record).header = RecordHeader {
+            kind: RecordKind::HungTask as u16,
+            version: HUNG_TASK_VERSION,
+            hook: Hook::Tracepoint as u8,
+            size: size_of::<HungTask>() as u32,
+            ts_ns: bpf_ktime_get_ns(),
+            // The tracepoint gives the task id only; the agent fills in the process.
+            pid: 0,
+            tid: pid as u32,
+            cgroup_id: 0,
+            comm: tracepoint_comm(
+                &ctx,
+                config!(tracepoints.hang_comm),
+                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_HANG != 0,
+            ),
+        };
+        (*record).stack_len = 0;
+        (*record)._pad = 0;
+        (*record).stack = [0; MAX_STACK_DEPTH];
+    }
+    submit(Detector::HungTask, entry);
+    0
+}

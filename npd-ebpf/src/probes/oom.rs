@@ -1,0 +1,211 @@
+//! OOM kills: the victim the OOM killer chose, with its memory and its cgroup read from the
+//! victim task in the kernel at that moment (afterwards the reaper races any reader of /proc),
+//! and the task whose allocation triggered it, with its stack (which tells a memory-cgroup OOM
+//! from a system-wide one).
+//!
+//! Hooks, in order of preference (the agent picks one from BTF and what the kernel allows):
+//! - tp_btf `mark_victim` on kernels whose tracepoint passes the `task_struct *` (6.5+);
+//! - fentry `mark_oom_victim(struct task_struct *)` where fentry is allowed (older kernels,
+//!   whose tracepoint passes only a pid);
+//! - the classic `oom:mark_victim` tracepoint: the fields its format file has (only the pid
+//!   before 6.5); the agent then reads the victim's cgroup from /proc, best effort.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::task_struct,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, fentry, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
+};
+use npd_common::{
+    Hook, RecordHeader, RecordKind,
+    config::COMM_DATA_LOC_OOM,
+    counters::{Counter, Detector},
+    oom::{OOM_KILL_VERSION, OomKill, flags},
+};
+
+use crate::{
+    config::config,
+    emit::{count, reserve, submit, task_header},
+    stack::capture_current_stack,
+    task,
+    tracepoint::{comm as tracepoint_comm, field},
+};
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn oom_btf(ctx: BtfTracePointContext) -> i32 {
+    let victim: *mut task_struct = ctx.arg(0);
+    let uid: u32 = ctx.arg(1);
+    from_task(&ctx, victim as *const u8, Hook::BtfTracepoint, Some(uid));
+    0
+}
+
+#[fentry(function = "mark_oom_victim")]
+pub fn oom_fentry(ctx: FEntryContext) -> u32 {
+    let victim: *mut task_struct = ctx.arg(0);
+    from_task(&ctx, victim as *const u8, Hook::Fentry, None);
+    0
+}
+
+/// What a hook could learn about the victim; `None` where it could not.
+struct VictimFacts {
+    /// total_vm, anon, file and shmem RSS, in KiB.
+    memory_kb: Option<[u64; 4]>,
+    pgtables_kb: u64,
+    uid: Option<u32>,
+    oom_score_adj: Option<i16>,
+}
+
+/// Writes the facts into the record and returns the validity flags.
+#[inline(always)]
+fn write_facts(record: *mut OomKill, facts: VictimFacts) -> u16 {
+    let mut valid = 0;
+    let [total_vm, anon, file, shmem] = facts.memory_kb.unwrap_or([0; 4]);
+    if facts.memory_kb.is_some() {
+        valid |= flags::MEMORY;
+    }
+    if facts.uid.is_some() {
+        valid |= flags::UID;
+    }
+    if facts.oom_score_adj.is_some() {
+        valid |= flags::OOM_SCORE_ADJ;
+    }
+    // SAFETY: `record` points into a reserved ring-buffer entry (see callers).
+    unsafe {
+        (*record).total_vm_kb = total_vm;
+        (*record).anon_rss_kb = anon;
+        (*record).file_rss_kb = file;
+        (*record).shmem_rss_kb = shmem;
+        (*record).pgtables_kb = if facts.memory_kb.is_some() {
+            facts.pgtables_kb
+        } else {
+            0
+        };
+        (*record).uid = facts.uid.unwrap_or(0);
+        (*record).oom_score_adj = facts.oom_score_adj.unwrap_or(0);
+    }
+    valid
+}
+
+/// The trigger (current task) part, shared by every hook.
+#[inline(always)]
+fn fill_trigger<C: EbpfContext>(ctx: &C, record: *mut OomKill) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `record` points into a reserved ring-buffer entry (see callers).
+    unsafe {
+        (*record).trigger_pid = (pid_tgid >> 32) as u32;
+        (*record).trigger_tid = pid_tgid as u32;
+        (*record).trigger_cgroup_id = task::current_cgroup_id();
+        (*record).trigger_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*record)._pad = 0;
+        (*record).trigger_stack_len = capture_current_stack(ctx, &mut (*record).trigger_stack);
+    }
+}
+
+#[inline(always)]
+fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option<u32>) {
+    count(Detector::Oom, Counter::Hits);
+    let Some(mut entry) = reserve::<OomKill>(Detector::Oom) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let kib_per_page = config!(page_size) / 1024;
+    let mm = task::read_ptr(victim, config!(offsets.task_mm));
+    let total_vm = task::read::<u64>(mm, config!(offsets.mm_total_vm));
+    let anon = task::read::<i64>(mm, config!(offsets.mm_rss_anon));
+    let file = task::read::<i64>(mm, config!(offsets.mm_rss_file));
+    let shmem = task::read::<i64>(mm, config!(offsets.mm_rss_shmem));
+    let pgtables = task::read::<u64>(mm, config!(offsets.mm_pgtables_bytes));
+    let signal = task::read_ptr(victim, config!(offsets.task_signal));
+    let score_adj = task::read::<i16>(signal, config!(offsets.signal_oom_score_adj));
+    let uid = uid.or_else(|| {
+        let cred = task::read_ptr(victim, config!(offsets.task_real_cred));
+        task::read::<u32>(cred, config!(offsets.cred_uid))
+    });
+    let header = task_header::<OomKill>(RecordKind::OomKill, OOM_KILL_VERSION, hook, victim);
+    // Per-CPU counters can fold to slightly negative values; the kernel clamps the same way.
+    let kib = |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
+    let memory_kb = match (total_vm, kib(anon), kib(file), kib(shmem)) {
+        (Some(total_vm), Some(anon), Some(file), Some(shmem)) => {
+            Some([total_vm * kib_per_page, anon, file, shmem])
+        }
+        _ => None,
+    };
+    let mut valid = write_facts(
+        record,
+        VictimFacts {
+            memory_kb,
+            pgtables_kb: pgtables.unwrap_or(0) / 1024,
+            uid,
+            oom_score_adj: score_adj,
+        },
+    );
+    if header.cgroup_id != 0 {
+        valid |= flags::VICTIM_CGROUP;
+    }
+    // SAFETY: `record` points into the reserved entry, exclusively ours until submit.
+    unsafe {
+        (*record).header = header;
+        (*record).flags = valid;
+    }
+    fill_trigger(ctx, record);
+    submit(Detector::Oom, entry);
+}
+
+#[tracepoint]
+pub fn oom_tp(ctx: TracePointContext) -> u32 {
+    count(Detector::Oom, Counter::Hits);
+    let Some(pid) = field::<i32>(&ctx, config!(tracepoints.oom_pid)) else {
+        return 0;
+    };
+    let Some(mut entry) = reserve::<OomKill>(Detector::Oom) else {
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    let total_vm = field::<u64>(&ctx, config!(tracepoints.oom_total_vm));
+    let anon = field::<u64>(&ctx, config!(tracepoints.oom_anon_rss));
+    let file = field::<u64>(&ctx, config!(tracepoints.oom_file_rss));
+    let shmem = field::<u64>(&ctx, config!(tracepoints.oom_shmem_rss));
+    let pgtables = field::<u64>(&ctx, config!(tracepoints.oom_pgtables));
+    let uid = field::<u32>(&ctx, config!(tracepoints.oom_uid));
+    let score_adj = field::<i16>(&ctx, config!(tracepoints.oom_score_adj));
+    // The format file already gives KiB.
+    let memory_kb = match (total_vm, anon, file, shmem) {
+        (Some(total_vm), Some(anon), Some(file), Some(shmem)) => {
+            Some([total_vm, anon, file, shmem])
+        }
+        _ => None,
+    };
+    let valid = write_facts(
+        record,
+        VictimFacts {
+            memory_kb,
+            pgtables_kb: pgtables.unwrap_or(0),
+            uid,
+            oom_score_adj: score_adj,
+        },
+    );
+    // SAFETY: `record` points into the reserved entry, exclusively ours until submit.
+    unsafe {
+        (*record).header = RecordHeader {
+            kind: RecordKind::OomKill as u16,
+            version: OOM_KILL_VERSION,
+            hook: Hook::Tracepoint as u8,
+            size: size_of::<OomKill>() as u32,
+            ts_ns: bpf_ktime_get_ns(),
+            // The tracepoint names the victim's thread; the agent fills in the rest.
+            pid: 0,
+            tid: pid as u32,
+            cgroup_id: 0,
+            comm: tracepoint_comm(
+                &ctx,
+                config!(tracepoints.oom_comm),
+                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_OOM != 0,
+            ),
+        };
+        (*record).flags = valid;
+    }
+    fill_trigger(&ctx, record);
+    submit(Detector::Oom, entry);
+    0
+}

@@ -1,0 +1,88 @@
+//! OOM kill, end to end: a child in a fresh memory cgroup limited to 64 MiB allocates until
+//! the kernel kills it; npd must report that child as the victim with its RSS near the limit,
+//! the test cgroup's id read in the kernel, and a memory-cgroup scope.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use npd_tests::{
+    agent::EventDump,
+    machine::{MemoryCgroup, require_root},
+};
+use serde_json::Value;
+
+const PROVOKE: &str = env!("CARGO_BIN_EXE_npd-provoke");
+const LIMIT: u64 = 64 << 20;
+
+#[test]
+fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
+    require_root("loads eBPF programs and creates a memory cgroup");
+    let mut dump = EventDump::start(&["--detectors", "oom"]).expect("event-dump starts");
+    let cgroup = MemoryCgroup::create(&format!("npd-test-oom-{}", std::process::id()), LIMIT)
+        .expect("memory cgroup");
+    let mut child = Command::new(PROVOKE)
+        .args([
+            "oom",
+            "--cgroup-procs",
+            cgroup.procs_file().to_str().unwrap(),
+            "--mb",
+            "512",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("allocator starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the OOM killer killed it: {status}"
+    );
+
+    dump.collect_until(Duration::from_secs(10), |seen| {
+        seen.iter().any(|e| e["pid"] == pid)
+    });
+    let events = dump.for_pid(pid);
+    assert_eq!(events.len(), 1, "one oom_kill for the victim: {events:#?}");
+    let event = events[0];
+    assert_eq!(event["kind"], "oom_kill");
+    assert_eq!(event["comm"], "npd-provoke");
+    assert_eq!(
+        event["cgroup_id"],
+        cgroup.id().unwrap(),
+        "the test cgroup, read in the kernel"
+    );
+    assert_eq!(event["cgroup_source"], "kernel");
+    assert_eq!(event["scope"], "memcg");
+    let rss_kb = ["anon_rss_kb", "file_rss_kb", "shmem_rss_kb"]
+        .iter()
+        .map(|f| event[f].as_u64().expect("RSS fields present"))
+        .sum::<u64>();
+    let limit_kb = LIMIT / 1024;
+    assert!(
+        rss_kb > limit_kb * 3 / 4 && rss_kb <= limit_kb + 8 * 1024,
+        "RSS {rss_kb} KiB near the {limit_kb} KiB limit: {event:#}"
+    );
+    assert_eq!(event["trigger"]["pid"], pid, "it ran the OOM killer itself");
+    let trigger_stack = event["trigger_stack"].as_array().unwrap();
+    assert!(
+        trigger_stack
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("mem_cgroup_out_of_memory")),
+        "{trigger_stack:?}"
+    );
+    assert!(
+        !trigger_stack[0].as_str().unwrap().starts_with("bpf_"),
+        "npd's own frames are trimmed: {trigger_stack:?}"
+    );
+}

@@ -1,0 +1,185 @@
+#!/bin/sh
+# PID 1 of the VM that `cargo xtask vm-test` boots (busybox sh). It starts npd-agent as a node
+# would run it (root), provokes one real kernel problem per step, then prints the agent's
+# output between markers on the serial console for the host to parse, and powers off.
+#
+# Protocol with the host (xtask/src/vm.rs):
+#   npd-vm: ...                      narration
+#   npd-vm: step NAME exit=N         a step ran; N is its provoking process's exit status
+#   npd-vm: step NAME skipped: WHY   a step could not run here
+#   ===npd-vm:begin NAME=== ... ===npd-vm:end NAME===   a block of output (check, events, ...)
+#   npd-vm: done                     everything was printed
+#
+# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES and DMESG.
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /mnt
+/bin/busybox --install -s
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin
+# Plain log lines in the agent log the host prints.
+export NO_COLOR=1
+
+say() { echo "npd-vm: $*"; }
+begin() { echo "===npd-vm:begin $1==="; }
+end() { echo "===npd-vm:end $1==="; }
+step_done() { say "step $1 exit=$2"; }
+step_skip() { say "step $1 skipped: $2"; }
+
+# Ends the VM whatever happens: PID 1 exiting would panic the kernel instead.
+finish() {
+	say "done"
+	sync
+	poweroff -f
+	sleep 5
+}
+trap finish EXIT
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+. /etc/npd-vm.conf
+
+say "init started on Linux $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs, uptime $(cut -d' ' -f1 /proc/uptime)s"
+
+DBG=/sys/kernel/debug/npd_test
+insmod /lib/modules/npd/npd_test.ko || say "insmod npd_test.ko failed"
+for module in $FS_MODULES; do
+	insmod "/lib/modules/npd/$module.ko" || say "insmod $module.ko failed"
+done
+
+# khungtaskd reports a task blocked for this long; 120 s by default. Writing it wakes
+# khungtaskd, so the shorter interval applies at once.
+echo 2 >/proc/sys/kernel/hung_task_timeout_secs
+
+# Run as a node would: root, straight from the binary (no wrapper, so $! is the agent).
+AGENT_BIN=/usr/bin/npd-agent
+
+begin check
+$AGENT_BIN check --detectors "$DETECTORS" 2>&1
+say "check exit=$?"
+end check
+begin check-json
+$AGENT_BIN check --format json --detectors "$DETECTORS" 2>/dev/null
+end check-json
+
+say "starting npd-agent event-dump --detectors $DETECTORS"
+$AGENT_BIN event-dump --format json --detectors "$DETECTORS" >/tmp/events.jsonl 2>/tmp/agent.log &
+AGENT=$!
+# Ready once it has logged the hook of a detector (it does so after attaching them all).
+waited=0
+until grep -qE ': (tracepoint|tp_btf|fentry|counters|kprobe)|no hook could attach' /tmp/agent.log; do
+	if ! kill -0 "$AGENT" 2>/dev/null; then
+		say "npd-agent event-dump exited early"
+		break
+	fi
+	if [ "$waited" -ge 120 ]; then
+		say "npd-agent event-dump is not ready after ${waited}s; going on"
+		break
+	fi
+	sleep 1
+	waited=$((waited + 1))
+done
+sleep 1
+say "agent ready after ${waited}s; tests start"
+
+# fd exhaustion: a process with RLIMIT_NOFILE 64 opens files until EMFILE.
+npd-provoke fd 64
+step_done fd $?
+
+# OOM kill in a cgroup v2 memory cgroup limited to 32 MiB.
+CG=/sys/fs/cgroup/npd-oom
+if echo +memory >/sys/fs/cgroup/cgroup.subtree_control && mkdir -p $CG &&
+	echo $((32 * 1024 * 1024)) >$CG/memory.max; then
+	echo 0 >$CG/memory.swap.max 2>/dev/null
+	npd-provoke oom $CG
+	step_done oom $?
+else
+	step_skip oom "cannot set up a cgroup v2 memory cgroup"
+fi
+
+# Hung task via the module: the writer sleeps in D state until released after 8 s.
+if [ -e $DBG/hang ]; then
+	npd-provoke write npd-hang $DBG/hang 60 &
+	pid=$!
+	sleep 8
+	echo 1 >$DBG/release
+	wait $pid
+	step_done hang_module $?
+else
+	step_skip hang_module "npd_test module not loaded"
+fi
+
+# Hung task via fsfreeze: a write to a frozen ext4 blocks in sb_start_write (D state).
+if [ -f /frozen.img ] && mkdir -p /mnt/frozen && mount -t ext4 -o loop /frozen.img /mnt/frozen; then
+	if npd-provoke freeze /mnt/frozen; then
+		npd-provoke write npd-frozen /mnt/frozen/blocked x &
+		pid=$!
+		sleep 8
+		npd-provoke thaw /mnt/frozen
+		wait $pid
+		step_done hang_fsfreeze $?
+	else
+		step_skip hang_fsfreeze "FIFREEZE failed"
+	fi
+	umount /mnt/frozen
+else
+	step_skip hang_fsfreeze "no ext4 image, or loop/ext4 cannot mount it"
+fi
+
+if [ -e $DBG/warn ]; then
+	npd-provoke write npd-warn $DBG/warn 1
+	step_done warn $?
+	say "tainted $(cat /proc/sys/kernel/tainted)"
+else
+	step_skip warn "npd_test module not loaded"
+fi
+
+# Soft lockup: spin 6 s with preemption off; watchdog_thresh 1 makes the threshold 2 s.
+if [ -e $DBG/softlockup ] && [ -w /proc/sys/kernel/watchdog_thresh ]; then
+	thresh=$(cat /proc/sys/kernel/watchdog_thresh)
+	echo 1 >/proc/sys/kernel/watchdog_thresh
+	npd-provoke write npd-softlockup $DBG/softlockup 6
+	step_done softlockup $?
+	echo "$thresh" >/proc/sys/kernel/watchdog_thresh
+else
+	step_skip softlockup "no npd_test module or no soft-lockup watchdog"
+fi
+
+# Oops last: BUG() kills the writer (SIGSEGV, exit 139); the kernel goes on.
+if [ -e $DBG/bug ]; then
+	npd-provoke write npd-bug $DBG/bug 1
+	step_done oops $?
+	say "tainted $(cat /proc/sys/kernel/tainted)"
+else
+	step_skip oops "npd_test module not loaded"
+fi
+
+# Let the agent drain its ring buffer and poll its counters once more.
+sleep 5
+# The kernel's own account, to compare with the agent's (oops_count/warn_count: 6.2, and
+# backported to Debian's 6.1).
+counters="tainted=$(cat /proc/sys/kernel/tainted)"
+for counter in oops_count warn_count softlockup_count; do
+	[ -r /sys/kernel/$counter ] && counters="$counters $counter=$(cat /sys/kernel/$counter)"
+done
+say "kernel counters: $counters"
+say "tests done; stopping npd-agent"
+kill -TERM "$AGENT" 2>/dev/null
+wait "$AGENT"
+say "npd-agent event-dump exit=$?"
+
+# Keep kernel messages from cutting into the blocks below.
+echo 1 >/proc/sys/kernel/printk
+begin events
+cat /tmp/events.jsonl
+end events
+begin agent-log
+cat /tmp/agent.log
+end agent-log
+if [ "$DMESG" = 1 ]; then
+	begin dmesg
+	dmesg
+	end dmesg
+fi

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * npd-provoke: the VM test's helper for what busybox cannot do. Built with `gcc -static` by
+ * `cargo xtask vm-test` and run by tests/vm/init.sh inside the VM.
+ *
+ *   npd-provoke fd LIMIT             lower RLIMIT_NOFILE to LIMIT, open files until EMFILE
+ *   npd-provoke oom CGROUP           join the cgroup v2 CGROUP, allocate until OOM-killed
+ *   npd-provoke write COMM FILE DATA write DATA to FILE as a task named COMM
+ *   npd-provoke freeze|thaw MOUNT    FIFREEZE / FITHAW the filesystem mounted at MOUNT
+ *
+ * Each problem runs under its own task name (comm), so the host can tell which step an
+ * agent event belongs to.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static int fail(const char *what)
+{
+	fprintf(stderr, "npd-provoke: %s: %s\n", what, strerror(errno));
+	return 1;
+}
+
+static void name_task(const char *comm)
+{
+	prctl(PR_SET_NAME, comm, 0, 0, 0);
+}
+
+static int fd_exhaust(const char *limit_text)
+{
+	struct rlimit limit = { .rlim_cur = strtoul(limit_text, NULL, 10) };
+	int opened = 0;
+
+	name_task("npd-fd");
+	limit.rlim_max = limit.rlim_cur;
+	if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+		return fail("setrlimit");
+	for (;;) {
+		if (open("/dev/null", O_RDONLY) < 0)
+			break;
+		opened++;
+	}
+	if (errno != EMFILE)
+		return fail("open");
+	printf("npd-provoke: fd: EMFILE after %d opens (limit %s)\n", opened, limit_text);
+	return 0;
+}
+
+static int oom(const char *cgroup)
+{
+	char path[4096];
+	size_t total = 0;
+	int fd;
+
+	name_task("npd-oom");
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup);
+	fd = open(path, O_WRONLY);
+	/* "0" moves the writer itself. */
+	if (fd < 0 || write(fd, "0", 1) != 1)
+		return fail(path);
+	close(fd);
+	for (;;) {
+		size_t chunk = 1 << 20;
+		char *p = malloc(chunk);
+
+		if (!p)
+			return fail("malloc");
+		/* Touch every page: untouched memory is not charged to the cgroup. */
+		memset(p, 0x5a, chunk);
+		total += chunk;
+		if (total % (16 << 20) == 0)
+			printf("npd-provoke: oom: %zu MiB allocated\n", total >> 20);
+		fflush(stdout);
+	}
+}
+
+static int write_as(const char *comm, const char *file, const char *data)
+{
+	int fd;
+	ssize_t n;
+
+	name_task(comm);
+	fd = open(file, O_WRONLY | O_CREAT, 0644);
+	if (fd < 0)
+		return fail(file);
+	n = write(fd, data, strlen(data));
+	if (n < 0)
+		return fail(file);
+	close(fd);
+	return 0;
+}
+
+static int freeze(const char *mount, unsigned long request)
+{
+	int fd = open(mount, O_RDONLY | O_DIRECTORY);
+
+	if (fd < 0 || ioctl(fd, request, 0) != 0)
+		return fail(mount);
+	close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = argc > 1 ? argv[1] : "";
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!strcmp(cmd, "fd") && argc == 3)
+		return fd_exhaust(argv[2]);
+	if (!strcmp(cmd, "oom") && argc == 3)
+		return oom(argv[2]);
+	if (!strcmp(cmd, "write") && argc == 5)
+		return write_as(argv[2], argv[3], argv[4]);
+	if (!strcmp(cmd, "freeze") && argc == 3)
+		return freeze(argv[2], FIFREEZE);
+	if (!strcmp(cmd, "thaw") && argc == 3)
+		return freeze(argv[2], FITHAW);
+	fprintf(stderr, "usage: npd-provoke fd LIMIT | oom CGROUP | write COMM FILE DATA | "
+			"freeze MOUNT | thaw MOUNT\n");
+	return 2;
+}
