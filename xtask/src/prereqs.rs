@@ -105,22 +105,23 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
 /// a person.
 pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let install = |cmd: &mut Command| {
-        sh(cmd
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "--no-remove",
-            ])
-            .args(packages))
+        util::sh_narrating(
+            cmd.env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
+                .args(packages),
+        )
     };
     if install(&mut Command::new("apt-get")).is_ok() {
         return Ok(());
     }
     step("refreshing the package lists and trying again");
-    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    util::sh_narrating(Command::new("apt-get").args(["update", "-q"]))?;
     install(&mut Command::new("apt-get")).with_context(|| {
         format!(
             "cannot install {0} (if apt would have to remove packages for them, run \
