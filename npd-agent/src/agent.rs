@@ -58,6 +58,7 @@ pub struct ClusterConfig {
     pub node_event_namespace: String,
     pub names: ConditionNames,
     pub max_pending_events: usize,
+    pub max_backoff: Duration,
 }
 
 /// Where decisions go.
@@ -219,7 +220,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     // heartbeat (also while backing off, whose ceiling is a minute).
     let health = Arc::new(Health::new(
         Duration::from_secs(30),
-        config.cluster.heartbeat.max(Duration::from_secs(60)) * 3,
+        config.cluster.heartbeat.max(config.cluster.max_backoff) * 3,
     ));
     let bound = crate::http::serve(config.listen, Arc::clone(&metrics), Arc::clone(&health))
         .await
@@ -290,8 +291,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
                     heartbeat: config.cluster.heartbeat,
                     node_event_namespace: config.cluster.node_event_namespace.clone(),
                     max_pending_events: config.cluster.max_pending_events,
-                    initial_backoff: Duration::from_secs(1),
-                    max_backoff: Duration::from_secs(60),
+                    initial_backoff: Duration::from_secs(1).min(config.cluster.max_backoff),
+                    max_backoff: config.cluster.max_backoff,
                 },
                 Arc::clone(&metrics),
                 Arc::clone(&health),

@@ -75,6 +75,9 @@ pub struct KubernetesConfig {
     pub event_namespace: Option<String>,
     /// Events kept while the API server is unreachable (a series takes one). Default 512.
     pub max_pending_events: Option<usize>,
+    /// Ceiling of the retry backoff after API failures (jittered). Default `1m`.
+    #[serde(default, with = "duration")]
+    pub retry_backoff_max: Option<Duration>,
     /// Condition types as written on the Node.
     #[serde(default)]
     pub conditions: ConditionNamesConfig,
@@ -253,6 +256,10 @@ impl FileConfig {
         }
         for (key, value) in [
             ("kubernetes.heartbeat", self.kubernetes.heartbeat),
+            (
+                "kubernetes.retryBackoffMax",
+                self.kubernetes.retry_backoff_max,
+            ),
             (
                 "fdPressure.sampleInterval",
                 self.fd_pressure.sample_interval,

@@ -156,3 +156,164 @@ pub fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
     let last = text.lines().last().context("no output")?;
     serde_json::from_str(last).with_context(|| format!("not JSON: {last}"))
 }
+
+/// A running `npd-agent run`, its log collected; stopped (SIGTERM) on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// Where its /metrics, /healthz and /readyz listen.
+    pub http: std::net::SocketAddr,
+}
+
+impl AgentProcess {
+    /// Starts `npd-agent run ARGS --listen 127.0.0.1:0` and waits until its HTTP listener is
+    /// up (not until it is ready: see [`AgentProcess::wait_ready`]).
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(agent_bin())
+            .arg("run")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting npd-agent run")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().context("stderr")?;
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if let Ok(mut text) = sink.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+        });
+        let mut agent = Self {
+            child,
+            stderr,
+            http: "127.0.0.1:0".parse()?,
+        };
+        let needle = "metrics and health on http://";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = agent.log();
+            if let Some(rest) = log.split(needle).nth(1) {
+                let addr = rest.split('/').next().unwrap_or_default();
+                agent.http = addr
+                    .parse()
+                    .with_context(|| format!("listener address {addr}"))?;
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("npd-agent exited ({status}) before listening:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!("npd-agent did not start listening within a minute:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// GET `path` from the agent's listener: (status code, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("no HTTP status")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Waits until /readyz answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.get("/readyz");
+            if matches!(answer, Ok((200, _))) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("npd-agent exited ({status}):\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "npd-agent not ready within {timeout:?} ({answer:?}):\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 10 s). Returns the exit status.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -76,6 +76,8 @@ pub struct TestCluster {
     dir: Option<TempDir>,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    /// How the apiserver was started, to start it again after [`TestCluster::stop_apiserver`].
+    apiserver_command: Vec<std::ffi::OsString>,
     server_url: String,
     admin_token: String,
     paths: ClusterPaths,
@@ -196,6 +198,7 @@ impl TestCluster {
             dir: Some(dir),
             etcd: None,
             apiserver: None,
+            apiserver_command: Vec::new(),
             server_url,
             admin_token,
             paths,
@@ -237,9 +240,38 @@ impl TestCluster {
             // It would demand service-account tokens that no controller creates.
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--allow-privileged=true");
+        cluster.apiserver_command = std::iter::once(apiserver.get_program())
+            .chain(apiserver.get_args())
+            .map(ToOwned::to_owned)
+            .collect();
         cluster.apiserver = Some(spawn_logged(&mut apiserver, &cluster.paths.apiserver_log)?);
         cluster.wait_until_ready()?;
         Ok(cluster)
+    }
+
+    /// Stops only kube-apiserver (etcd and the data stay), as in an API-server outage.
+    pub fn stop_apiserver(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.apiserver.take() {
+            stop_child(child, "kube-apiserver")?;
+        }
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again, same ports and certificates, and waits until ready.
+    pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.apiserver.is_none(),
+            "kube-apiserver is already running"
+        );
+        let (program, args) = self
+            .apiserver_command
+            .split_first()
+            .context("the apiserver was never started")?;
+        let mut command = Command::new(program);
+        command.args(args);
+        let log = self.paths.apiserver_log.with_extension("restarted.log");
+        self.apiserver = Some(spawn_logged(&mut command, &log)?);
+        self.wait_until_ready()
     }
 
     /// `https://127.0.0.1:PORT`.

@@ -92,13 +92,22 @@ fn emfile_is_reported_with_the_failing_syscall() {
 fn storm_is_rate_limited_and_fully_accounted() {
     require_root("loads eBPF programs");
     let mut dump = EventDump::start(&["--detectors", "fd"]).expect("event-dump starts");
-    let seconds = 3.0;
-    let result = provoke(&["storm", "--seconds", "3", "--threads", "2"]);
+    // A million failures from two threads of one process, as fast as they go.
+    let result = provoke(&[
+        "storm",
+        "--failures",
+        "1000000",
+        "--seconds",
+        "30",
+        "--threads",
+        "2",
+    ]);
     let pid = result["pid"].as_u64().unwrap();
     let failures = result["failures"].as_u64().unwrap();
-    assert!(
-        failures > 10_000,
-        "the storm was too weak to test anything: {result}"
+    let seconds = result["seconds"].as_f64().unwrap();
+    assert_eq!(
+        failures, 1_000_000,
+        "the storm made its million failures: {result}"
     );
     let accounted = |seen: &[Value]| -> u64 {
         seen.iter()
@@ -127,7 +136,7 @@ fn storm_is_rate_limited_and_fully_accounted() {
     );
     // First failure at once, then at most one per second (+1 for a boundary race between
     // the two threads).
-    let max_records = 1 + seconds as usize + 1;
+    let max_records = 1 + seconds.ceil() as usize + 1;
     assert!(
         (1..=max_records).contains(&records),
         "{records} kernel records for {failures} failures in {seconds} s: {events:?}"

@@ -119,3 +119,122 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use npd_agent::{
+        detectors::{
+            fd::FdExhausted,
+            hung_task::{HungTask, HungTaskRecovered},
+            oom::{OomKill, OomScope},
+            oops::KernelProblem,
+        },
+        event::{Detail, Event, Source, Task},
+    };
+
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            pid: 4242,
+            tid: 4243,
+            comm: "worker".into(),
+            cgroup_id: 77,
+        }
+    }
+
+    fn problem() -> KernelProblem {
+        KernelProblem {
+            caller: Some("npd_test_write+0x10".into()),
+            taint: Some(640),
+            taint_flags: Some("DW".into()),
+            stack: vec!["npd_test_write+0x10".into()],
+            counter: None,
+            count: None,
+            occurrences: 1,
+            since_boot: false,
+        }
+    }
+
+    /// One event of every kind, as a person and a script see it.
+    #[test]
+    fn every_kind_prints_readably_as_a_table_row_and_as_json() {
+        let details = vec![
+            Detail::FdExhausted(FdExhausted {
+                errno: "EMFILE",
+                syscall: "socket".into(),
+                syscall_nr: 41,
+                suppressed: 12,
+                failures_total: 13,
+                nofile_limit: Some(1024),
+                flushed: false,
+            }),
+            Detail::HungTask(HungTask {
+                stack: vec!["percpu_rwsem_wait+0x15f".into()],
+                stack_source: "kernel",
+                first_seen: true,
+                repeat: 1,
+                first_seen_ns: 1,
+            }),
+            Detail::HungTaskRecovered(HungTaskRecovered {
+                how: "running",
+                hung_for_ms: 4100,
+                reports: 2,
+            }),
+            Detail::OomKill(OomKill {
+                total_vm_kb: Some(75160),
+                anon_rss_kb: Some(65280),
+                file_rss_kb: Some(6604),
+                shmem_rss_kb: Some(0),
+                pgtables_kb: Some(188),
+                uid: Some(0),
+                oom_score_adj: Some(0),
+                scope: OomScope::Memcg,
+                memcg: Some("/kubepods/burstable/podx".into()),
+                cgroup_source: "kernel",
+                trigger: task(),
+                trigger_stack: vec![],
+            }),
+            Detail::KernelOops(problem()),
+            Detail::KernelWarning(problem()),
+        ];
+        let expected = [
+            (
+                "fd_exhausted",
+                "out of file descriptors (RLIMIT_NOFILE 1024): socket failed (+12 suppressed)",
+            ),
+            (
+                "hung_task",
+                "task blocked in D state (top frame percpu_rwsem_wait+0x15f)",
+            ),
+            (
+                "hung_task_recovered",
+                "no longer blocked (running) after 4.1s and 2 reports",
+            ),
+            (
+                "oom_kill",
+                "memory cgroup /kubepods/burstable/podx at its limit, rss 71884 KiB",
+            ),
+            (
+                "kernel_oops",
+                "kernel oops 1x at npd_test_write+0x10, kernel tainted DW",
+            ),
+            ("kernel_warning", "kernel warning 1x at npd_test_write+0x10"),
+        ];
+        for (detail, (kind, summary)) in details.into_iter().zip(expected) {
+            let event = Event::new(1_000, task(), Source::Tracepoint, detail);
+            let row = table_row(&event);
+            assert!(row.contains(kind), "{row}");
+            assert!(row.contains("4242") && row.contains("worker"), "{row}");
+            assert!(row.contains(summary), "{kind}: `{row}` lacks `{summary}`");
+            let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["kind"], kind);
+            assert_eq!(json["pid"], 4242);
+            assert_eq!(json["tid"], 4243);
+            assert_eq!(json["cgroup_id"], 77);
+            assert_eq!(json["source"], "tracepoint");
+        }
+        // The header lines up with the rows' first columns.
+        assert!(TABLE_HEADER.starts_with("TIME"));
+    }
+}

@@ -105,6 +105,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             },
             max_pending_events: kubernetes.max_pending_events.unwrap_or(512),
+            max_backoff: kubernetes
+                .retry_backoff_max
+                .unwrap_or(Duration::from_secs(60)),
         },
     };
     agent::run(config, super::shutdown_signal())

@@ -120,16 +120,35 @@ fn emfile(limit: u64, syscall: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn storm(limit: u64, seconds: f64, threads: usize) -> anyhow::Result<()> {
+/// Fails EMFILE as fast as it can from `threads` threads, until `max_failures` failures in
+/// all (0: no limit) or `seconds` have passed; prints how many and how long it took.
+fn storm(limit: u64, seconds: f64, threads: usize, max_failures: u64) -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
     set_nofile(limit)?;
     fill_fd_table(limit)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let total = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..threads)
         .map(|_| {
+            let total = Arc::clone(&total);
             std::thread::spawn(move || {
                 let mut failures = 0u64;
                 while Instant::now() < deadline {
-                    for _ in 0..256 {
+                    // Claim a batch of failures to make, so the total stops exactly.
+                    let batch = if max_failures == 0 {
+                        256
+                    } else {
+                        let taken = total.fetch_add(256, Ordering::Relaxed);
+                        if taken >= max_failures {
+                            break;
+                        }
+                        256.min(max_failures - taken)
+                    };
+                    for _ in 0..batch {
                         // SAFETY: a valid path; the fd table is full, so this fails.
                         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
                         if fd < 0 && errno() == libc::EMFILE {
@@ -147,7 +166,11 @@ fn storm(limit: u64, seconds: f64, threads: usize) -> anyhow::Result<()> {
     let failures: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
     println!(
         "{}",
-        serde_json::json!({ "pid": std::process::id(), "failures": failures })
+        serde_json::json!({
+            "pid": std::process::id(),
+            "failures": failures,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
     );
     Ok(())
 }
@@ -234,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             arg(&args, "--limit", 16)?,
             arg(&args, "--seconds", 3.0)?,
             arg(&args, "--threads", 1)?,
+            arg(&args, "--failures", 0)?,
         ),
         Some("enfile") => enfile(arg(&args, "--uid", 65534)?),
         Some("write") => write(
@@ -246,7 +270,7 @@ fn main() -> anyhow::Result<()> {
         ),
         _ => bail!(
             "usage: npd-provoke emfile [--limit N] [--syscall NAME] | storm [--limit N] \
-             [--seconds S] [--threads T] | enfile [--uid UID] | write --path P \
+             [--seconds S] [--threads T] [--failures N] | enfile [--uid UID] | write --path P \
              [--then-sleep S] | oom --cgroup-procs FILE [--mb N]"
         ),
     }
