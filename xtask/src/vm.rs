@@ -5,6 +5,7 @@
 
 mod cpio;
 mod debian;
+mod tools;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -176,9 +177,26 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         detectors.join(", ")
     ));
     let cache = root().join(".npd-cache/vm");
+    let clock = Instant::now();
+    step("fetching QEMU and busybox-static into the cache (private copies: nothing is installed)");
+    let vm_tools = VmTools {
+        qemu: tools::qemu(&cache)?,
+        busybox: tools::busybox(&cache)?,
+    };
+    step(format!(
+        "QEMU and busybox ready in {:.1}s",
+        clock.elapsed().as_secs_f64()
+    ));
     let mut failed = Vec::new();
     for kernel in kernels {
-        match test_kernel(kernel, &artifacts.agent, &detectors, &cache, args) {
+        match test_kernel(
+            kernel,
+            &artifacts.agent,
+            &detectors,
+            &vm_tools,
+            &cache,
+            args,
+        ) {
             Ok(true) => {}
             Ok(false) => failed.push(kernel.name),
             Err(err) => {
@@ -222,7 +240,15 @@ fn normalize(detector: &str) -> String {
     detector.replace('-', "_")
 }
 
-/// Programs the run needs on the host, and the Debian packages that provide them.
+/// The private QEMU and busybox (see vm/tools.rs).
+#[derive(Debug)]
+struct VmTools {
+    qemu: tools::Qemu,
+    busybox: PathBuf,
+}
+
+/// Build tools the run needs on the host, and the Debian packages that provide them. These
+/// install without conflicts; QEMU and busybox are fetched privately instead (vm/tools.rs).
 fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut need = |program: &str, package: &str| {
@@ -230,7 +256,6 @@ fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
             missing.push(package.to_owned());
         }
     };
-    need("qemu-system-x86_64", "qemu-system-x86");
     need("make", "make");
     need("mkfs.ext4", "e2fsprogs");
     need("strip", "binutils");
@@ -243,18 +268,11 @@ fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
     if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").is_file() {
         missing.push("libc6-dev".to_owned());
     }
-    // Debian's `busybox` is dynamically linked; the initramfs needs the static build.
-    let busybox = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", "busybox-static"]))
-        .unwrap_or_default();
-    if !busybox.contains("install ok installed") {
-        missing.push("busybox-static".to_owned());
-    }
     if missing.is_empty() {
         return Ok(());
     }
     step(format!(
-        "installing {} (QEMU boots the test VM; busybox-static, gcc and make build its \
-         initramfs and test module; busybox-static replaces a dynamic busybox if present)",
+        "installing {} (to build the test module, the helper and the initramfs)",
         missing.join(" ")
     ));
     if !util::is_root() {
@@ -291,6 +309,7 @@ fn test_kernel(
     kernel: &Kernel,
     agent: &Path,
     detectors: &[String],
+    vm_tools: &VmTools,
     cache: &Path,
     args: &VmTestArgs,
 ) -> anyhow::Result<bool> {
@@ -312,11 +331,18 @@ fn test_kernel(
     }
     fs::create_dir_all(&work)?;
     let clock = Instant::now();
-    let initramfs = prepare(&tree, agent, detectors, &work, args.verbose)?;
+    let initramfs = prepare(
+        &tree,
+        agent,
+        &vm_tools.busybox,
+        detectors,
+        &work,
+        args.verbose,
+    )?;
     timings.prepare = clock.elapsed();
 
     let clock = Instant::now();
-    let console = boot(&tree.vmlinuz, &initramfs, &work, args)?;
+    let console = boot(&vm_tools.qemu, &tree.vmlinuz, &initramfs, &work, args)?;
     timings.vm = clock.elapsed();
     timings.marks = console.marks.clone();
 
@@ -352,6 +378,7 @@ fn test_kernel(
 fn prepare(
     tree: &debian::KernelTree,
     agent: &Path,
+    busybox: &Path,
     detectors: &[String],
     work: &Path,
     verbose: bool,
@@ -386,7 +413,7 @@ fn prepare(
     // The kernel opens /dev/console for init before anything mounts devtmpfs.
     cpio.char_device("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, &fs::read(sources.join("init.sh"))?);
-    cpio.file("bin/busybox", 0o755, &fs::read("/bin/busybox")?);
+    cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
     cpio.symlink("bin/sh", "busybox");
     cpio.file("usr/bin/npd-provoke", 0o755, &fs::read(&helper)?);
     cpio.file(
@@ -572,12 +599,13 @@ impl Console {
 /// Boots the kernel with the initramfs, streams the console into `work/serial.log` (and the
 /// narration to the terminal), and kills the VM at the timeout.
 fn boot(
+    qemu: &tools::Qemu,
     vmlinuz: &Path,
     initramfs: &Path,
     work: &Path,
     args: &VmTestArgs,
 ) -> anyhow::Result<Console> {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = qemu.command();
     cmd.args([
         "-accel",
         "tcg",
@@ -613,8 +641,11 @@ fn boot(
         work.join("serial.log").display()
     ));
     eprintln!("  $ {}", util::describe(&cmd));
+    eprintln!("    (LD_LIBRARY_PATH and QEMU_MODULE_DIR point into the same cache)");
     let started = Instant::now();
-    let mut vm = Vm(cmd.spawn().context("cannot start qemu-system-x86_64")?);
+    let mut vm = Vm(cmd
+        .spawn()
+        .context("cannot start the private qemu-system-x86_64")?);
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = vm.0.stdout.take().context("no QEMU stdout")?;
     let stderr = vm.0.stderr.take().context("no QEMU stderr")?;
