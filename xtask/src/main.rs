@@ -24,7 +24,7 @@ enum Command {
     Build(build::BuildArgs),
     /// Build, then run `npd-agent ARGS` as root (default: `run`).
     Run(build::RunArgs),
-    /// Run everything: unit tests, then the root-only kernel tests serially.
+    /// Run everything: unit tests, then the root-only kernel tests serially, then vm-test.
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) over both workspaces.
     Lint,

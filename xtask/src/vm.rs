@@ -193,6 +193,9 @@ const FSFREEZE_MODULES: &[&str] = &["loop", "crc32c_generic", "ext4"];
 const QEMU_MEMORY: &str = "512";
 const QEMU_CPUS: &str = "2";
 
+/// A VM that has not powered off by then is killed (a run takes about a minute).
+const DEFAULT_TIMEOUT_SECS: u64 = 480;
+
 #[derive(Debug, Args)]
 pub(crate) struct VmTestArgs {
     /// Only this kernel (a name from KERNELS in xtask/src/vm.rs, e.g. `6.1`).
@@ -203,15 +206,39 @@ pub(crate) struct VmTestArgs {
     #[arg(long)]
     keep: bool,
     /// Kill a VM that has not powered off after this many seconds.
-    #[arg(long, default_value_t = 480)]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout: u64,
     /// Stream the whole serial console, not only the test's narration, and print dmesg.
     #[arg(long)]
     verbose: bool,
 }
 
+impl Default for VmTestArgs {
+    /// Every kernel, as `cargo xtask vm-test` with no options.
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            keep: false,
+            timeout: DEFAULT_TIMEOUT_SECS,
+            verbose: false,
+        }
+    }
+}
+
+/// `cargo xtask vm-test`: builds the agent, then tests it on the kernels.
 pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let artifacts = build::build(&BuildArgs { debug: false })?;
+    test_agent(&artifacts.agent, args)?;
+    step(format!(
+        "vm-test took {:.0}s in all (including the agent build)",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Boots each selected kernel with `agent` and fails if any kernel's run fails.
+pub(crate) fn test_agent(agent: &Path, args: &VmTestArgs) -> anyhow::Result<()> {
     let kernels: Vec<&Kernel> = match &args.kernel {
         None => KERNELS.iter().collect(),
         Some(name) => {
@@ -222,8 +249,7 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             vec![kernel]
         }
     };
-    let artifacts = build::build(&BuildArgs { debug: false })?;
-    let detectors = agent_detectors(&artifacts.agent)?;
+    let detectors = agent_detectors(agent)?;
     step(format!(
         "this npd-agent offers the detectors: {}",
         detectors.join(", ")
@@ -241,14 +267,7 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     ));
     let mut failed = Vec::new();
     for kernel in kernels {
-        match test_kernel(
-            kernel,
-            &artifacts.agent,
-            &detectors,
-            &vm_tools,
-            &cache,
-            args,
-        ) {
+        match test_kernel(kernel, agent, &detectors, &vm_tools, &cache, args) {
             Ok(true) => {}
             Ok(false) => failed.push(kernel.name),
             Err(err) => {
@@ -257,10 +276,6 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             }
         }
     }
-    step(format!(
-        "vm-test took {:.0}s in all (including the agent build)",
-        started.elapsed().as_secs_f64()
-    ));
     if !failed.is_empty() {
         bail!("vm-test failed on kernel {}", failed.join(", "));
     }
