@@ -66,6 +66,17 @@ impl DecodeStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// (cause, count) for metrics.
+    pub fn by_cause(&self) -> [(&'static str, u64); 5] {
+        [
+            ("short", self.short.load(Ordering::Relaxed)),
+            ("size_mismatch", self.size_mismatch.load(Ordering::Relaxed)),
+            ("unknown_kind", self.unknown_kind.load(Ordering::Relaxed)),
+            ("bad_version", self.bad_version.load(Ordering::Relaxed)),
+            ("bad_length", self.bad_length.load(Ordering::Relaxed)),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         [
             &self.short,

@@ -5,7 +5,10 @@ mod cmd;
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use npd_agent::{kernel, probes};
+use npd_agent::{
+    config::{DetectorName, FileConfig},
+    kernel, probes,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -38,30 +41,27 @@ enum Command {
     Check(cmd::check::CheckArgs),
 }
 
-/// Options for loading the kernel programs, shared by every command.
+/// Options for loading the kernel programs, shared by every command. Unset flags fall back
+/// to the config file (`run --config`), then to the defaults.
 #[derive(Clone, Debug, Args)]
 pub struct ProbeArgs {
-    /// Detectors to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "fd,hung_task,oom,oops")]
-    detectors: Vec<DetectorName>,
-    /// Ring-buffer size in bytes (a power of two, a multiple of the page size).
-    #[arg(long, default_value_t = 256 * 1024, value_parser = parse_ring_size)]
-    ring_buffer_bytes: u32,
-    /// Minimum time between two fd-exhaustion records of one process, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    fd_rate_limit_ms: u64,
+    /// Detectors to run, comma-separated [default: fd,hung_task,oom,oops].
+    #[arg(long, value_delimiter = ',')]
+    detectors: Option<Vec<DetectorName>>,
+    /// Ring-buffer size in bytes, a power of two of at least a page [default: 262144].
+    #[arg(long, value_parser = parse_ring_size)]
+    ring_buffer_bytes: Option<u32>,
+    /// Minimum time between two fd-exhaustion records of one process, in milliseconds
+    /// [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    fd_rate_limit_ms: Option<u64>,
     /// Forward the kernel programs' debug messages (aya-log) to the log.
     #[arg(long)]
     bpf_log: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DetectorName {
-    Fd,
-    #[value(name = "hung_task")]
-    HungTask,
-    Oom,
-    Oops,
+    /// Where the host's /proc and /sys/fs/cgroup are mounted [default: /]. npd's DaemonSet
+    /// mounts them under /host, because a container's own are namespaced views.
+    #[arg(long, env = "NPD_HOST_ROOT")]
+    host_root: Option<std::path::PathBuf>,
 }
 
 fn parse_ring_size(value: &str) -> Result<u32, String> {
@@ -76,15 +76,33 @@ fn parse_ring_size(value: &str) -> Result<u32, String> {
 }
 
 impl ProbeArgs {
-    fn load_options(&self) -> probes::LoadOptions {
+    fn load_options(&self, file: Option<&FileConfig>) -> probes::LoadOptions {
+        let defaults = probes::LoadOptions::default();
+        let detectors = self
+            .detectors
+            .clone()
+            .or_else(|| file.and_then(|f| f.detectors.clone()))
+            .unwrap_or_else(|| DetectorName::ALL.to_vec());
         probes::LoadOptions {
-            fd: self.detectors.contains(&DetectorName::Fd),
-            hung_task: self.detectors.contains(&DetectorName::HungTask),
-            oom: self.detectors.contains(&DetectorName::Oom),
-            oops: self.detectors.contains(&DetectorName::Oops),
-            ring_buffer_bytes: self.ring_buffer_bytes,
-            fd_rate_limit: Duration::from_millis(self.fd_rate_limit_ms),
+            fd: detectors.contains(&DetectorName::Fd),
+            hung_task: detectors.contains(&DetectorName::HungTask),
+            oom: detectors.contains(&DetectorName::Oom),
+            oops: detectors.contains(&DetectorName::Oops),
+            ring_buffer_bytes: self
+                .ring_buffer_bytes
+                .or_else(|| file.and_then(|f| f.ring_buffer_bytes))
+                .unwrap_or(defaults.ring_buffer_bytes),
+            fd_rate_limit: self
+                .fd_rate_limit_ms
+                .map(Duration::from_millis)
+                .or_else(|| file.and_then(|f| f.fd_pressure.per_process_rate_limit))
+                .unwrap_or(defaults.fd_rate_limit),
             bpf_log: self.bpf_log,
+            host_root: self
+                .host_root
+                .clone()
+                .or_else(|| file.and_then(|f| f.host_root.clone()))
+                .unwrap_or(defaults.host_root),
         }
     }
 }

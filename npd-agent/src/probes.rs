@@ -68,6 +68,9 @@ pub struct LoadOptions {
     pub fd_rate_limit: Duration,
     /// Forward the programs' aya-log debug messages to the agent's log.
     pub bpf_log: bool,
+    /// Where the host's /proc and /sys/fs/cgroup are: `/` on a node, `/host` in npd's
+    /// DaemonSet (a container's own /proc and cgroup view are namespaced).
+    pub host_root: std::path::PathBuf,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             ring_buffer_bytes: 256 * 1024,
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
+            host_root: std::path::PathBuf::from("/"),
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct Probes {
     pub statuses: Vec<DetectorStatus>,
     pub config: ProbeConfig,
     pub cgroup_layout: CgroupLayout,
+    pub host_root: std::path::PathBuf,
     /// BTF offsets that could not be resolved, and why.
     pub missing_offsets: offsets::MissingOffsets,
     pub tracefs: Tracefs,
@@ -230,7 +235,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         }),
     })?;
     let tracefs = Tracefs::find_or_mount()?;
-    let cgroup_layout = CgroupLayout::detect();
+    let cgroup_layout = CgroupLayout::detect(&options.host_root);
     let (config, missing_offsets) = probe_config(options, &btf, &tracefs, cgroup_layout)?;
 
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
@@ -305,6 +310,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         statuses,
         config,
         cgroup_layout,
+        host_root: options.host_root.clone(),
         missing_offsets,
         tracefs,
         oops_coverage,
@@ -414,4 +420,33 @@ pub fn probe_program_types(ebpf: &mut Ebpf) -> ProgramTypeSupport {
         btf_tracepoint,
         fentry,
     }
+}
+
+/// Ids of the loaded programs that are attached through a BPF link, to notice later if a
+/// link disappears (someone detached it). Programs attached without a link (classic
+/// tracepoints on kernels before 5.15) are not listed and cannot be watched this way.
+pub fn linked_programs(ebpf: &Ebpf) -> Vec<(String, u32)> {
+    let linked: std::collections::HashSet<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|link| link.program_id())
+        .collect();
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let id = program.info().ok()?.id();
+            linked.contains(&id).then(|| (name.to_owned(), id))
+        })
+        .collect()
+}
+
+/// Which of `expected` no longer have a link.
+pub fn detached_programs(expected: &[(String, u32)]) -> Vec<String> {
+    let linked: std::collections::HashSet<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|link| link.program_id())
+        .collect();
+    expected
+        .iter()
+        .filter(|(_, id)| !linked.contains(id))
+        .map(|(name, _)| name.clone())
+        .collect()
 }

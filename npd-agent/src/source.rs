@@ -54,12 +54,17 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(layout: CgroupLayout, oops_coverage: Option<oops::FentryCoverage>) -> Self {
-        let proc_root = Path::new("/proc");
+    pub fn new(
+        layout: CgroupLayout,
+        host_root: &Path,
+        oops_coverage: Option<oops::FentryCoverage>,
+    ) -> Self {
+        let proc_root = host_root.join("proc");
+        let cgroup_root = layout.attribution_root(host_root);
         Self {
             fd_accounting: FdAccounting::default(),
-            hung_tasks: HungTaskTracker::new(proc_root, layout),
-            oom: OomDecoder::new(proc_root, layout),
+            hung_tasks: HungTaskTracker::new(&proc_root, layout, &cgroup_root),
+            oom: OomDecoder::new(&proc_root, layout, &cgroup_root),
             counters: oops_coverage.map(|coverage| CounterWatcher::new(Path::new("/"), coverage)),
             symbolizer: Symbolizer::default(),
             stats: DecodeStats::default(),
@@ -112,6 +117,7 @@ impl EventSource {
             logger,
             cgroup_layout,
             oops_coverage,
+            host_root,
             ..
         } = probes;
         let logger = logger.map(register).transpose()?;
@@ -126,7 +132,7 @@ impl EventSource {
                 fd_rate_limit_ns: config.fd_rate_limit_ns,
                 logger,
             },
-            decoder: Decoder::new(cgroup_layout, oops_coverage),
+            decoder: Decoder::new(cgroup_layout, &host_root, oops_coverage),
             tick,
         })
     }

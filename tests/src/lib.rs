@@ -1,5 +1,7 @@
-//! Shared harness for npd's kernel tests: running the real agent, provoking real problems,
-//! and changing global machine state only through guards that restore it.
+//! Shared harness for npd's integration tests: running the real agent, provoking real
+//! problems, changing global machine state only through guards that restore it, and a real
+//! Kubernetes control plane to report to.
 
 pub mod agent;
+pub mod cluster;
 pub mod machine;

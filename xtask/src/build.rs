@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::{
-    prereqs::{self, NIGHTLY},
+    prereqs::{self, nightly},
     util::{self, root, sh, step},
 };
 
@@ -36,7 +36,7 @@ pub(crate) struct Artifacts {
 pub(crate) fn build_ebpf() -> anyhow::Result<PathBuf> {
     step("building the eBPF object (npd-ebpf, nightly, bpfel-unknown-none)");
     let dir = root().join("npd-ebpf");
-    sh(util::cargo(Some(NIGHTLY))
+    sh(util::cargo(Some(&nightly()))
         .current_dir(&dir)
         .args(["build", "--release"]))?;
     let object = dir.join("target/bpfel-unknown-none/release/npd");
@@ -101,7 +101,7 @@ pub(crate) fn lint() -> anyhow::Result<()> {
     sh(util::cargo(None)
         .current_dir(root())
         .args(["fmt", "--all", "--", "--check"]))?;
-    sh(util::cargo(Some(NIGHTLY))
+    sh(util::cargo(Some(&nightly()))
         .current_dir(root().join("npd-ebpf"))
         .args(["fmt", "--", "--check"]))?;
     step("clippy (userspace, -D warnings)");
@@ -114,7 +114,7 @@ pub(crate) fn lint() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     step("clippy (eBPF, -D warnings)");
-    sh(util::cargo(Some(NIGHTLY))
+    sh(util::cargo(Some(&nightly()))
         .current_dir(root().join("npd-ebpf"))
         .args(["clippy", "--release", "--", "-D", "warnings"]))?;
     Ok(())

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds npd (the eBPF object on nightly, the agent with it embedded), runs it,
 //! and runs every test, installing whatever this machine lacks first.
 
+mod apiserver;
 mod build;
 mod prereqs;
 mod test;
@@ -24,13 +25,15 @@ enum Command {
     Build(build::BuildArgs),
     /// Build, then run `npd-agent ARGS` as root (default: `run`).
     Run(build::RunArgs),
-    /// Run everything: unit tests, then the root-only kernel tests serially, then vm-test.
+    /// Run everything: unit tests, the root-only kernel and cluster tests serially, vm-test.
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) over both workspaces.
     Lint,
     /// Boot other kernels (Debian's, under QEMU/TCG) and provoke real oops, WARN, hung task,
     /// OOM kill and fd exhaustion there; print what the agent saw per kernel.
     VmTest(vm::VmTestArgs),
+    /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
+    Apiserver(apiserver::ApiserverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Lint => build::lint(),
         Command::VmTest(args) => vm::run(&args),
+        Command::Apiserver(args) => apiserver::run(&args),
     }
 }

@@ -8,8 +8,14 @@ use anyhow::{Context, bail};
 
 use crate::util::{self, output, sh, step};
 
-/// The toolchain that builds npd-ebpf.
-pub(crate) const NIGHTLY: &str = "nightly";
+/// The toolchain that builds npd-ebpf: the machine's `nightly`, or `NPD_EBPF_TOOLCHAIN`
+/// (e.g. a dated nightly whose LLVM major the distribution packages).
+pub(crate) fn nightly() -> String {
+    std::env::var("NPD_EBPF_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "nightly".to_owned())
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub(crate) fn ensure() -> anyhow::Result<()> {
@@ -23,14 +29,15 @@ pub(crate) fn ensure() -> anyhow::Result<()> {
 fn ensure_nightly() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to find the nightly toolchain")?;
-    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+    let nightly = nightly();
+    if toolchains.lines().any(|l| l.starts_with(nightly.as_str())) {
         return Ok(());
     }
     step("no nightly toolchain: installing one (the eBPF crate needs -Z build-std)");
     sh(Command::new("rustup").args([
         "toolchain",
         "install",
-        NIGHTLY,
+        &nightly,
         "--profile",
         "minimal",
         "--component",
@@ -41,18 +48,19 @@ fn ensure_nightly() -> anyhow::Result<()> {
 
 fn ensure_rust_src() -> anyhow::Result<()> {
     let sysroot =
-        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+        output(Command::new("rustc").args([&format!("+{}", nightly()), "--print", "sysroot"]))?;
     let core = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if core.is_dir() {
         return Ok(());
     }
-    step(format!("rust-src is missing for {NIGHTLY}: adding it"));
-    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+    let nightly = nightly();
+    step(format!("rust-src is missing for {nightly}: adding it"));
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &nightly]))
 }
 
 /// The LLVM major of the nightly, from `rustc +nightly -vV`.
 fn nightly_llvm_major() -> anyhow::Result<u32> {
-    let version = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
+    let version = output(Command::new("rustc").args([&format!("+{}", nightly()), "-vV"]))?;
     version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -97,22 +105,23 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
 /// a person.
 pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let install = |cmd: &mut Command| {
-        sh(cmd
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "--no-remove",
-            ])
-            .args(packages))
+        util::sh_narrating(
+            cmd.env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
+                .args(packages),
+        )
     };
     if install(&mut Command::new("apt-get")).is_ok() {
         return Ok(());
     }
     step("refreshing the package lists and trying again");
-    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    util::sh_narrating(Command::new("apt-get").args(["update", "-q"]))?;
     install(&mut Command::new("apt-get")).with_context(|| {
         format!(
             "cannot install {0} (if apt would have to remove packages for them, run \

@@ -1,12 +1,14 @@
 //! `cargo xtask test`: unit tests (no root, no kernel programs), then the tests that load the
-//! real programs into this kernel and provoke real problems (root, serially), then the same
-//! agent on other kernels under QEMU (`cargo xtask vm-test`: oops, WARN and fentry, which
-//! this kernel cannot give).
+//! real programs into this kernel and provoke real problems (root, serially), and the tests
+//! that talk to a real kube-apiserver; then the same agent on other kernels under QEMU
+//! (`cargo xtask vm-test`: oops, WARN and fentry, which this kernel cannot give).
 
 use anyhow::bail;
 use clap::Args;
+use npd_tests::cluster;
 
 use crate::{
+    apiserver,
     build::{self, BuildArgs},
     util::{self, root, sh, step},
     vm::{self, VmTestArgs},
@@ -49,11 +51,14 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
              unit tests alone)"
         );
     }
+    let control_plane = apiserver::ensure_built()?;
     let artifacts = build::build(&BuildArgs { debug: false })?;
-    step("kernel tests (root, one at a time: they share global kernel state)");
+    step("kernel and cluster tests (root, one at a time: they share global kernel state)");
     sh(util::cargo(None)
         .current_dir(root())
         .env("NPD_AGENT_BIN", &artifacts.agent)
+        .env(cluster::KUBE_APISERVER_ENV, &control_plane.kube_apiserver)
+        .env(cluster::ETCD_ENV, &control_plane.etcd)
         .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
         .args(&args.filter))?;
     if args.no_vm {

@@ -20,11 +20,20 @@ pub(crate) fn step(message: impl AsRef<str>) {
     eprintln!("xtask: {}", message.as_ref());
 }
 
+/// The command line, with very long arguments (lists of hundreds of packages) shortened.
 pub(crate) fn describe(cmd: &Command) -> String {
+    const LONGEST_ARG: usize = 500;
     let mut text = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
         text.push(' ');
-        text.push_str(&arg.to_string_lossy());
+        match arg.char_indices().nth(LONGEST_ARG) {
+            Some((cut, _)) => {
+                text.push_str(&arg[..cut]);
+                text.push_str(&format!("...({} more bytes)", arg.len() - cut));
+            }
+            None => text.push_str(&arg),
+        }
     }
     text
 }
@@ -40,6 +49,12 @@ pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("`{line}` failed ({status})");
     }
     Ok(())
+}
+
+/// Like [`sh`], with the command's stdout sent to stderr as well: for commands that only
+/// narrate (apt-get, tar), so that stdout carries nothing but what the xtask itself prints.
+pub(crate) fn sh_narrating(cmd: &mut Command) -> anyhow::Result<()> {
+    sh(cmd.stdout(std::io::stderr()))
 }
 
 /// Runs a command and returns its stdout; fails if it fails.

@@ -122,7 +122,8 @@ fn gather(args: &CheckArgs) -> Report {
             })
             .map_err(|e| e.to_string()),
     ));
-    let layout = CgroupLayout::detect();
+    let options = args.probes.load_options(None);
+    let layout = CgroupLayout::detect(&options.host_root);
     items.push(item(
         "cgroups",
         false,
@@ -136,7 +137,7 @@ fn gather(args: &CheckArgs) -> Report {
     let mut missing_offsets = Vec::new();
     let prerequisites_ok = items.iter().all(|i| i.ok || !i.required);
     if prerequisites_ok {
-        match probes::load(&args.probes.load_options()) {
+        match probes::load(&options) {
             Ok(loaded) => {
                 let features = probes::probe_program_types(&mut { loaded.ebpf });
                 items.push(item("tp_btf", false, features.btf_tracepoint));

@@ -57,7 +57,7 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("--timeout {secs}: not a valid number of seconds"))
         })
         .transpose()?;
-    let probes = probes::load(&args.probes.load_options())?;
+    let probes = probes::load(&args.probes.load_options(None))?;
     for status in &probes.statuses {
         match status.active {
             Some(hook) => tracing::info!(

@@ -1,11 +1,15 @@
-//! `npd-agent run`: the daemon.
+//! `npd-agent run`: the daemon. With a cluster (in-cluster, `--kubeconfig` or `KUBECONFIG`)
+//! it reports NodeConditions and Events; without one it runs standalone and logs them.
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-
-use npd_agent::{probes, source::EventSource};
+use npd_agent::{
+    agent::{self, AgentConfig, ClusterConfig},
+    config::{FileConfig, duration},
+    k8s::{self, node::ConditionNames},
+};
 
 use crate::ProbeArgs;
 
@@ -13,42 +17,98 @@ use crate::ProbeArgs;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     probes: ProbeArgs,
+    /// Configuration file (YAML; see deploy/config.yaml). Flags win over it.
+    #[arg(long, env = "NPD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz [default: 127.0.0.1:20257].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// This node's name [default: $NODE_NAME, else the hostname].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Kubeconfig to report with [default: $KUBECONFIG, else in-cluster, else standalone].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Only log problems, even where a cluster is configured.
+    #[arg(long)]
+    standalone: bool,
+    /// How often lastHeartbeatTime is refreshed, e.g. 30s or 1m [default: 1m].
+    #[arg(long, value_parser = duration::parse)]
+    heartbeat: Option<Duration>,
+    /// Namespace of Events about the Node [default: default].
+    #[arg(long)]
+    event_namespace: Option<String>,
+    /// KernelDeadlock clears once no task has been hung this long [default: 5m].
+    #[arg(long, value_parser = duration::parse)]
+    hung_task_recovery_window: Option<Duration>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let probes = probes::load(&args.probes.load_options())?;
-    for status in &probes.statuses {
-        match status.active {
-            Some(hook) => tracing::info!(
-                detector = status.detector,
-                hook = hook.as_str(),
-                "attached {}",
-                status.active_target().unwrap_or_default()
+    let mut file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    // Flags win: fold the ones the file also knows into it, then validate once.
+    if let Some(window) = args.hung_task_recovery_window {
+        file.hung_task.recovery_window = Some(window);
+    }
+    if let Some(heartbeat) = args.heartbeat {
+        file.kubernetes.heartbeat = Some(heartbeat);
+    }
+    file.validate()?;
+    let kubernetes = &file.kubernetes;
+    let config = AgentConfig {
+        probes: args.probes.load_options(Some(&file)),
+        engine: file.engine()?,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 20257))),
+        file_table_interval: file
+            .fd_pressure
+            .sample_interval
+            .unwrap_or(Duration::from_secs(10)),
+        cluster: ClusterConfig {
+            kubeconfig: args
+                .kubeconfig
+                .clone()
+                .or_else(|| kubernetes.kubeconfig.clone()),
+            standalone: args.standalone || kubernetes.enabled == Some(false),
+            node_name: k8s::node_name(
+                args.node_name
+                    .as_deref()
+                    .or(kubernetes.node_name.as_deref()),
             ),
-            None => tracing::warn!(detector = status.detector, "no hook could attach"),
-        }
-    }
-    let mut source = EventSource::new(probes).context("watching the ring buffer")?;
-    tracing::info!("no cluster configured: running standalone, problems are logged");
-    let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let events = tokio::select! {
-            events = source.next() => events.context("reading the ring buffer")?,
-            () = &mut shutdown => break,
-        };
-        for event in events {
-            tracing::warn!(
-                kind = event.kind,
-                pid = event.task.pid,
-                comm = %event.task.comm,
-                cgroup_id = event.task.cgroup_id,
-                source = event.source.as_str(),
-                "{}",
-                event.summary()
-            );
-        }
-    }
-    tracing::info!("stopping: detaching kernel programs");
+            heartbeat: kubernetes.heartbeat.unwrap_or(Duration::from_secs(60)),
+            node_event_namespace: args
+                .event_namespace
+                .clone()
+                .or_else(|| kubernetes.event_namespace.clone())
+                .unwrap_or_else(|| "default".to_owned()),
+            names: {
+                let defaults = ConditionNames::default();
+                let conditions = &kubernetes.conditions;
+                ConditionNames {
+                    kernel_deadlock: conditions
+                        .kernel_deadlock
+                        .clone()
+                        .unwrap_or(defaults.kernel_deadlock),
+                    kernel_oops: conditions
+                        .kernel_oops
+                        .clone()
+                        .unwrap_or(defaults.kernel_oops),
+                    fd_pressure: conditions
+                        .fd_pressure
+                        .clone()
+                        .unwrap_or(defaults.fd_pressure),
+                    reasons: kubernetes.reasons.clone(),
+                }
+            },
+            max_pending_events: kubernetes.max_pending_events.unwrap_or(512),
+        },
+    };
+    agent::run(config, super::shutdown_signal())
+        .await
+        .context("npd-agent run")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -108,15 +108,17 @@ struct Hung {
 pub struct HungTaskTracker {
     proc_root: PathBuf,
     layout: CgroupLayout,
+    cgroup_root: PathBuf,
     /// By thread id.
     hung: HashMap<u32, Hung>,
 }
 
 impl HungTaskTracker {
-    pub fn new(proc_root: &Path, layout: CgroupLayout) -> Self {
+    pub fn new(proc_root: &Path, layout: CgroupLayout, cgroup_root: &Path) -> Self {
         Self {
             proc_root: proc_root.to_owned(),
             layout,
+            cgroup_root: cgroup_root.to_owned(),
             hung: HashMap::new(),
         }
     }
@@ -136,7 +138,9 @@ impl HungTaskTracker {
             task.pid = procfs::tgid_of(&self.proc_root, task.tid).unwrap_or(task.tid);
         }
         if task.cgroup_id == 0 {
-            task.cgroup_id = procfs::cgroup_id(&self.proc_root, task.tid, self.layout).unwrap_or(0);
+            task.cgroup_id =
+                procfs::cgroup_id(&self.proc_root, task.tid, self.layout, &self.cgroup_root)
+                    .unwrap_or(0);
         }
         let frames = (record.stack_len as usize).min(record.stack.len());
         let (stack, stack_source) = if frames > 0 {
@@ -244,7 +248,7 @@ mod tests {
     #[test]
     fn tells_new_hangs_from_repeats_and_notices_recovery() {
         let root = std::env::temp_dir().join(format!("npd-hung-{}", std::process::id()));
-        let mut tracker = HungTaskTracker::new(&root, CgroupLayout::Unified);
+        let mut tracker = HungTaskTracker::new(&root, CgroupLayout::Unified, &root);
         let mut symbolizer = Symbolizer::new(&root.join("no-kallsyms"));
         write_stat(&root, 10, 'D', 500);
         write_stat(&root, 11, 'D', 600);

@@ -135,13 +135,15 @@ pub fn scope_from_stack(stack: &[String]) -> OomScope {
 pub struct OomDecoder {
     proc_root: PathBuf,
     layout: CgroupLayout,
+    cgroup_root: PathBuf,
 }
 
 impl OomDecoder {
-    pub fn new(proc_root: &Path, layout: CgroupLayout) -> Self {
+    pub fn new(proc_root: &Path, layout: CgroupLayout, cgroup_root: &Path) -> Self {
         Self {
             proc_root: proc_root.to_owned(),
             layout,
+            cgroup_root: cgroup_root.to_owned(),
         }
     }
 
@@ -156,7 +158,9 @@ impl OomDecoder {
         }
         let cgroup_source = if record.flags & flags::VICTIM_CGROUP != 0 {
             "kernel"
-        } else if let Some(id) = procfs::cgroup_id(&self.proc_root, task.tid, self.layout) {
+        } else if let Some(id) =
+            procfs::cgroup_id(&self.proc_root, task.tid, self.layout, &self.cgroup_root)
+        {
             task.cgroup_id = id;
             "procfs"
         } else {
@@ -225,5 +229,56 @@ mod tests {
         ]);
         assert_eq!(scope_from_stack(&global), OomScope::Global);
         assert_eq!(scope_from_stack(&[]), OomScope::Unknown);
+    }
+}
+
+/// The memory cgroup that hit its limit: the nearest ancestor (the cgroup itself included)
+/// of `cgroup_path` below `root` with a finite memory limit.
+pub fn limiting_memcg(root: &Path, cgroup_path: &str) -> Option<String> {
+    // v1 reports "no limit" as a huge page-aligned number.
+    const V1_UNLIMITED: u64 = 1 << 62;
+    let mut path = cgroup_path.trim_end_matches('/').to_owned();
+    while !path.is_empty() && path != "/" {
+        let dir = root.join(path.trim_start_matches('/'));
+        let limited = ["memory.max", "memory.limit_in_bytes"].iter().any(|file| {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|limit| limit < V1_UNLIMITED)
+        });
+        if limited {
+            return Some(path);
+        }
+        path.truncate(path.rfind('/').unwrap_or(0));
+    }
+    None
+}
+
+#[cfg(test)]
+mod memcg_tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_nearest_limited_ancestor() {
+        let root = std::env::temp_dir().join(format!("npd-memcg-{}", std::process::id()));
+        let leaf = root.join("kubepods/burstable/podx/ctr");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        std::fs::write(
+            root.join("kubepods/burstable/podx/memory.max"),
+            "67108864\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("kubepods/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        assert_eq!(
+            limiting_memcg(&root, "/kubepods/burstable/podx/ctr").as_deref(),
+            Some("/kubepods/burstable/podx")
+        );
+        assert_eq!(limiting_memcg(&root, "/kubepods"), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -6,7 +6,7 @@ pub mod offsets;
 pub mod procfs;
 pub mod tracefs;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `uname -r`.
 pub fn release() -> String {
@@ -36,8 +36,10 @@ pub enum CgroupLayout {
 }
 
 impl CgroupLayout {
-    pub fn detect() -> Self {
-        if is_cgroup2(Path::new("/sys/fs/cgroup")) {
+    /// The layout of the host's cgroups, mounted under `host_root` (`/` on a node, `/host`
+    /// in npd's DaemonSet, whose own /sys/fs/cgroup is a namespaced view).
+    pub fn detect(host_root: &Path) -> Self {
+        if is_cgroup2(&host_root.join("sys/fs/cgroup")) {
             Self::Unified
         } else {
             Self::Legacy
@@ -45,10 +47,10 @@ impl CgroupLayout {
     }
 
     /// Where cgroup ids of records can be looked up as directory inode numbers.
-    pub fn attribution_root(self) -> &'static Path {
+    pub fn attribution_root(self, host_root: &Path) -> PathBuf {
         match self {
-            Self::Unified => Path::new("/sys/fs/cgroup"),
-            Self::Legacy => Path::new("/sys/fs/cgroup/memory"),
+            Self::Unified => host_root.join("sys/fs/cgroup"),
+            Self::Legacy => host_root.join("sys/fs/cgroup/memory"),
         }
     }
 }

@@ -67,9 +67,14 @@ pub fn cgroup_path(proc_root: &Path, tid: u32, layout: CgroupLayout) -> Option<S
 
 /// The cgroup id (directory inode) of a task, read from /proc: racy by nature, used only
 /// where the kernel hook could not read it.
-pub fn cgroup_id(proc_root: &Path, tid: u32, layout: CgroupLayout) -> Option<u64> {
+pub fn cgroup_id(
+    proc_root: &Path,
+    tid: u32,
+    layout: CgroupLayout,
+    cgroup_root: &Path,
+) -> Option<u64> {
     let path = cgroup_path(proc_root, tid, layout)?;
-    let dir = layout.attribution_root().join(path.trim_start_matches('/'));
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
     std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 

@@ -1,0 +1,29 @@
+# npd-agent with its eBPF object embedded: `docker build -t npd .`
+#
+# The build stage is Debian 12 like the development machines: the nightly toolchain builds
+# the eBPF crate (rust-src, -Z build-std), bpf-linker is built against the LLVM major of that
+# nightly (llvm-22 comes from bookworm-security), and `cargo xtask build` does the rest.
+FROM debian:bookworm AS build
+ARG RUST_STABLE=1.95.0
+ARG RUST_NIGHTLY=nightly-2026-05-19
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH \
+    NPD_EBPF_TOOLCHAIN=${RUST_NIGHTLY}
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates curl gcc libc6-dev pkg-config \
+      llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_STABLE} \
+ && rustup toolchain install ${RUST_NIGHTLY} --profile minimal --component rust-src \
+ && LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
+      --no-default-features --features llvm-22
+WORKDIR /src
+COPY . .
+RUN cargo xtask build && cp target/release/npd-agent /npd-agent
+
+# The runtime image: just the agent and glibc.
+FROM debian:bookworm-slim
+COPY --from=build /npd-agent /usr/local/bin/npd-agent
+# The agent needs root for its capabilities (see deploy/daemonset.yaml); it writes nothing.
+ENTRYPOINT ["/usr/local/bin/npd-agent"]
+CMD ["run"]

@@ -1,0 +1,389 @@
+//! The daemon: kernel records -> events -> attribution -> the problem engine -> reporting
+//! (the Node and Events through the API server, or the log when standalone), with metrics
+//! and health on one HTTP listener. IO happens here and in the modules it drives; the engine
+//! stays pure.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use npd_common::counters::{Counter, Detector};
+
+use crate::{
+    attribution::{Attributor, CgroupIndex, PodDirectoryMap},
+    clock,
+    detectors::oom::{OomScope, limiting_memcg},
+    engine::{
+        ConditionType, Engine, EngineConfig, EventReason, FileTableSample, NodeCondition,
+        ProblemEvent, Timestamp,
+    },
+    event::{Detail, Event},
+    health::Health,
+    k8s::{
+        self,
+        node::ConditionNames,
+        reporter::{self, ReporterConfig, ReporterHandle},
+    },
+    metrics::{
+        CauseLabels, ConditionLabels, DetectorLabels, HookLabels, KindLabels, Metrics, ReasonLabels,
+    },
+    probes::{self, LoadOptions},
+    source::EventSource,
+};
+
+/// Everything the daemon is told.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub probes: LoadOptions,
+    pub engine: EngineConfig,
+    /// Where /metrics, /healthz and /readyz listen.
+    pub listen: SocketAddr,
+    /// How often /proc/sys/fs/file-nr is sampled.
+    pub file_table_interval: Duration,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `--kubeconfig`; else KUBECONFIG, else in-cluster, else standalone.
+    pub kubeconfig: Option<PathBuf>,
+    /// Forces standalone mode even where a cluster is configured.
+    pub standalone: bool,
+    pub node_name: String,
+    pub heartbeat: Duration,
+    pub node_event_namespace: String,
+    pub names: ConditionNames,
+    pub max_pending_events: usize,
+}
+
+/// Where decisions go.
+enum Sink {
+    Cluster(ReporterHandle),
+    /// Standalone: the log. Remembers the conditions last logged, to log only changes.
+    Log(Vec<NodeCondition>),
+}
+
+impl Sink {
+    fn conditions(&mut self, conditions: &[NodeCondition], names: &ConditionNames) {
+        match self {
+            Self::Cluster(reporter) => reporter.set_conditions(conditions),
+            Self::Log(last) => {
+                for condition in conditions {
+                    let changed = last
+                        .iter()
+                        .find(|c| c.condition_type == condition.condition_type)
+                        .is_none_or(|c| {
+                            c.status != condition.status || c.reason != condition.reason
+                        });
+                    if changed && condition.is_true() {
+                        tracing::warn!(
+                            condition = names.name(condition.condition_type),
+                            status = condition.status.as_str(),
+                            reason = %condition.reason,
+                            "{}",
+                            condition.message
+                        );
+                    } else if changed {
+                        tracing::info!(
+                            condition = names.name(condition.condition_type),
+                            status = condition.status.as_str(),
+                            reason = %condition.reason,
+                            "{}",
+                            condition.message
+                        );
+                    }
+                }
+                *last = conditions.to_vec();
+            }
+        }
+    }
+
+    fn events(&mut self, events: Vec<ProblemEvent>) {
+        match self {
+            Self::Cluster(reporter) => reporter.push_events(events),
+            Self::Log(_) => {
+                for event in events {
+                    tracing::warn!(
+                        reason = event.reason.as_str(),
+                        r#type = event.event_type.as_str(),
+                        count = event.count,
+                        "{}",
+                        event.message
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Kernel counters, decode errors and engine statistics turned into metric increments.
+#[derive(Debug, Default)]
+struct MetricDeltas {
+    deltas: crate::metrics::Deltas,
+}
+
+impl MetricDeltas {
+    fn update(&mut self, metrics: &Metrics, source: &EventSource, engine: &Engine) {
+        let kernel = source.kernel_counters();
+        for detector in Detector::ALL {
+            let labels = DetectorLabels {
+                detector: detector.name().to_owned(),
+            };
+            for (counter, family) in [
+                (Counter::Hits, &metrics.hook_hits),
+                (Counter::RingFull, &metrics.ring_buffer_drops),
+                (Counter::RateLimited, &metrics.rate_limited),
+            ] {
+                let key = format!("{}/{}", detector.name(), counter.name());
+                let delta = self.deltas.delta(&key, kernel.get(detector, counter));
+                if delta > 0 {
+                    family.get_or_create(&labels).inc_by(delta);
+                }
+            }
+        }
+        let stats = &source.decoder.stats;
+        for (cause, total) in stats.by_cause() {
+            let delta = self.deltas.delta(&format!("decode/{cause}"), total);
+            if delta > 0 {
+                metrics
+                    .decode_errors
+                    .get_or_create(&CauseLabels {
+                        cause: cause.to_owned(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        // NPD's problem_counter: problems seen per reason.
+        for reason in EventReason::ALL {
+            let occurrences = engine.event_stats(reason).occurrences;
+            let delta = self
+                .deltas
+                .delta(&format!("problem/{}", reason.as_str()), occurrences);
+            if delta > 0 {
+                metrics
+                    .problem_counter
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.as_str().to_owned(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+    }
+}
+
+/// NPD's problem_gauge: 1 while a condition is True with its problem reason.
+fn condition_gauges(metrics: &Metrics, conditions: &[NodeCondition], names: &ConditionNames) {
+    for condition in conditions {
+        let problem_reason = match condition.condition_type {
+            ConditionType::KernelDeadlock => crate::engine::reason::TASK_HUNG,
+            ConditionType::KernelOops => crate::engine::reason::KERNEL_OOPS,
+            ConditionType::FdPressure => crate::engine::reason::FD_UNDER_PRESSURE,
+        };
+        metrics
+            .problem_gauge
+            .get_or_create(&ConditionLabels {
+                reason: ReasonLabels {
+                    reason: problem_reason.to_owned(),
+                },
+                r#type: names.name(condition.condition_type).to_owned(),
+            })
+            .set(i64::from(condition.is_true()));
+    }
+}
+
+/// Fills in who an event belongs to, and for a memory-cgroup OOM which cgroup hit its limit.
+fn enrich(attributor: &mut Attributor, event: &mut Event) {
+    attributor.attribute_event(event, Instant::now());
+    if let Detail::OomKill(kill) = &mut event.detail
+        && kill.scope == OomScope::Memcg
+        && let Some(path) = event.attribution.as_ref().and_then(|a| a.cgroup.as_deref())
+    {
+        kill.memcg = limiting_memcg(attributor.index().root(), path);
+    }
+}
+
+fn read_file_table() -> Option<FileTableSample> {
+    std::fs::read_to_string("/proc/sys/fs/file-nr")
+        .ok()
+        .and_then(|text| FileTableSample::parse_file_nr(&text))
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    // Stalls: the consumer comes round at least every second; the reporter at least every
+    // heartbeat (also while backing off, whose ceiling is a minute).
+    let health = Arc::new(Health::new(
+        Duration::from_secs(30),
+        config.cluster.heartbeat.max(Duration::from_secs(60)) * 3,
+    ));
+    let bound = crate::http::serve(config.listen, Arc::clone(&metrics), Arc::clone(&health))
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    tracing::info!("metrics and health on http://{bound}/metrics, /healthz, /readyz");
+
+    let probes = probes::load(&config.probes)?;
+    for status in &probes.statuses {
+        match status.active {
+            Some(hook) => {
+                tracing::info!(
+                    detector = status.detector,
+                    hook = hook.as_str(),
+                    "attached {}",
+                    status.active_target().unwrap_or_default()
+                );
+                metrics
+                    .hooks_attached
+                    .get_or_create(&HookLabels {
+                        detector: status.detector.to_owned(),
+                        hook: hook.as_str().to_owned(),
+                    })
+                    .set(1);
+            }
+            None => tracing::warn!(detector = status.detector, "no hook could attach"),
+        }
+        for note in &status.notes {
+            tracing::info!(detector = status.detector, "{note}");
+        }
+    }
+    for (field, why) in &probes.missing_offsets {
+        tracing::warn!("kernel field {field} not found ({why}); records leave it out");
+    }
+    let layout = probes.cgroup_layout;
+    let cgroup_root = layout.attribution_root(&probes.host_root);
+    let mut source = EventSource::new(probes).context("watching the ring buffer")?;
+    let linked = probes::linked_programs(source.ebpf());
+    health.set_hooks_attached();
+
+    let pods = Arc::new(RwLock::new(PodDirectoryMap::default()));
+    let mut attributor = Attributor::new(CgroupIndex::new(cgroup_root));
+    let names = config.cluster.names.clone();
+    let mut engine = Engine::new(config.engine.clone(), Timestamp::now())?;
+
+    let cluster = if config.cluster.standalone {
+        None
+    } else {
+        k8s::connect(config.cluster.kubeconfig.as_deref()).await?
+    };
+    let mut sink = match cluster {
+        Some((client, source_of_config)) => {
+            tracing::info!(
+                node = %config.cluster.node_name,
+                "reporting to the cluster ({source_of_config:?})"
+            );
+            attributor = attributor.with_pod_directory(pods.clone());
+            tokio::spawn(k8s::pods::watch(
+                client.clone(),
+                config.cluster.node_name.clone(),
+                Arc::clone(&pods),
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            ));
+            Sink::Cluster(reporter::spawn(
+                client,
+                ReporterConfig {
+                    node_name: config.cluster.node_name.clone(),
+                    names: names.clone(),
+                    heartbeat: config.cluster.heartbeat,
+                    node_event_namespace: config.cluster.node_event_namespace.clone(),
+                    max_pending_events: config.cluster.max_pending_events,
+                    initial_backoff: Duration::from_secs(1),
+                    max_backoff: Duration::from_secs(60),
+                },
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            ))
+        }
+        None => {
+            tracing::info!("no cluster configured: running standalone, problems are logged");
+            Sink::Log(Vec::new())
+        }
+    };
+    let mut node_state = match &mut sink {
+        Sink::Cluster(reporter) => reporter.node_state.take(),
+        Sink::Log(_) => None,
+    };
+    // Standalone there is nothing to restore: publish the conditions at once.
+    if node_state.is_none() {
+        sink.conditions(engine.conditions(), &names);
+    }
+
+    let mut deltas = MetricDeltas::default();
+    let mut last_record = None::<u64>;
+    let mut next_sample = Instant::now();
+    let mut next_link_check = Instant::now() + Duration::from_secs(10);
+    tracing::info!("npd is running");
+    tokio::pin!(shutdown);
+    loop {
+        let mut out = Vec::new();
+        tokio::select! {
+            events = source.next() => {
+                let events = events.context("reading the ring buffer")?;
+                let now = Timestamp::now();
+                for mut event in events {
+                    enrich(&mut attributor, &mut event);
+                    if event.source != crate::event::Source::Sweep
+                        && event.source != crate::event::Source::Counters
+                    {
+                        last_record = Some(clock::monotonic_ns());
+                    }
+                    metrics
+                        .records
+                        .get_or_create(&KindLabels { kind: event.kind.to_owned() })
+                        .inc();
+                    tracing::debug!(kind = event.kind, pid = event.task.pid, "{}", event.summary());
+                    out.extend(engine.observe(&event, now));
+                }
+            }
+            state = async {
+                match node_state.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                node_state = None;
+                if let Some(state) = state {
+                    engine.restore(state.conditions, state.boot, Timestamp::now());
+                }
+            }
+            () = &mut shutdown => break,
+        }
+        health.consumer_progressed();
+        let now = Timestamp::now();
+        if Instant::now() >= next_sample {
+            next_sample = Instant::now() + config.file_table_interval;
+            if let Some(sample) = read_file_table() {
+                out.extend(engine.sample_file_table(sample, now));
+            }
+        }
+        if Instant::now() >= next_link_check {
+            next_link_check = Instant::now() + Duration::from_secs(10);
+            let detached = probes::detached_programs(&linked);
+            health.set_detached(
+                (!detached.is_empty())
+                    .then(|| format!("kernel hook(s) detached: {}", detached.join(", "))),
+            );
+        }
+        out.extend(engine.tick(now));
+        // Only once restored (or standalone) do the conditions go out.
+        if node_state.is_none() {
+            sink.conditions(engine.conditions(), &names);
+        }
+        condition_gauges(&metrics, engine.conditions(), &names);
+        sink.events(out);
+        deltas.update(&metrics, &source, &engine);
+        if let Some(at) = last_record {
+            metrics
+                .last_record_age_seconds
+                .set((clock::monotonic_ns().saturating_sub(at)) as f64 / 1e9);
+        }
+    }
+    tracing::info!("stopping: writing what is pending, then detaching the kernel programs");
+    if let Sink::Cluster(reporter) = sink {
+        reporter.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,508 @@
+//! The configuration file (`--config`, YAML). Every key is optional; what is absent takes
+//! its default, and command-line flags win over the file. An unknown key, a wrong type or an
+//! impossible value stops the agent at start with a message naming the key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engine::{ConfigError as EngineConfigError, EngineConfig, EventRateLimit};
+
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// serde's message names the key (`kubernetes.heartbeat: ...`) and the position.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The file's shape. Keys are camelCase, like Kubernetes objects.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// Detectors to run: any of `fd`, `hung_task`, `oom`, `oops`. Default: all.
+    pub detectors: Option<Vec<DetectorName>>,
+    /// Address of the metrics and health listener. Default `127.0.0.1:20257`.
+    pub listen: Option<SocketAddr>,
+    /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
+    pub ring_buffer_bytes: Option<u32>,
+    /// Where the host's /proc and /sys/fs/cgroup are mounted. Default `/`.
+    pub host_root: Option<PathBuf>,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub hung_task: HungTaskConfig,
+    #[serde(default)]
+    pub fd_pressure: FdPressureConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorName {
+    Fd,
+    #[value(name = "hung_task")]
+    HungTask,
+    Oom,
+    Oops,
+}
+
+impl DetectorName {
+    pub const ALL: [Self; 4] = [Self::Fd, Self::HungTask, Self::Oom, Self::Oops];
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// Report to the cluster (default) or only log (`false`: standalone even in a cluster).
+    pub enabled: Option<bool>,
+    /// Default: the `NODE_NAME` environment variable, else the hostname.
+    pub node_name: Option<String>,
+    /// Default: `KUBECONFIG`, else the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// How often `lastHeartbeatTime` is refreshed. Default `1m`.
+    #[serde(default, with = "duration")]
+    pub heartbeat: Option<Duration>,
+    /// Namespace of the Events about the Node. Default `default`.
+    pub event_namespace: Option<String>,
+    /// Events kept while the API server is unreachable (a series takes one). Default 512.
+    pub max_pending_events: Option<usize>,
+    /// Condition types as written on the Node.
+    #[serde(default)]
+    pub conditions: ConditionNamesConfig,
+    /// Renames of condition and Event reasons (e.g. `TaskHung: MyTaskHung`), for alerts that
+    /// expect other names.
+    #[serde(default)]
+    pub reasons: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConditionNamesConfig {
+    pub kernel_deadlock: Option<String>,
+    pub kernel_oops: Option<String>,
+    pub fd_pressure: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HungTaskConfig {
+    /// KernelDeadlock clears after no task has been hung this long. Default `5m`.
+    #[serde(default, with = "duration")]
+    pub recovery_window: Option<Duration>,
+    /// A hung task neither recovering nor re-reported this long is forgotten. Default `30m`.
+    #[serde(default, with = "duration")]
+    pub forget_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FdPressureConfig {
+    /// FDPressure turns True at this much of fs.file-max (percent). Default 90.
+    pub high_watermark_percent: Option<f64>,
+    /// ... and False below this (percent). Default 80.
+    pub low_watermark_percent: Option<f64>,
+    /// After an ENFILE, FDPressure stays True at least this long. Default `5m`.
+    #[serde(default, with = "duration")]
+    pub min_hold: Option<Duration>,
+    /// How often /proc/sys/fs/file-nr is read. Default `10s`.
+    #[serde(default, with = "duration")]
+    pub sample_interval: Option<Duration>,
+    /// At most one fd-exhaustion record per process per this interval (in the kernel).
+    /// Default `1s`.
+    #[serde(default, with = "duration")]
+    pub per_process_rate_limit: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventsConfig {
+    /// Repeats within this window join one Event's count. Default `10m`.
+    #[serde(default, with = "duration")]
+    pub aggregation_window: Option<Duration>,
+    /// A growing series is re-sent at most this often. Default `1m`.
+    #[serde(default, with = "duration")]
+    pub series_update_interval: Option<Duration>,
+    /// Per-reason token bucket.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Series remembered at most. Default 1024.
+    pub max_series: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// Events sent at once. Default 25.
+    pub burst: Option<u32>,
+    /// Then one per this interval. Default `10s`.
+    #[serde(default, with = "duration")]
+    pub refill_every: Option<Duration>,
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &std::path::Path, text: &str) -> Result<Self, ConfigFileError> {
+        // An empty file is an empty config (serde would call it "null").
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        // serde_path_to_error names the exact key (`kubernetes.heartbeat`), also for errors
+        // raised by custom parsers such as durations.
+        serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(
+            |err| {
+                let key = err.path().to_string();
+                let inner = err.into_inner();
+                ConfigFileError::Parse {
+                    path: path.to_owned(),
+                    message: if key == "." {
+                        inner.to_string()
+                    } else {
+                        format!("`{key}`: {inner}")
+                    },
+                }
+            },
+        )
+    }
+
+    /// The engine's settings from the file (defaults where absent), validated with the
+    /// file's key names in any error.
+    pub fn engine(&self) -> Result<EngineConfig, ConfigFileError> {
+        let defaults = EngineConfig::default();
+        let config = EngineConfig {
+            hung_task_recovery_window: self
+                .hung_task
+                .recovery_window
+                .unwrap_or(defaults.hung_task_recovery_window),
+            hung_task_forget_after: self
+                .hung_task
+                .forget_after
+                .unwrap_or(defaults.hung_task_forget_after),
+            fd_pressure_high_percent: self
+                .fd_pressure
+                .high_watermark_percent
+                .unwrap_or(defaults.fd_pressure_high_percent),
+            fd_pressure_low_percent: self
+                .fd_pressure
+                .low_watermark_percent
+                .unwrap_or(defaults.fd_pressure_low_percent),
+            fd_pressure_min_hold: self
+                .fd_pressure
+                .min_hold
+                .unwrap_or(defaults.fd_pressure_min_hold),
+            event_aggregation_window: self
+                .events
+                .aggregation_window
+                .unwrap_or(defaults.event_aggregation_window),
+            event_series_update_interval: self
+                .events
+                .series_update_interval
+                .unwrap_or(defaults.event_series_update_interval),
+            event_rate_limit: EventRateLimit {
+                burst: self
+                    .events
+                    .rate_limit
+                    .burst
+                    .unwrap_or(defaults.event_rate_limit.burst),
+                refill_every: self
+                    .events
+                    .rate_limit
+                    .refill_every
+                    .unwrap_or(defaults.event_rate_limit.refill_every),
+            },
+            max_event_series: self.events.max_series.unwrap_or(defaults.max_event_series),
+        };
+        config.validate().map_err(|err| engine_error(&err))?;
+        Ok(config)
+    }
+
+    /// Checks what the engine does not: values only the agent uses.
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        let invalid = |key, problem: &str| ConfigFileError::Invalid {
+            key,
+            problem: problem.to_owned(),
+        };
+        if let Some(size) = self.ring_buffer_bytes
+            && (!size.is_power_of_two() || u64::from(size) < crate::kernel::page_size())
+        {
+            return Err(invalid(
+                "ringBufferBytes",
+                "must be a power of two of at least the page size",
+            ));
+        }
+        if self.detectors.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(
+                "detectors",
+                "is empty; list at least one of fd, hung_task, oom, oops",
+            ));
+        }
+        for (key, value) in [
+            ("kubernetes.heartbeat", self.kubernetes.heartbeat),
+            (
+                "fdPressure.sampleInterval",
+                self.fd_pressure.sample_interval,
+            ),
+            (
+                "fdPressure.perProcessRateLimit",
+                self.fd_pressure.per_process_rate_limit,
+            ),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if self.kubernetes.max_pending_events == Some(0) {
+            return Err(invalid("kubernetes.maxPendingEvents", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("kubernetes.nodeName", self.kubernetes.node_name.as_deref()),
+            (
+                "kubernetes.eventNamespace",
+                self.kubernetes.event_namespace.as_deref(),
+            ),
+            (
+                "kubernetes.conditions.kernelDeadlock",
+                self.kubernetes.conditions.kernel_deadlock.as_deref(),
+            ),
+            (
+                "kubernetes.conditions.kernelOops",
+                self.kubernetes.conditions.kernel_oops.as_deref(),
+            ),
+            (
+                "kubernetes.conditions.fdPressure",
+                self.kubernetes.conditions.fd_pressure.as_deref(),
+            ),
+        ] {
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(key, "is empty"));
+            }
+        }
+        for (from, to) in &self.kubernetes.reasons {
+            let known = known_reasons();
+            if !known.contains(&from.as_str()) {
+                return Err(ConfigFileError::Invalid {
+                    key: "kubernetes.reasons",
+                    problem: format!(
+                        "renames unknown reason `{from}`; known: {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+            if to.trim().is_empty() || to.contains(char::is_whitespace) {
+                return Err(ConfigFileError::Invalid {
+                    key: "kubernetes.reasons",
+                    problem: format!("renames `{from}` to `{to}`, which is not a single word"),
+                });
+            }
+        }
+        self.engine().map(|_| ())
+    }
+}
+
+/// Every reason npd writes, conditions' and Events'.
+pub fn known_reasons() -> Vec<&'static str> {
+    use crate::engine::reason;
+    let mut all = vec![
+        reason::TASK_HUNG,
+        reason::KERNEL_HAS_NO_DEADLOCK,
+        reason::KERNEL_OOPS,
+        reason::NO_KERNEL_OOPS,
+        reason::FD_UNDER_PRESSURE,
+        reason::NO_FD_PRESSURE,
+    ];
+    all.extend(crate::engine::EventReason::ALL.map(crate::engine::EventReason::as_str));
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The engine's error with the file's key instead of the engine's field name.
+fn engine_error(err: &EngineConfigError) -> ConfigFileError {
+    const KEYS: [(&str, &str); 10] = [
+        ("hung_task_recovery_window", "hungTask.recoveryWindow"),
+        ("hung_task_forget_after", "hungTask.forgetAfter"),
+        (
+            "fd_pressure_high_percent",
+            "fdPressure.highWatermarkPercent",
+        ),
+        ("fd_pressure_low_percent", "fdPressure.lowWatermarkPercent"),
+        ("fd_pressure_min_hold", "fdPressure.minHold"),
+        ("event_aggregation_window", "events.aggregationWindow"),
+        (
+            "event_series_update_interval",
+            "events.seriesUpdateInterval",
+        ),
+        (
+            "event_rate_limit.refill_every",
+            "events.rateLimit.refillEvery",
+        ),
+        ("event_rate_limit.burst", "events.rateLimit.burst"),
+        ("max_event_series", "events.maxSeries"),
+    ];
+    let key = match err {
+        EngineConfigError::ZeroDuration { field }
+        | EngineConfigError::PercentOutOfRange { field, .. } => KEYS
+            .iter()
+            .find(|(f, _)| f == field)
+            .map_or("?", |(_, k)| k),
+        EngineConfigError::WaterMarksInverted { .. } => "fdPressure.lowWatermarkPercent",
+        EngineConfigError::UpdateIntervalBeyondWindow { .. } => "events.seriesUpdateInterval",
+        EngineConfigError::ZeroBurst => "events.rateLimit.burst",
+        EngineConfigError::NoEventSeries => "events.maxSeries",
+    };
+    let mut problem = err.to_string();
+    for (field, file_key) in KEYS {
+        problem = problem.replace(field, file_key);
+    }
+    ConfigFileError::Invalid { key, problem }
+}
+
+/// Durations as `500ms`, `30s`, `5m`, `1h30m`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("an empty duration".to_owned());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| format!("`{text}` has a number without a unit (ms, s, m, h)"))?;
+            if digits == 0 {
+                return Err(format!("`{text}` is not a duration like 30s, 5m or 1h30m"));
+            }
+            let value: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("`{text}`: number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..unit_len] {
+                "ms" => Duration::from_millis(value),
+                "s" => Duration::from_secs(value),
+                "m" => Duration::from_secs(value * 60),
+                "h" => Duration::from_secs(value * 3600),
+                other => {
+                    return Err(format!("`{text}` has unit `{other}`; use ms, s, m or h"));
+                }
+            };
+            total += unit;
+            rest = &rest[unit_len..];
+        }
+        Ok(total)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map(Some).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        let config = FileConfig::parse(Path::new("npd.yaml"), text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_shipped_default_config_parses_and_equals_the_defaults() {
+        let text = include_str!("../../deploy/config.yaml");
+        let config = parse(text).expect("deploy/config.yaml is valid");
+        assert_eq!(config.engine().unwrap(), EngineConfig::default());
+        assert_eq!(
+            config.detectors.as_deref(),
+            Some(&DetectorName::ALL[..]),
+            "it lists every detector"
+        );
+        assert_eq!(parse("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration::parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration::parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration::parse("45s"), Ok(Duration::from_secs(45)));
+        for bad in ["", "5", "m", "5x", "1.5m", "-3s"] {
+            assert!(duration::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_what_is_allowed() {
+        let cases = [
+            ("hungTask:\n  recoverWindow: 5m\n", "recoverWindow"),
+            ("kubernetes:\n  heartbeat: 5\n", "kubernetes.heartbeat"),
+            ("kubernetes:\n  heartbeat: fast\n", "kubernetes.heartbeat"),
+            ("detectors: [fd, disk]\n", "detectors"),
+            ("listen: not-an-address\n", "listen"),
+            (
+                "fdPressure:\n  lowWatermarkPercent: 95\n",
+                "fdPressure.lowWatermarkPercent",
+            ),
+            (
+                "fdPressure:\n  highWatermarkPercent: 120\n",
+                "fdPressure.highWatermarkPercent",
+            ),
+            (
+                "events:\n  rateLimit:\n    burst: 0\n",
+                "events.rateLimit.burst",
+            ),
+            (
+                "hungTask:\n  recoveryWindow: 0s\n",
+                "hungTask.recoveryWindow",
+            ),
+            ("ringBufferBytes: 1000\n", "ringBufferBytes"),
+            ("detectors: []\n", "detectors"),
+            (
+                "kubernetes:\n  reasons:\n    Oops: X\n",
+                "kubernetes.reasons",
+            ),
+            (
+                "kubernetes:\n  maxPendingEvents: 0\n",
+                "kubernetes.maxPendingEvents",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.contains(key),
+                "{text:?}: the error should name `{key}`: {err}"
+            );
+        }
+        // The unknown-key error lists what is allowed.
+        let err = parse("hungTask:\n  recoverWindow: 5m\n").unwrap_err();
+        assert!(err.contains("recoveryWindow"), "{err}");
+        let err = parse("detectors: [fd, disk]\n").unwrap_err();
+        assert!(err.contains("hung_task"), "{err}");
+    }
+}

@@ -1,0 +1,363 @@
+//! Writing the engine's Events as core/v1 Events: one per target (the Node, and the Pod when
+//! known), created once per series and updated (count, last time, message) as it grows.
+//!
+//! Names are derived from the series, so a create retried after a lost response finds its
+//! own Event (409) and updates it instead of writing a duplicate.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{Hash, Hasher},
+};
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{ApiFailure, k8s_time};
+use crate::engine::{EventTarget, ProblemEvent};
+
+/// The component name Events are reported by.
+pub const COMPONENT: &str = "npd";
+
+/// Who an Event is about, as the exporter knows the Node.
+#[derive(Clone, Debug)]
+pub struct NodeRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// Writes Events; stateless but for where to write them.
+pub struct EventWriter {
+    client: Client,
+    node: NodeRef,
+    /// Namespace for Events about the Node (cluster-scoped objects' Events go to one).
+    node_event_namespace: String,
+    names: super::node::ConditionNames,
+}
+
+/// A failed write: which call and why.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub verb: &'static str,
+    pub resource: String,
+    pub failure: ApiFailure,
+}
+
+impl std::fmt::Debug for EventWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWriter")
+            .field("node", &self.node)
+            .field("node_event_namespace", &self.node_event_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventWriter {
+    pub fn new(
+        client: Client,
+        node: NodeRef,
+        node_event_namespace: String,
+        names: super::node::ConditionNames,
+    ) -> Self {
+        Self {
+            client,
+            node,
+            node_event_namespace,
+            names,
+        }
+    }
+
+    /// Writes `event` for every target. A target that is gone (the Pod was deleted) is
+    /// skipped; any other failure stops and is returned, to be retried.
+    pub async fn write(&self, event: &ProblemEvent) -> Result<(), WriteFailure> {
+        for target in &event.targets {
+            let (namespace, reference) = self.reference(target);
+            let name = event_name(&reference, event);
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+            let resource = format!("events (namespace {namespace})");
+            let message = full_message(event);
+            let object = self.object(&name, &namespace, reference, event, &message);
+            let result = if event.series_update {
+                match self.update(&api, &name, event, &message).await {
+                    // Never created (lost, or written by an earlier agent run): create it.
+                    Err(err) if is_not_found(&err) => {
+                        self.create_or_update(&api, &object, event, &message).await
+                    }
+                    other => other,
+                }
+            } else {
+                self.create_or_update(&api, &object, event, &message).await
+            };
+            match result.map_err(|err| ApiFailure::classify(&err)) {
+                Ok(()) => {}
+                // The involved object's namespace is gone (a deleted pod's namespace): skip.
+                Err(ApiFailure::NotFound) => {}
+                Err(failure) => {
+                    return Err(WriteFailure {
+                        verb: if event.series_update {
+                            "patch"
+                        } else {
+                            "create"
+                        },
+                        resource,
+                        failure,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the Event; if it exists (our own earlier create succeeded after all), updates.
+    async fn create_or_update(
+        &self,
+        api: &Api<Event>,
+        object: &Event,
+        event: &ProblemEvent,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        match api.create(&PostParams::default(), object).await {
+            Ok(_) => Ok(()),
+            Err(err) if ApiFailure::classify(&err) == ApiFailure::Conflict => {
+                let name = object.metadata.name.as_deref().unwrap_or_default();
+                self.update(api, name, event, message).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn update(
+        &self,
+        api: &Api<Event>,
+        name: &str,
+        event: &ProblemEvent,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let patch = json!({
+            "count": i32::try_from(event.count).unwrap_or(i32::MAX),
+            "lastTimestamp": k8s_time(event.last_timestamp),
+            "message": message,
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| ())
+    }
+
+    fn reference(&self, target: &EventTarget) -> (String, ObjectReference) {
+        match target {
+            EventTarget::Node => (
+                self.node_event_namespace.clone(),
+                ObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Node".to_owned()),
+                    name: Some(self.node.name.clone()),
+                    uid: Some(self.node.uid.clone()).filter(|u| !u.is_empty()),
+                    ..ObjectReference::default()
+                },
+            ),
+            EventTarget::Pod {
+                namespace,
+                name,
+                uid,
+            } => (
+                namespace.clone(),
+                ObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Pod".to_owned()),
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.clone()),
+                    uid: Some(uid.clone()),
+                    ..ObjectReference::default()
+                },
+            ),
+        }
+    }
+
+    fn object(
+        &self,
+        name: &str,
+        namespace: &str,
+        involved_object: ObjectReference,
+        event: &ProblemEvent,
+        message: &str,
+    ) -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            involved_object,
+            reason: Some(self.names.reason_out(event.reason.as_str()).to_owned()),
+            message: Some(message.to_owned()),
+            type_: Some(event.event_type.as_str().to_owned()),
+            count: Some(i32::try_from(event.count).unwrap_or(i32::MAX)),
+            first_timestamp: Some(k8s_time(event.first_timestamp)),
+            last_timestamp: Some(k8s_time(event.last_timestamp)),
+            source: Some(EventSource {
+                component: Some(COMPONENT.to_owned()),
+                host: Some(self.node.name.clone()),
+            }),
+            reporting_component: Some(COMPONENT.to_owned()),
+            reporting_instance: Some(self.node.name.clone()),
+            ..Event::default()
+        }
+    }
+}
+
+/// The message, with what the engine had to fold in from forgotten series.
+fn full_message(event: &ProblemEvent) -> String {
+    if event.unreported_elsewhere > 0 {
+        format!(
+            "{} (and {} more {} occurrences npd could not report separately)",
+            event.message,
+            event.unreported_elsewhere,
+            event.reason.as_str()
+        )
+    } else {
+        event.message.clone()
+    }
+}
+
+fn is_not_found(err: &kube::Error) -> bool {
+    ApiFailure::classify(err) == ApiFailure::NotFound
+}
+
+/// `<object>.<16 hex digits>`, like the names client-go gives Events, but derived from the
+/// series (key and first time), so every writer of a series agrees on it.
+pub fn event_name(reference: &ObjectReference, event: &ProblemEvent) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event.aggregation_key.hash(&mut hasher);
+    event.first_timestamp.hash(&mut hasher);
+    reference.kind.hash(&mut hasher);
+    let object = reference.name.as_deref().unwrap_or("npd");
+    // Names are at most 253 characters; leave room for the suffix.
+    let object: String = object.chars().take(200).collect();
+    format!("{object}.{:016x}", hasher.finish())
+}
+
+/// Events waiting for the API server, bounded: a storm or a long outage collapses into
+/// counts instead of growing a queue.
+#[derive(Debug)]
+pub struct PendingEvents {
+    queue: VecDeque<ProblemEvent>,
+    capacity: usize,
+    /// Occurrences of events pushed out by the bound, by reason, to be folded into the next
+    /// event of that reason.
+    overflow: HashMap<&'static str, u64>,
+}
+
+impl PendingEvents {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            capacity: capacity.max(1),
+            overflow: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues an event; a later state of a series already queued replaces it in place (an
+    /// unsent create stays a create).
+    pub fn push(&mut self, mut event: ProblemEvent) {
+        if let Some(queued) = self
+            .queue
+            .iter_mut()
+            .find(|q| q.aggregation_key == event.aggregation_key)
+        {
+            event.series_update = queued.series_update && event.series_update;
+            event.first_timestamp = queued.first_timestamp;
+            event.unreported_elsewhere += queued.unreported_elsewhere;
+            *queued = event;
+            return;
+        }
+        if self.queue.len() >= self.capacity
+            && let Some(dropped) = self.queue.pop_front()
+        {
+            *self.overflow.entry(dropped.reason.as_str()).or_default() +=
+                dropped.count + dropped.unreported_elsewhere;
+        }
+        self.queue.push_back(event);
+    }
+
+    /// The next event to write, with any overflow of its reason folded in.
+    pub fn front(&mut self) -> Option<&ProblemEvent> {
+        let front = self.queue.front_mut()?;
+        if let Some(lost) = self.overflow.remove(front.reason.as_str()) {
+            front.unreported_elsewhere += lost;
+        }
+        self.queue.front()
+    }
+
+    pub fn pop_front(&mut self) -> Option<ProblemEvent> {
+        self.queue.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::engine::{EventReason, EventType};
+
+    fn event(key: &str, count: u64, update: bool) -> ProblemEvent {
+        ProblemEvent {
+            reason: EventReason::OomKilling,
+            event_type: EventType::Warning,
+            message: format!("{key} x{count}"),
+            targets: vec![EventTarget::Node],
+            aggregation_key: key.to_owned(),
+            count,
+            first_timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(count),
+            last_timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(100 + count),
+            series_update: update,
+            unreported_elsewhere: 0,
+        }
+    }
+
+    #[test]
+    fn a_series_collapses_in_place_and_the_bound_keeps_counts() {
+        let mut pending = PendingEvents::new(2);
+        pending.push(event("a", 1, false));
+        pending.push(event("a", 5, true));
+        assert_eq!(pending.len(), 1);
+        let front = pending.front().unwrap();
+        assert_eq!(front.count, 5);
+        assert!(!front.series_update, "never sent: still a create");
+        assert_eq!(
+            front.first_timestamp,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1)
+        );
+
+        pending.push(event("b", 2, false));
+        pending.push(event("c", 3, false));
+        assert_eq!(pending.len(), 2, "bounded");
+        // "a" (5 occurrences) was pushed out: its count rides on the next OOMKilling event.
+        assert_eq!(pending.front().unwrap().aggregation_key, "b");
+        assert_eq!(pending.front().unwrap().unreported_elsewhere, 5);
+    }
+
+    #[test]
+    fn names_are_stable_per_series_and_valid() {
+        let node = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some("node-1".into()),
+            ..ObjectReference::default()
+        };
+        let a = event_name(&node, &event("a", 1, false));
+        assert_eq!(a, event_name(&node, &event("a", 1, true)));
+        assert_ne!(a, event_name(&node, &event("b", 1, false)));
+        assert!(a.starts_with("node-1.") && a.len() == "node-1.".len() + 16);
+    }
+}
