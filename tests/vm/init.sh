@@ -5,7 +5,9 @@
 #
 # Protocol with the host (xtask/src/vm.rs):
 #   npd-vm: ...                      narration
-#   npd-vm: step NAME exit=N         a step ran; N is its provoking process's exit status
+#   npd-vm: step NAME exit=N pid=P [cgroup=I]
+#                                    a step ran: its provoking process P exited N (and ran
+#                                    in the cgroup whose directory has inode I)
 #   npd-vm: step NAME skipped: WHY   a step could not run here
 #   ===npd-vm:begin NAME=== ... ===npd-vm:end NAME===   a block of output (check, events, ...)
 #   npd-vm: done                     everything was printed
@@ -21,7 +23,12 @@ export NO_COLOR=1
 say() { echo "npd-vm: $*"; }
 begin() { echo "===npd-vm:begin $1==="; }
 end() { echo "===npd-vm:end $1==="; }
-step_done() { say "step $1 exit=$2"; }
+step_done() {
+	line="step $1 exit=$2"
+	shift 2
+	[ $# -gt 0 ] && line="$line $*"
+	say "$line"
+}
 step_skip() { say "step $1 skipped: $2"; }
 
 # Ends the VM whatever happens: PID 1 exiting would panic the kernel instead.
@@ -84,17 +91,25 @@ done
 sleep 1
 say "agent ready after ${waited}s; tests start"
 
+# Each step runs its provoking process in the background and waits for it, to know its pid.
+
 # fd exhaustion: a process with RLIMIT_NOFILE 64 opens files until EMFILE.
-npd-provoke fd 64
-step_done fd $?
+npd-provoke fd 64 &
+pid=$!
+wait $pid
+step_done fd $? pid=$pid
 
 # OOM kill in a cgroup v2 memory cgroup limited to 32 MiB.
 CG=/sys/fs/cgroup/npd-oom
 if echo +memory >/sys/fs/cgroup/cgroup.subtree_control && mkdir -p $CG &&
 	echo $((32 * 1024 * 1024)) >$CG/memory.max; then
 	echo 0 >$CG/memory.swap.max 2>/dev/null
-	npd-provoke oom $CG
-	step_done oom $?
+	npd-provoke oom $CG &
+	pid=$!
+	wait $pid
+	status=$?
+	# The cgroup id the kernel reports is the inode of the cgroup's directory.
+	step_done oom $status pid=$pid cgroup="$(stat -c %i $CG)"
 else
 	step_skip oom "cannot set up a cgroup v2 memory cgroup"
 fi
@@ -106,7 +121,7 @@ if [ -e $DBG/hang ]; then
 	sleep 8
 	echo 1 >$DBG/release
 	wait $pid
-	step_done hang_module $?
+	step_done hang_module $? pid=$pid
 else
 	step_skip hang_module "npd_test module not loaded"
 fi
@@ -119,7 +134,7 @@ if [ -f /frozen.img ] && mkdir -p /mnt/frozen && mount -t ext4 -o loop /frozen.i
 		sleep 8
 		npd-provoke thaw /mnt/frozen
 		wait $pid
-		step_done hang_fsfreeze $?
+		step_done hang_fsfreeze $? pid=$pid
 	else
 		step_skip hang_fsfreeze "FIFREEZE failed"
 	fi
@@ -129,8 +144,10 @@ else
 fi
 
 if [ -e $DBG/warn ]; then
-	npd-provoke write npd-warn $DBG/warn 1
-	step_done warn $?
+	npd-provoke write npd-warn $DBG/warn 1 &
+	pid=$!
+	wait $pid
+	step_done warn $? pid=$pid
 	say "tainted $(cat /proc/sys/kernel/tainted)"
 else
 	step_skip warn "npd_test module not loaded"
@@ -140,8 +157,10 @@ fi
 if [ -e $DBG/softlockup ] && [ -w /proc/sys/kernel/watchdog_thresh ]; then
 	thresh=$(cat /proc/sys/kernel/watchdog_thresh)
 	echo 1 >/proc/sys/kernel/watchdog_thresh
-	npd-provoke write npd-softlockup $DBG/softlockup 6
-	step_done softlockup $?
+	npd-provoke write npd-softlockup $DBG/softlockup 6 &
+	pid=$!
+	wait $pid
+	step_done softlockup $? pid=$pid
 	echo "$thresh" >/proc/sys/kernel/watchdog_thresh
 else
 	step_skip softlockup "no npd_test module or no soft-lockup watchdog"
@@ -149,8 +168,10 @@ fi
 
 # Oops last: BUG() kills the writer (SIGSEGV, exit 139); the kernel goes on.
 if [ -e $DBG/bug ]; then
-	npd-provoke write npd-bug $DBG/bug 1
-	step_done oops $?
+	npd-provoke write npd-bug $DBG/bug 1 &
+	pid=$!
+	wait $pid
+	step_done oops $? pid=$pid
 	say "tainted $(cat /proc/sys/kernel/tainted)"
 else
 	step_skip oops "npd_test module not loaded"

@@ -25,7 +25,7 @@ enum Command {
     Build(build::BuildArgs),
     /// Build, then run `npd-agent ARGS` as root (default: `run`).
     Run(build::RunArgs),
-    /// Run everything: unit tests, then the root-only kernel tests serially.
+    /// Run everything: unit tests, the root-only kernel and cluster tests serially, vm-test.
     Test(test::TestArgs),
     /// rustfmt and clippy (-D warnings) over both workspaces.
     Lint,

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit tests (no root, no kernel programs), then the tests that load the
 //! real programs into this kernel and provoke real problems (root, serially), and the tests
-//! that talk to a real kube-apiserver.
+//! that talk to a real kube-apiserver; then the same agent on other kernels under QEMU
+//! (`cargo xtask vm-test`: oops, WARN and fentry, which this kernel cannot give).
 
 use anyhow::bail;
 use clap::Args;
@@ -10,6 +11,7 @@ use crate::{
     apiserver,
     build::{self, BuildArgs},
     util::{self, root, sh, step},
+    vm::{self, VmTestArgs},
 };
 
 #[derive(Debug, Args)]
@@ -20,7 +22,11 @@ pub(crate) struct TestArgs {
     /// Only the kernel tests.
     #[arg(long, conflicts_with = "unit")]
     pub(crate) kernel: bool,
-    /// Passed to the test binaries (e.g. a test name filter).
+    /// Skip the VM test that ends the kernel tests (about a minute with its downloads
+    /// cached, a minute and a half without).
+    #[arg(long)]
+    pub(crate) no_vm: bool,
+    /// Passed to the test binaries (e.g. a test name filter); skips the VM test.
     #[arg(last = true)]
     pub(crate) filter: Vec<String>,
 }
@@ -54,5 +60,15 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         .env(cluster::KUBE_APISERVER_ENV, &control_plane.kube_apiserver)
         .env(cluster::ETCD_ENV, &control_plane.etcd)
         .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
-        .args(&args.filter))
+        .args(&args.filter))?;
+    if args.no_vm {
+        step("VM test skipped (--no-vm)");
+        return Ok(());
+    }
+    if !args.filter.is_empty() {
+        step("VM test skipped: a test filter was given (run `cargo xtask vm-test` for it)");
+        return Ok(());
+    }
+    step("VM test: the same agent on other kernels under QEMU (skip with --no-vm)");
+    vm::test_agent(&artifacts.agent, &VmTestArgs::default())
 }

@@ -5,9 +5,11 @@
 
 mod cpio;
 mod debian;
+mod report;
+mod tools;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
@@ -18,7 +20,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::Value;
 
 use crate::{
     build::{self, BuildArgs},
@@ -33,37 +34,75 @@ struct Kernel {
     name: &'static str,
     /// A package name where `*` stands for a version (digits and dots).
     image: &'static str,
-    /// Detectors that must see their problem on this kernel (once the agent has them).
-    expect: &'static [&'static str],
+    /// Detectors that must see their problems on this kernel (when the agent offers them),
+    /// each with the hook `check` must report active for it.
+    expect: &'static [(&'static str, &'static str)],
 }
 
 /// Adding a kernel is one line. bookworm-backports (6.12) is not in this machine's apt
 /// sources and the test adds no repositories; where it is configured, add
-/// `Kernel { name: "6.12-bpo", image: "linux-image-*+bpo-amd64", expect: ALL }`.
+/// `Kernel { name: "6.12-bpo", image: "linux-image-*+bpo-amd64", expect: PREFERRED }`.
 const KERNELS: &[Kernel] = &[Kernel {
     name: "6.1",
     image: "linux-image-6.1.0-*-amd64",
-    expect: ALL,
+    expect: PREFERRED,
 }];
 
-const ALL: &[&str] = &["fd", "hung_task", "oom", "oops"];
+/// Every detector on its preferred hook: what a kernel with BTF, tp_btf and fentry gives.
+/// (Debian's 6.1 passes the victim task to `mark_victim`, as mainline does from 6.5.)
+const PREFERRED: &[(&str, &str)] = &[
+    ("fd", "tracepoint"),
+    ("hung_task", "tp_btf"),
+    ("oom", "tp_btf"),
+    ("oops", "fentry"),
+];
+
+/// Where a problem's event must come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The detector's hook (the `source` the kernel's `expect` names), naming the provoking
+    /// task: its comm and the step's pid.
+    Hook,
+    /// The kernel's counters or taint mask (`source` `counters`, no task).
+    Counters,
+}
+
+/// What an event must also carry to count (besides kind, task and source).
+#[derive(Clone, Copy, Debug)]
+enum Check {
+    /// Events from fentry: `caller` is this function (`name+0x..`).
+    Caller(&'static str),
+    /// `cgroup_id` is the step's `cgroup=` (the inode of the cgroup directory in the VM).
+    StepCgroup,
+    /// A string field has this value.
+    Field(&'static str, &'static str),
+    /// The first report of the task (`first_seen: true`).
+    FirstSeen,
+    /// A frame of `stack` is in this function.
+    StackHas(&'static str),
+    /// `counter` is this counter, or `tainted` with this taint letter in `taint_flags`
+    /// (kernels without the counter file).
+    CounterOrTaint(&'static str, char),
+}
 
 /// One problem tests/vm/init.sh provokes.
 #[derive(Debug)]
 struct Scenario {
-    /// The step's name in init.sh's `npd-vm: step NAME ...` lines.
+    /// The step's name in init.sh's `npd-vm: step NAME exit=N pid=P ...` lines.
     step: &'static str,
     problem: &'static str,
     /// The agent detector (`--detectors` name) that should report it.
     detector: &'static str,
-    /// Event kinds that count as seeing it.
-    kinds: &'static [&'static str],
-    /// The provoking task's name (events of other tasks do not count, except from counters).
+    /// The event kind that reports it.
+    kind: &'static str,
+    /// The provoking task's name.
     comm: &'static str,
+    via: Via,
+    checks: &'static [Check],
+    /// An event kind that must follow for the same task (the recovery of a hung task).
+    then: Option<&'static str>,
     /// The provoking process's exit status when the problem really happened.
     exit: i32,
-    /// False for problems no detector promises yet: shown, never failing the run.
-    required: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -71,64 +110,78 @@ const SCENARIOS: &[Scenario] = &[
         step: "fd",
         problem: "fd exhaustion (EMFILE)",
         detector: "fd",
-        kinds: &["fd_exhausted"],
+        kind: "fd_exhausted",
         comm: "npd-fd",
+        via: Via::Hook,
+        checks: &[Check::Field("errno", "EMFILE")],
+        then: None,
         exit: 0,
-        required: true,
     },
     Scenario {
         step: "oom",
         problem: "OOM kill (cgroup v2 memory.max)",
         detector: "oom",
-        kinds: &["oom_kill"],
+        kind: "oom_kill",
         comm: "npd-oom",
+        via: Via::Hook,
+        checks: &[Check::StepCgroup, Check::Field("scope", "memcg")],
+        then: None,
         exit: 128 + 9,
-        required: true,
     },
     Scenario {
         step: "hang_module",
         problem: "hung task (module, D state)",
         detector: "hung_task",
-        kinds: &["hung_task"],
+        kind: "hung_task",
         comm: "npd-hang",
+        via: Via::Hook,
+        checks: &[Check::FirstSeen, Check::StackHas("npd_test_hang_write")],
+        then: Some("hung_task_recovered"),
         exit: 0,
-        required: true,
     },
     Scenario {
         step: "hang_fsfreeze",
         problem: "hung task (fsfreeze, ext4)",
         detector: "hung_task",
-        kinds: &["hung_task"],
+        kind: "hung_task",
         comm: "npd-frozen",
+        via: Via::Hook,
+        checks: &[Check::FirstSeen],
+        then: Some("hung_task_recovered"),
         exit: 0,
-        required: true,
     },
     Scenario {
         step: "warn",
         problem: "WARN()",
         detector: "oops",
-        kinds: &["kernel_warning"],
+        kind: "kernel_warning",
         comm: "npd-warn",
+        via: Via::Hook,
+        checks: &[Check::Caller("npd_test_warn_write")],
+        then: None,
         exit: 0,
-        required: true,
     },
     Scenario {
         step: "softlockup",
         problem: "soft lockup",
         detector: "oops",
-        kinds: &["soft_lockup"],
+        kind: "kernel_warning",
         comm: "npd-softlockup",
+        via: Via::Counters,
+        checks: &[Check::CounterOrTaint("softlockup_count", 'L')],
+        then: None,
         exit: 0,
-        required: false,
     },
     Scenario {
         step: "oops",
         problem: "oops (BUG())",
         detector: "oops",
-        kinds: &["kernel_oops"],
+        kind: "kernel_oops",
         comm: "npd-bug",
+        via: Via::Hook,
+        checks: &[Check::Caller("npd_test_bug_write")],
+        then: None,
         exit: 128 + 11,
-        required: true,
     },
 ];
 
@@ -140,6 +193,9 @@ const FSFREEZE_MODULES: &[&str] = &["loop", "crc32c_generic", "ext4"];
 const QEMU_MEMORY: &str = "512";
 const QEMU_CPUS: &str = "2";
 
+/// A VM that has not powered off by then is killed (a run takes about a minute).
+const DEFAULT_TIMEOUT_SECS: u64 = 480;
+
 #[derive(Debug, Args)]
 pub(crate) struct VmTestArgs {
     /// Only this kernel (a name from KERNELS in xtask/src/vm.rs, e.g. `6.1`).
@@ -150,15 +206,39 @@ pub(crate) struct VmTestArgs {
     #[arg(long)]
     keep: bool,
     /// Kill a VM that has not powered off after this many seconds.
-    #[arg(long, default_value_t = 480)]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout: u64,
     /// Stream the whole serial console, not only the test's narration, and print dmesg.
     #[arg(long)]
     verbose: bool,
 }
 
+impl Default for VmTestArgs {
+    /// Every kernel, as `cargo xtask vm-test` with no options.
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            keep: false,
+            timeout: DEFAULT_TIMEOUT_SECS,
+            verbose: false,
+        }
+    }
+}
+
+/// `cargo xtask vm-test`: builds the agent, then tests it on the kernels.
 pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let artifacts = build::build(&BuildArgs { debug: false })?;
+    test_agent(&artifacts.agent, args)?;
+    step(format!(
+        "vm-test took {:.0}s in all (including the agent build)",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Boots each selected kernel with `agent` and fails if any kernel's run fails.
+pub(crate) fn test_agent(agent: &Path, args: &VmTestArgs) -> anyhow::Result<()> {
     let kernels: Vec<&Kernel> = match &args.kernel {
         None => KERNELS.iter().collect(),
         Some(name) => {
@@ -169,16 +249,25 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             vec![kernel]
         }
     };
-    let artifacts = build::build(&BuildArgs { debug: false })?;
-    let detectors = agent_detectors(&artifacts.agent)?;
+    let detectors = agent_detectors(agent)?;
     step(format!(
         "this npd-agent offers the detectors: {}",
         detectors.join(", ")
     ));
     let cache = root().join(".npd-cache/vm");
+    let clock = Instant::now();
+    step("fetching QEMU and busybox-static into the cache (private copies: nothing is installed)");
+    let vm_tools = VmTools {
+        qemu: tools::qemu(&cache)?,
+        busybox: tools::busybox(&cache)?,
+    };
+    step(format!(
+        "QEMU and busybox ready in {:.1}s",
+        clock.elapsed().as_secs_f64()
+    ));
     let mut failed = Vec::new();
     for kernel in kernels {
-        match test_kernel(kernel, &artifacts.agent, &detectors, &cache, args) {
+        match test_kernel(kernel, agent, &detectors, &vm_tools, &cache, args) {
             Ok(true) => {}
             Ok(false) => failed.push(kernel.name),
             Err(err) => {
@@ -187,10 +276,6 @@ pub(crate) fn run(args: &VmTestArgs) -> anyhow::Result<()> {
             }
         }
     }
-    step(format!(
-        "vm-test took {:.0}s in all (including the agent build)",
-        started.elapsed().as_secs_f64()
-    ));
     if !failed.is_empty() {
         bail!("vm-test failed on kernel {}", failed.join(", "));
     }
@@ -222,7 +307,15 @@ fn normalize(detector: &str) -> String {
     detector.replace('-', "_")
 }
 
-/// Programs the run needs on the host, and the Debian packages that provide them.
+/// The private QEMU and busybox (see vm/tools.rs).
+#[derive(Debug)]
+struct VmTools {
+    qemu: tools::Qemu,
+    busybox: PathBuf,
+}
+
+/// Build tools the run needs on the host, and the Debian packages that provide them. These
+/// install without conflicts; QEMU and busybox are fetched privately instead (vm/tools.rs).
 fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut need = |program: &str, package: &str| {
@@ -230,7 +323,6 @@ fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
             missing.push(package.to_owned());
         }
     };
-    need("qemu-system-x86_64", "qemu-system-x86");
     need("make", "make");
     need("mkfs.ext4", "e2fsprogs");
     need("strip", "binutils");
@@ -243,18 +335,11 @@ fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
     if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").is_file() {
         missing.push("libc6-dev".to_owned());
     }
-    // Debian's `busybox` is dynamically linked; the initramfs needs the static build.
-    let busybox = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", "busybox-static"]))
-        .unwrap_or_default();
-    if !busybox.contains("install ok installed") {
-        missing.push("busybox-static".to_owned());
-    }
     if missing.is_empty() {
         return Ok(());
     }
     step(format!(
-        "installing {} (QEMU boots the test VM; busybox-static, gcc and make build its \
-         initramfs and test module; busybox-static replaces a dynamic busybox if present)",
+        "installing {} (to build the test module, the helper and the initramfs)",
         missing.join(" ")
     ));
     if !util::is_root() {
@@ -291,6 +376,7 @@ fn test_kernel(
     kernel: &Kernel,
     agent: &Path,
     detectors: &[String],
+    vm_tools: &VmTools,
     cache: &Path,
     args: &VmTestArgs,
 ) -> anyhow::Result<bool> {
@@ -312,15 +398,22 @@ fn test_kernel(
     }
     fs::create_dir_all(&work)?;
     let clock = Instant::now();
-    let initramfs = prepare(&tree, agent, detectors, &work, args.verbose)?;
+    let initramfs = prepare(
+        &tree,
+        agent,
+        &vm_tools.busybox,
+        detectors,
+        &work,
+        args.verbose,
+    )?;
     timings.prepare = clock.elapsed();
 
     let clock = Instant::now();
-    let console = boot(&tree.vmlinuz, &initramfs, &work, args)?;
+    let console = boot(&vm_tools.qemu, &tree.vmlinuz, &initramfs, &work, args)?;
     timings.vm = clock.elapsed();
     timings.marks = console.marks.clone();
 
-    let report = Report::new(kernel, detectors, &console);
+    let report = report::Report::new(kernel, detectors, &console);
     println!();
     println!(
         "== kernel {}: {} {} (Linux {}) ==",
@@ -352,6 +445,7 @@ fn test_kernel(
 fn prepare(
     tree: &debian::KernelTree,
     agent: &Path,
+    busybox: &Path,
     detectors: &[String],
     work: &Path,
     verbose: bool,
@@ -386,7 +480,7 @@ fn prepare(
     // The kernel opens /dev/console for init before anything mounts devtmpfs.
     cpio.char_device("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, &fs::read(sources.join("init.sh"))?);
-    cpio.file("bin/busybox", 0o755, &fs::read("/bin/busybox")?);
+    cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
     cpio.symlink("bin/sh", "busybox");
     cpio.file("usr/bin/npd-provoke", 0o755, &fs::read(&helper)?);
     cpio.file(
@@ -572,12 +666,13 @@ impl Console {
 /// Boots the kernel with the initramfs, streams the console into `work/serial.log` (and the
 /// narration to the terminal), and kills the VM at the timeout.
 fn boot(
+    qemu: &tools::Qemu,
     vmlinuz: &Path,
     initramfs: &Path,
     work: &Path,
     args: &VmTestArgs,
 ) -> anyhow::Result<Console> {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = qemu.command();
     cmd.args([
         "-accel",
         "tcg",
@@ -613,8 +708,11 @@ fn boot(
         work.join("serial.log").display()
     ));
     eprintln!("  $ {}", util::describe(&cmd));
+    eprintln!("    (LD_LIBRARY_PATH and QEMU_MODULE_DIR point into the same cache)");
     let started = Instant::now();
-    let mut vm = Vm(cmd.spawn().context("cannot start qemu-system-x86_64")?);
+    let mut vm = Vm(cmd
+        .spawn()
+        .context("cannot start the private qemu-system-x86_64")?);
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = vm.0.stdout.take().context("no QEMU stdout")?;
     let stderr = vm.0.stderr.take().context("no QEMU stderr")?;
@@ -678,293 +776,6 @@ fn forward_lines(
     })
 }
 
-/// One row of the results table.
-#[derive(Debug)]
-struct Row {
-    problem: &'static str,
-    detector: &'static str,
-    hook: String,
-    provoked: String,
-    seen: &'static str,
-    details: String,
-}
-
-#[derive(Debug)]
-struct Report {
-    check: Vec<String>,
-    agent_log: Vec<String>,
-    counters: Option<String>,
-    rows: Vec<Row>,
-    failures: Vec<String>,
-}
-
-/// How a detector attached, from `check --format json`: `hook target`.
-fn check_hook(check: Option<&Value>, detector: &str) -> Option<String> {
-    let entry = check?.get("detectors")?.as_array()?.iter().find(|d| {
-        d.get("detector")
-            .and_then(Value::as_str)
-            .map(normalize)
-            .as_deref()
-            == Some(detector)
-    })?;
-    let Some(hook) = entry.get("active").and_then(Value::as_str) else {
-        return Some("none attached".to_owned());
-    };
-    let target = entry
-        .get("attempts")
-        .and_then(Value::as_array)
-        .and_then(|attempts| {
-            attempts
-                .iter()
-                .find(|a| a.get("error").is_none_or(Value::is_null))
-        })
-        .and_then(|a| a.get("target"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    Some(format!("{hook} {target}").trim().to_owned())
-}
-
-fn text(event: &Value, key: &str) -> String {
-    match event.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// `kind pid/comm via source`, for the details column.
-fn describe_event(event: &Value) -> String {
-    format!(
-        "{} {}/{} via {}",
-        text(event, "kind"),
-        text(event, "pid"),
-        text(event, "comm"),
-        text(event, "source")
-    )
-}
-
-impl Report {
-    fn new(kernel: &Kernel, detectors: &[String], console: &Console) -> Self {
-        let mut failures = Vec::new();
-        if console.timed_out {
-            failures.push("the VM timed out before init.sh finished".to_owned());
-        } else if !console.done {
-            failures.push(
-                "init.sh did not finish (the kernel panicked or init died; see serial.log)"
-                    .to_owned(),
-            );
-        }
-        if console.done {
-            match console.agent_exit.as_deref() {
-                Some("0") => {}
-                Some("early") => failures.push("npd-agent event-dump exited by itself".to_owned()),
-                Some(status) => failures.push(format!(
-                    "npd-agent event-dump exited {status} on SIGTERM (a clean stop exits 0)"
-                )),
-                None => failures.push("init.sh printed no npd-agent event-dump exit".to_owned()),
-            }
-        }
-        let check_json = console
-            .blocks
-            .get("check-json")
-            .map(|lines| lines.join("\n"))
-            .unwrap_or_default();
-        let check: Option<Value> = serde_json::from_str(&check_json).ok();
-        if check.is_none() {
-            failures.push("`npd-agent check --format json` printed no report".to_owned());
-        }
-        let mut unparsed = 0;
-        let events: Vec<Value> = console
-            .blocks
-            .get("events")
-            .into_iter()
-            .flatten()
-            .filter(|line| !line.trim().is_empty())
-            .filter_map(|line| {
-                let parsed = serde_json::from_str(line).ok();
-                if parsed.is_none() {
-                    unparsed += 1;
-                }
-                parsed
-            })
-            .collect();
-        if unparsed > 0 {
-            failures.push(format!("{unparsed} event lines were not JSON"));
-        }
-        let offered: BTreeSet<String> = detectors.iter().map(|d| normalize(d)).collect();
-
-        let rows = SCENARIOS
-            .iter()
-            .map(|scenario| {
-                let row = Row::new(scenario, kernel, &offered, check.as_ref(), &events, console);
-                if let Some(failure) = row.failure(scenario, console) {
-                    failures.push(failure);
-                }
-                row
-            })
-            .collect();
-        Self {
-            check: console.blocks.get("check").cloned().unwrap_or_default(),
-            counters: console.counters.clone(),
-            agent_log: console.blocks.get("agent-log").cloned().unwrap_or_default(),
-            rows,
-            failures,
-        }
-    }
-
-    fn print(&self) {
-        println!("npd-agent check in the VM:");
-        for line in &self.check {
-            println!("  {line}");
-        }
-        println!("npd-agent event-dump log in the VM:");
-        for line in &self.agent_log {
-            println!("  {line}");
-        }
-        let header = Row {
-            problem: "PROBLEM",
-            detector: "DETECTOR",
-            hook: "HOOK (check)".to_owned(),
-            provoked: "PROVOKED".to_owned(),
-            seen: "SEEN",
-            details: "DETAILS".to_owned(),
-        };
-        let rows: Vec<&Row> = std::iter::once(&header).chain(&self.rows).collect();
-        let width = |f: fn(&Row) -> usize| rows.iter().map(|r| f(r)).max().unwrap_or(0);
-        let w = [
-            width(|r| r.problem.len()),
-            width(|r| r.detector.len()),
-            width(|r| r.hook.len()),
-            width(|r| r.provoked.len()),
-            width(|r| r.seen.len()),
-        ];
-        println!();
-        for row in rows {
-            println!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
-                row.problem,
-                row.detector,
-                row.hook,
-                row.provoked,
-                row.seen,
-                row.details,
-                w0 = w[0],
-                w1 = w[1],
-                w2 = w[2],
-                w3 = w[3],
-                w4 = w[4],
-            );
-        }
-        if let Some(counters) = &self.counters {
-            println!("kernel counters after the steps: {counters}");
-        }
-    }
-}
-
-impl Row {
-    fn new(
-        scenario: &Scenario,
-        kernel: &Kernel,
-        offered: &BTreeSet<String>,
-        check: Option<&Value>,
-        events: &[Value],
-        console: &Console,
-    ) -> Self {
-        let is_offered = offered.contains(scenario.detector);
-        let hook = check_hook(check, scenario.detector)
-            .unwrap_or_else(|| if is_offered { "not in check" } else { "-" }.to_owned());
-        let provoked = match console.steps.get(scenario.step) {
-            None => "not run".to_owned(),
-            Some(outcome) if outcome == &format!("exit={}", scenario.exit) => {
-                format!("yes ({outcome})")
-            }
-            Some(outcome) => match outcome.strip_prefix("exit=") {
-                Some(code) => format!("NO (exit {code}, want {})", scenario.exit),
-                None => outcome.clone(),
-            },
-        };
-        let matching: Vec<&Value> = events
-            .iter()
-            .filter(|e| {
-                scenario.kinds.contains(&text(e, "kind").as_str())
-                    && (text(e, "comm") == scenario.comm || text(e, "source") == "counters")
-            })
-            .collect();
-        let seen = if !matching.is_empty() {
-            "yes"
-        } else if scenario.required
-            && is_offered
-            && kernel.expect.contains(&scenario.detector)
-            && provoked.starts_with("yes")
-        {
-            "NO"
-        } else {
-            "no"
-        };
-        let mut details = Vec::new();
-        if let Some(first) = matching.first() {
-            details.push(describe_event(first));
-            if matching.len() > 1 {
-                details.push(format!("{} events", matching.len()));
-            }
-        } else if !is_offered {
-            details.push(format!("agent has no `{}` detector yet", scenario.detector));
-        } else if !scenario.required {
-            details.push(format!(
-                "informational: no detector promises it (kinds looked for: {})",
-                scenario.kinds.join(", ")
-            ));
-        } else if !kernel.expect.contains(&scenario.detector) {
-            details.push("not expected on this kernel".to_owned());
-        }
-        let others: BTreeSet<String> = events
-            .iter()
-            .filter(|e| text(e, "comm") == scenario.comm)
-            .map(|e| text(e, "kind"))
-            .filter(|kind| !scenario.kinds.contains(&kind.as_str()))
-            .collect();
-        if !others.is_empty() {
-            details.push(format!(
-                "also from {}: {}",
-                scenario.comm,
-                others.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        Self {
-            problem: scenario.problem,
-            detector: scenario.detector,
-            hook,
-            provoked,
-            seen,
-            details: details.join("; "),
-        }
-    }
-
-    /// Why this row fails the run, if it does.
-    fn failure(&self, scenario: &Scenario, console: &Console) -> Option<String> {
-        if self.seen == "NO" {
-            return Some(format!(
-                "{}: the {} detector should report it on this kernel and did not",
-                scenario.problem, scenario.detector
-            ));
-        }
-        // A provocation that did not happen proves nothing either way: the test is broken.
-        let step_failed = console
-            .steps
-            .get(scenario.step)
-            .is_some_and(|o| o.starts_with("exit=") && o != &format!("exit={}", scenario.exit));
-        let must_run =
-            scenario.required && console.done && !console.steps.contains_key(scenario.step);
-        if scenario.required && (step_failed || must_run) {
-            return Some(format!(
-                "{}: the provocation did not work ({})",
-                scenario.problem, self.provoked
-            ));
-        }
-        None
-    }
-}
-
 fn print_timings(timings: &Timings) {
     let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
     println!();
@@ -1014,79 +825,5 @@ mod tests {
         assert_eq!(detector_values(one_line), Some(vec!["fd".to_owned()]));
         let none = "      --detectors <D>  Detectors\n      --log <LOG> [possible values: a]";
         assert_eq!(detector_values(none), None);
-    }
-
-    fn console(events: &[&str]) -> Console {
-        let mut serial = vec!["npd-vm: init started on Linux 6.1.0-56-amd64".to_owned()];
-        serial.push("===npd-vm:begin check-json===".to_owned());
-        serial.push(
-            r#"{"detectors":[{"detector":"fd","active":"tracepoint","attempts":[{"hook":"tracepoint","target":"syscalls:sys_exit_*","error":null}]}]}"#
-                .to_owned(),
-        );
-        serial.push("===npd-vm:end check-json===".to_owned());
-        for scenario in SCENARIOS {
-            serial.push(format!(
-                "npd-vm: step {} exit={}",
-                scenario.step, scenario.exit
-            ));
-        }
-        serial.push("npd-vm: npd-agent event-dump exit=0".to_owned());
-        serial.push("===npd-vm:begin events===".to_owned());
-        // A kernel message that slipped into a block is not part of it.
-        serial.push("[   12.345678] npd_test: BUG requested".to_owned());
-        serial.extend(events.iter().map(|e| (*e).to_owned()));
-        serial.push("===npd-vm:end events===".to_owned());
-        serial.push("npd-vm: done".to_owned());
-        let mut console = Console::default();
-        let mut block = None;
-        for line in &serial {
-            console.parse_line(line, Duration::ZERO, &mut block);
-        }
-        console
-    }
-
-    const FD_EVENT: &str =
-        r#"{"kind":"fd_exhausted","pid":115,"comm":"npd-fd","source":"tracepoint"}"#;
-
-    fn detectors(names: &[&str]) -> Vec<String> {
-        names.iter().map(|&n| n.to_owned()).collect()
-    }
-
-    #[test]
-    fn missing_detectors_are_shown_not_failed() {
-        let report = Report::new(&KERNELS[0], &detectors(&["fd"]), &console(&[FD_EVENT]));
-        assert_eq!(report.failures, Vec::<String>::new());
-        assert_eq!(report.rows[0].seen, "yes");
-        assert_eq!(report.rows[0].hook, "tracepoint syscalls:sys_exit_*");
-        assert!(report.rows[1..].iter().all(|row| row.seen == "no"));
-    }
-
-    #[test]
-    fn offered_detectors_must_see_their_problem() {
-        let offered = detectors(&["fd", "hung-task", "oom", "oops"]);
-        let report = Report::new(&KERNELS[0], &offered, &console(&[FD_EVENT]));
-        // oom, two hung tasks, WARN and oops; the soft lockup is informational.
-        assert_eq!(report.failures.len(), 5, "{:?}", report.failures);
-        let events = [
-            FD_EVENT,
-            r#"{"kind":"oom_kill","pid":117,"comm":"npd-oom","source":"tp_btf"}"#,
-            r#"{"kind":"hung_task","pid":118,"comm":"npd-hang","source":"tp_btf"}"#,
-            r#"{"kind":"hung_task","pid":126,"comm":"npd-frozen","source":"tp_btf"}"#,
-            r#"{"kind":"kernel_warning","pid":130,"comm":"npd-warn","source":"fentry"}"#,
-            // From the counters fallback, the agent itself is the task.
-            r#"{"kind":"kernel_oops","pid":99,"comm":"npd-agent","source":"counters"}"#,
-        ];
-        let report = Report::new(&KERNELS[0], &offered, &console(&events));
-        assert_eq!(report.failures, Vec::<String>::new());
-        assert_eq!(report.rows[2].details, "hung_task 118/npd-hang via tp_btf");
-    }
-
-    #[test]
-    fn a_failed_provocation_fails_the_run() {
-        let mut console = console(&[FD_EVENT]);
-        console.steps.insert("oom".to_owned(), "exit=0".to_owned());
-        let report = Report::new(&KERNELS[0], &detectors(&["fd"]), &console);
-        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
-        assert_eq!(report.rows[1].provoked, "NO (exit 0, want 137)");
     }
 }

@@ -1,6 +1,7 @@
-//! Debian's kernel packages, fetched with apt's ordinary client and unpacked privately
+//! Debian packages fetched with apt's ordinary client and unpacked privately
 //! (`apt-get download` + `dpkg -x`, nothing installed on the host): the kernel image, its
-//! headers to build the test module, and the modules the fsfreeze step needs.
+//! headers to build the test module, the modules the fsfreeze step needs, and the tools the
+//! VM runs on (QEMU, busybox).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -118,8 +119,105 @@ fn depends(stanza: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn show(package: &str) -> anyhow::Result<String> {
-    apt_cache(&["show", "--no-all-versions", package])
+/// The candidate version's `apt-cache show` stanza; refreshes the package lists once (as
+/// root) when apt does not know the package, as on a machine that never ran `apt-get update`.
+pub(crate) fn show(package: &str) -> anyhow::Result<String> {
+    let show = || apt_cache(&["show", "--no-all-versions", package]);
+    match show() {
+        Ok(stanza) if !stanza.trim().is_empty() => Ok(stanza),
+        _ if util::is_root() => {
+            step(format!(
+                "apt knows no {package}: refreshing the package lists"
+            ));
+            sh(Command::new("apt-get").args(["update", "-q"]))?;
+            show().with_context(|| format!("apt knows no package {package}"))
+        }
+        result => result.with_context(|| {
+            format!("apt knows no package {package} (run `apt-get update` as root)")
+        }),
+    }
+}
+
+/// The `Version:` of a stanza.
+pub(crate) fn version(stanza: &str) -> anyhow::Result<String> {
+    field(stanza, "Version")
+        .map(str::to_owned)
+        .context("`apt-cache show` printed no Version")
+}
+
+/// `Pre-Depends:` and `Depends:` as groups of alternatives (names only, `:any` dropped).
+pub(crate) fn dependency_groups(stanza: &str) -> Vec<Vec<String>> {
+    ["Pre-Depends", "Depends"]
+        .iter()
+        .filter_map(|name| field(stanza, name))
+        .flat_map(|list| list.split(','))
+        .map(|group| {
+            group
+                .split('|')
+                .filter_map(|alternative| {
+                    let name = alternative.split_whitespace().next()?;
+                    Some(name.split(':').next().unwrap_or(name).to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|group| !group.is_empty())
+        .collect()
+}
+
+/// Is `package` installed (and configured) on the host?
+pub(crate) fn installed(package: &str) -> bool {
+    // dpkg-query fails for packages it has never heard of; that is "not installed" too.
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", package])
+        .output()
+        .is_ok_and(|out| out.stdout.get(1) == Some(&b'i'))
+}
+
+/// A directory name for a version (`1:7.2+dfsg-7` -> `1_7.2+dfsg-7`).
+pub(crate) fn version_dir(version: &str) -> String {
+    version.replace([':', '~'], "_")
+}
+
+/// `apt-get download`s `packages` and unpacks them with `dpkg -x` into `root`, through
+/// `scratch` (removed afterwards). Refreshes the package lists once (as root) if a download
+/// fails, as it does when the lists are older than the archive.
+pub(crate) fn download_and_unpack(
+    packages: &[String],
+    scratch: &Path,
+    root: &Path,
+) -> anyhow::Result<()> {
+    let debs = scratch.join("debs");
+    let download = || -> anyhow::Result<()> {
+        if debs.exists() {
+            fs::remove_dir_all(&debs)?;
+        }
+        fs::create_dir_all(&debs)?;
+        let mut cmd = Command::new("apt-get");
+        cmd.current_dir(&debs);
+        if util::is_root() {
+            // apt's _apt sandbox user cannot write into the cache; the download is the same.
+            cmd.args(["-o", "APT::Sandbox::User=root"]);
+        }
+        sh(cmd.arg("download").args(packages))
+    };
+    if let Err(err) = download() {
+        if !util::is_root() {
+            return Err(err);
+        }
+        step("the download failed: refreshing the package lists and trying again");
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        download()?;
+    }
+    fs::create_dir_all(root)?;
+    let mut files: Vec<PathBuf> = fs::read_dir(&debs)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    for deb in files {
+        sh(Command::new("dpkg").arg("-x").arg(deb).arg(root))?;
+    }
+    fs::remove_dir_all(&debs)?;
+    Ok(())
 }
 
 /// Finds the newest kernel image matching `pattern` and the packages its headers need.
@@ -174,7 +272,7 @@ pub(crate) fn fetch(packages: &Packages, cache: &Path) -> anyhow::Result<(Kernel
     let dir = cache.join(format!(
         "{}_{}",
         packages.image,
-        packages.version.replace([':', '~'], "_")
+        version_dir(&packages.version)
     ));
     let root = dir.join("root");
     let tree = KernelTree {
@@ -200,19 +298,7 @@ pub(crate) fn fetch(packages: &Packages, cache: &Path) -> anyhow::Result<(Kernel
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    let debs = dir.join("debs");
-    fs::create_dir_all(&debs)?;
-    let mut download = Command::new("apt-get");
-    download.current_dir(&debs);
-    if util::is_root() {
-        // apt's _apt sandbox user cannot write into the cache; the download is the same.
-        download.args(["-o", "APT::Sandbox::User=root"]);
-    }
-    sh(download.arg("download").args(&packages.downloads))?;
-    for deb in fs::read_dir(&debs)? {
-        sh(Command::new("dpkg").arg("-x").arg(deb?.path()).arg(&root))?;
-    }
-    fs::remove_dir_all(&debs)?;
+    download_and_unpack(&packages.downloads, &dir, &root)?;
     fix_headers(&root)?;
     for path in [&tree.vmlinuz, &tree.headers, &tree.modules] {
         if !path.exists() {
@@ -221,6 +307,41 @@ pub(crate) fn fetch(packages: &Packages, cache: &Path) -> anyhow::Result<(Kernel
     }
     fs::write(&stamp, format!("{}\n", packages.downloads.join("\n")))?;
     Ok((tree, true))
+}
+
+/// Makes sure `packages` are unpacked in `dir/root`, downloading only those an earlier run
+/// did not unpack (`dir/packages` lists them). Returns the root and whether it downloaded.
+pub(crate) fn unpacked(dir: &Path, packages: &[String]) -> anyhow::Result<(PathBuf, bool)> {
+    let root = dir.join("root");
+    let stamp = dir.join("packages");
+    let mut have: BTreeSet<String> = fs::read_to_string(&stamp)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<String> = packages
+        .iter()
+        .filter(|p| !have.contains(*p))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        step(format!(
+            "{} in the cache ({})",
+            packages.join(" "),
+            dir.display()
+        ));
+        return Ok((root, false));
+    }
+    step(format!(
+        "downloading {} (apt-get download, unpacked with dpkg -x into {}; nothing is installed)",
+        missing.join(" "),
+        dir.display()
+    ));
+    download_and_unpack(&missing, dir, &root)?;
+    have.extend(missing);
+    let list: Vec<&str> = have.iter().map(String::as_str).collect();
+    fs::write(&stamp, format!("{}\n", list.join("\n")))?;
+    Ok((root, true))
 }
 
 /// Makes headers unpacked outside / usable: Debian's linux-headers-*-ARCH/Makefile includes
@@ -424,6 +545,21 @@ mod tests {
                 ("linux-kbuild-6.1".to_owned(), Some("6.1.192-2".to_owned())),
                 ("linux-compiler-gcc-12-x86".to_owned(), None),
                 ("a".to_owned(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn dependency_groups_keep_alternatives() {
+        let stanza = "Package: x\nPre-Depends: libc6 (>= 2.34)\nDepends: libfoo1:any (>= 2), \
+            a | b (>= 1), qemu-system-common (= 1:7.2)\nSize: 1\n";
+        assert_eq!(
+            dependency_groups(stanza),
+            vec![
+                vec!["libc6".to_owned()],
+                vec!["libfoo1".to_owned()],
+                vec!["a".to_owned(), "b".to_owned()],
+                vec!["qemu-system-common".to_owned()],
             ]
         );
     }
