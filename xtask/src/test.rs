@@ -53,6 +53,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     let control_plane = apiserver::ensure_built()?;
     let artifacts = build::build(&BuildArgs { debug: false })?;
+    let _machine = util::lock_machine("kernel tests")?;
     step("kernel and cluster tests (root, one at a time: they share global kernel state)");
     sh(util::cargo(None)
         .current_dir(root())
