@@ -24,6 +24,6 @@ RUN cargo xtask build && cp target/release/npd-agent /npd-agent
 # The runtime image: just the agent and glibc.
 FROM debian:bookworm-slim
 COPY --from=build /npd-agent /usr/local/bin/npd-agent
-# The agent needs root for its capabilities (see deploy/daemonset.yaml); it writes nothing.
+# The agent needs root for its capabilities (see deploy/base/daemonset.yaml); it writes nothing.
 ENTRYPOINT ["/usr/local/bin/npd-agent"]
 CMD ["run"]

@@ -443,8 +443,8 @@ mod tests {
 
     #[test]
     fn the_shipped_default_config_parses_and_equals_the_defaults() {
-        let text = include_str!("../../deploy/config.yaml");
-        let config = parse(text).expect("deploy/config.yaml is valid");
+        let text = include_str!("../../deploy/base/config.yaml");
+        let config = parse(text).expect("deploy/base/config.yaml is valid");
         assert_eq!(config.engine().unwrap(), EngineConfig::default());
         assert_eq!(
             config.detectors.as_deref(),

@@ -39,11 +39,11 @@ pub fn create_node(cluster: &TestCluster, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies `deploy/rbac.yaml` (npd's ServiceAccount, ClusterRole and binding) and binds the
+/// Applies `deploy/base/rbac.yaml` (npd's ServiceAccount, ClusterRole and binding) and binds the
 /// same ClusterRole to the harness's unprivileged user, so an agent run with
 /// [`TestCluster::user_kubeconfig`] has exactly the rights a deployed npd has.
 pub fn grant_npd_cluster_role(cluster: &TestCluster) -> anyhow::Result<()> {
-    let rbac = repo_root().join("deploy/rbac.yaml");
+    let rbac = repo_root().join("deploy/base/rbac.yaml");
     ok(
         &cluster.kubectl(&[
             "apply",
@@ -52,7 +52,7 @@ pub fn grant_npd_cluster_role(cluster: &TestCluster) -> anyhow::Result<()> {
             "-f",
             rbac.to_str().context("path")?,
         ]),
-        "applying deploy/rbac.yaml",
+        "applying deploy/base/rbac.yaml",
     )?;
     let binding = serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",

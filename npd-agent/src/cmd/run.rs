@@ -17,7 +17,7 @@ use crate::ProbeArgs;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     probes: ProbeArgs,
-    /// Configuration file (YAML; see deploy/config.yaml). Flags win over it.
+    /// Configuration file (YAML; see deploy/base/config.yaml). Flags win over it.
     #[arg(long, env = "NPD_CONFIG")]
     config: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz [default: 127.0.0.1:20257].

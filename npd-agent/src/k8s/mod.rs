@@ -150,7 +150,7 @@ impl ApiFailure {
         match self {
             Self::Forbidden { code, message } => format!(
                 "the API server forbids npd to {verb} {resource} (HTTP {code}: {message}); \
-                 grant it with npd's ClusterRole (deploy/rbac.yaml)"
+                 grant it with npd's ClusterRole (deploy/base/rbac.yaml)"
             ),
             Self::NotFound => format!("{verb} {resource}: not found"),
             Self::Conflict => format!("{verb} {resource}: conflict"),
