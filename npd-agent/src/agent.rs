@@ -32,6 +32,7 @@ use crate::{
         CauseLabels, ConditionLabels, DetectorLabels, HookLabels, KindLabels, Metrics, ReasonLabels,
     },
     probes::{self, LoadOptions},
+    remediation::{self, TaintConfig},
     source::EventSource,
 };
 
@@ -59,6 +60,8 @@ pub struct ClusterConfig {
     pub names: ConditionNames,
     pub max_pending_events: usize,
     pub max_backoff: Duration,
+    /// Opt-in taints (`remediation.taints`); `None` when not enabled.
+    pub remediation: Option<TaintConfig>,
 }
 
 /// Where decisions go.
@@ -283,8 +286,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
                 Arc::clone(&pods),
                 Arc::new(std::sync::atomic::AtomicBool::new(false)),
             ));
-            Sink::Cluster(reporter::spawn(
-                client,
+            let reporter = reporter::spawn(
+                client.clone(),
                 ReporterConfig {
                     node_name: config.cluster.node_name.clone(),
                     names: names.clone(),
@@ -296,10 +299,31 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
                 },
                 Arc::clone(&metrics),
                 Arc::clone(&health),
-            ))
+            );
+            // Remediation follows the same desired conditions as the reporter.
+            if let Some(taints) = &config.cluster.remediation {
+                remediation::spawn(
+                    client,
+                    taints.clone(),
+                    remediation::NodeTarget {
+                        node_name: config.cluster.node_name.clone(),
+                        names: names.clone(),
+                        event_namespace: config.cluster.node_event_namespace.clone(),
+                        max_backoff: config.cluster.max_backoff,
+                    },
+                    reporter.subscribe(),
+                    Arc::clone(&metrics),
+                );
+            }
+            Sink::Cluster(reporter)
         }
         None => {
             tracing::info!("no cluster configured: running standalone, problems are logged");
+            if config.cluster.remediation.is_some() {
+                tracing::warn!(
+                    "remediation.taints is enabled, but standalone there is no Node to taint"
+                );
+            }
             Sink::Log(Vec::new())
         }
     };

@@ -7,7 +7,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::engine::{ConfigError as EngineConfigError, EngineConfig, EventRateLimit};
+use crate::{
+    engine::{ConditionType, ConfigError as EngineConfigError, EngineConfig, EventRateLimit},
+    remediation::{MaxUnhealthy, TaintConfig, TaintEffect, plan as taint_plan},
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigFileError {
@@ -43,6 +46,8 @@ pub struct FileConfig {
     pub fd_pressure: FdPressureConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub remediation: RemediationConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -149,6 +154,82 @@ pub struct RateLimitConfig {
     /// Then one per this interval. Default `10s`.
     #[serde(default, with = "duration")]
     pub refill_every: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RemediationConfig {
+    #[serde(default)]
+    pub taints: TaintsConfig,
+}
+
+/// Opt-in taints on this node while chosen conditions are True (README, "Remediation").
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaintsConfig {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// Conditions whose True taints the node. Default `[KernelDeadlock, KernelOops]`.
+    pub conditions: Option<Vec<RemediatedCondition>>,
+    /// Default `NoSchedule`; `NoExecute` also evicts running pods (warned about at start).
+    pub effect: Option<TaintEffect>,
+    /// Nodes npd may keep tainted at once: `3` or `10%` of the Nodes. Default `10%`.
+    #[serde(default, deserialize_with = "max_unhealthy")]
+    pub max_unhealthy: Option<MaxUnhealthy>,
+    /// Log and emit Events about taint changes without making them. Default `false`.
+    pub dry_run: Option<bool>,
+    /// Where the budget's Lease lives. Default `kube-system`.
+    pub lease_namespace: Option<String>,
+    /// Default `npd-taint-budget`.
+    pub lease_name: Option<String>,
+    /// How often the taints are checked again and a refused taint retried. Default `30s`.
+    #[serde(default, with = "duration")]
+    pub retry_interval: Option<Duration>,
+}
+
+/// A condition `remediation.taints.conditions` may name (npd's type names).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum RemediatedCondition {
+    KernelDeadlock,
+    KernelOops,
+    #[serde(rename = "FDPressure")]
+    FdPressure,
+}
+
+impl RemediatedCondition {
+    pub fn condition_type(self) -> ConditionType {
+        match self {
+            Self::KernelDeadlock => ConditionType::KernelDeadlock,
+            Self::KernelOops => ConditionType::KernelOops,
+            Self::FdPressure => ConditionType::FdPressure,
+        }
+    }
+}
+
+/// `maxUnhealthy` as a YAML number (`3`) or string (`10%`).
+fn max_unhealthy<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MaxUnhealthy>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = MaxUnhealthy;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a positive integer or a percentage 1-100% (e.g. 3 or \"10%\")")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            MaxUnhealthy::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            MaxUnhealthy::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            MaxUnhealthy::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            MaxUnhealthy::parse(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(Visitor).map(Some)
 }
 
 impl FileConfig {
@@ -317,7 +398,125 @@ impl FileConfig {
                 });
             }
         }
+        self.validate_remediation()?;
         self.engine().map(|_| ())
+    }
+
+    /// A condition's type as written on the Node (`kubernetes.conditions`).
+    pub fn condition_name(&self, condition_type: ConditionType) -> &str {
+        let conditions = &self.kubernetes.conditions;
+        match condition_type {
+            ConditionType::KernelDeadlock => conditions.kernel_deadlock.as_deref(),
+            ConditionType::KernelOops => conditions.kernel_oops.as_deref(),
+            ConditionType::FdPressure => conditions.fd_pressure.as_deref(),
+        }
+        .unwrap_or(condition_type.as_str())
+    }
+
+    fn validate_remediation(&self) -> Result<(), ConfigFileError> {
+        let taints = &self.remediation.taints;
+        if taints.retry_interval.is_some_and(|v| v.is_zero()) {
+            return Err(ConfigFileError::Invalid {
+                key: "remediation.taints.retryInterval",
+                problem: "must be longer than zero".to_owned(),
+            });
+        }
+        for (key, value) in [
+            (
+                "remediation.taints.leaseNamespace",
+                taints.lease_namespace.as_deref(),
+            ),
+            ("remediation.taints.leaseName", taints.lease_name.as_deref()),
+        ] {
+            if let Some(value) = value
+                && (value.is_empty()
+                    || value.len() > 63
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    || value.starts_with('-')
+                    || value.ends_with('-'))
+            {
+                return Err(ConfigFileError::Invalid {
+                    key,
+                    problem: format!(
+                        "`{value}` is not a valid name (lowercase letters, digits and `-`, at \
+                         most 63)"
+                    ),
+                });
+            }
+        }
+        if taints.conditions.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigFileError::Invalid {
+                key: "remediation.taints.conditions",
+                problem: "is empty; list at least one of KernelDeadlock, KernelOops, FDPressure \
+                          (or set enabled: false)"
+                    .to_owned(),
+            });
+        }
+        // Condition names become taint keys only where remediation is on.
+        let enabled = taints.enabled == Some(true);
+        for condition in self.remediated_conditions().into_iter().filter(|_| enabled) {
+            let name = self.condition_name(condition);
+            if let Some(problem) = taint_plan::invalid_key_name(name) {
+                let key = match condition {
+                    ConditionType::KernelDeadlock => "kubernetes.conditions.kernelDeadlock",
+                    ConditionType::KernelOops => "kubernetes.conditions.kernelOops",
+                    ConditionType::FdPressure => "kubernetes.conditions.fdPressure",
+                };
+                return Err(ConfigFileError::Invalid {
+                    key,
+                    problem: format!(
+                        "cannot name a taint ({}<name>, as remediation.taints needs): {problem}",
+                        taint_plan::TAINT_KEY_PREFIX
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn remediated_conditions(&self) -> Vec<ConditionType> {
+        match &self.remediation.taints.conditions {
+            Some(list) => {
+                let mut types = Vec::new();
+                for condition in list.iter().map(|c| c.condition_type()) {
+                    if !types.contains(&condition) {
+                        types.push(condition);
+                    }
+                }
+                types
+            }
+            None => TaintConfig::DEFAULT_CONDITIONS.to_vec(),
+        }
+    }
+
+    /// `remediation.taints` with defaults, or `None` unless enabled. Call after
+    /// [`FileConfig::validate`].
+    pub fn remediation(&self) -> Option<TaintConfig> {
+        let taints = &self.remediation.taints;
+        if taints.enabled != Some(true) {
+            return None;
+        }
+        Some(TaintConfig {
+            conditions: self.remediated_conditions(),
+            effect: taints.effect.unwrap_or(TaintEffect::NoSchedule),
+            max_unhealthy: taints
+                .max_unhealthy
+                .unwrap_or(TaintConfig::DEFAULT_MAX_UNHEALTHY),
+            dry_run: taints.dry_run.unwrap_or(false),
+            lease_namespace: taints
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| TaintConfig::DEFAULT_LEASE_NAMESPACE.to_owned()),
+            lease_name: taints
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| TaintConfig::DEFAULT_LEASE_NAME.to_owned()),
+            retry_interval: taints
+                .retry_interval
+                .unwrap_or(TaintConfig::DEFAULT_RETRY_INTERVAL),
+        })
     }
 }
 
@@ -452,6 +651,63 @@ mod tests {
             "it lists every detector"
         );
         assert_eq!(parse("").unwrap(), FileConfig::default());
+        assert_eq!(config.remediation(), None, "remediation is opt-in");
+        // Its documented values are the defaults once enabled.
+        let mut enabled = config.clone();
+        enabled.remediation.taints.enabled = Some(true);
+        let mut defaults = FileConfig::default();
+        defaults.remediation.taints.enabled = Some(true);
+        assert_eq!(enabled.remediation(), defaults.remediation());
+        assert_eq!(
+            defaults.remediation(),
+            Some(TaintConfig {
+                conditions: TaintConfig::DEFAULT_CONDITIONS.to_vec(),
+                effect: TaintEffect::NoSchedule,
+                max_unhealthy: MaxUnhealthy::Percent(10),
+                dry_run: false,
+                lease_namespace: "kube-system".into(),
+                lease_name: "npd-taint-budget".into(),
+                retry_interval: Duration::from_secs(30),
+            })
+        );
+    }
+
+    #[test]
+    fn the_remediation_overlay_config_parses_and_enables_a_dry_run() {
+        let text = include_str!("../../deploy/overlays/remediation/config.yaml");
+        let config = parse(text).expect("the overlay's config.yaml is valid");
+        let taints = config.remediation().expect("enabled");
+        assert!(taints.dry_run, "the overlay starts in dry-run mode");
+        assert_eq!(config.engine().unwrap(), EngineConfig::default());
+    }
+
+    #[test]
+    fn remediation_settings() {
+        let config = parse(
+            "remediation:\n  taints:\n    enabled: true\n    conditions: [FDPressure, \
+             KernelDeadlock, FDPressure]\n    effect: NoExecute\n    maxUnhealthy: 3\n\
+             kubernetes:\n  conditions:\n    fdPressure: NodeFDPressure\n",
+        )
+        .unwrap();
+        let taints = config.remediation().unwrap();
+        assert_eq!(
+            taints.conditions,
+            [ConditionType::FdPressure, ConditionType::KernelDeadlock]
+        );
+        assert_eq!(taints.effect, TaintEffect::NoExecute);
+        assert_eq!(taints.max_unhealthy, MaxUnhealthy::Nodes(3));
+        assert_eq!(
+            config.condition_name(ConditionType::FdPressure),
+            "NodeFDPressure"
+        );
+        let percent = parse("remediation:\n  taints:\n    maxUnhealthy: 25%\n").unwrap();
+        assert_eq!(
+            percent.remediation.taints.max_unhealthy,
+            Some(MaxUnhealthy::Percent(25))
+        );
+        // A condition name that cannot be a taint key only matters once remediation is on.
+        let spaced = "kubernetes:\n  conditions:\n    kernelDeadlock: Kernel Deadlock\n";
+        assert!(parse(spaced).is_ok());
     }
 
     #[test]
@@ -497,6 +753,51 @@ mod tests {
             (
                 "kubernetes:\n  maxPendingEvents: 0\n",
                 "kubernetes.maxPendingEvents",
+            ),
+            (
+                "remediation:\n  taints:\n    maxUnhealthy: 0\n",
+                "remediation.taints.maxUnhealthy",
+            ),
+            (
+                "remediation:\n  taints:\n    maxUnhealthy: -2\n",
+                "remediation.taints.maxUnhealthy",
+            ),
+            (
+                "remediation:\n  taints:\n    maxUnhealthy: 150%\n",
+                "remediation.taints.maxUnhealthy",
+            ),
+            (
+                "remediation:\n  taints:\n    maxUnhealthy: 0.5\n",
+                "remediation.taints.maxUnhealthy",
+            ),
+            (
+                "remediation:\n  taints:\n    conditions: [Disk]\n",
+                "remediation.taints.conditions",
+            ),
+            (
+                "remediation:\n  taints:\n    conditions: []\n",
+                "remediation.taints.conditions",
+            ),
+            (
+                "remediation:\n  taints:\n    effect: Evict\n",
+                "remediation.taints.effect",
+            ),
+            (
+                "remediation:\n  taints:\n    retryInterval: 0s\n",
+                "remediation.taints.retryInterval",
+            ),
+            (
+                "remediation:\n  taints:\n    leaseName: Bad_Name\n",
+                "remediation.taints.leaseName",
+            ),
+            (
+                "remediation:\n  taints:\n    enable: true\n",
+                "remediation.taints",
+            ),
+            (
+                "remediation:\n  taints:\n    enabled: true\n\
+                 kubernetes:\n  conditions:\n    kernelDeadlock: Kernel Deadlock\n",
+                "kubernetes.conditions.kernelDeadlock",
             ),
         ];
         for (text, key) in cases {

@@ -15,4 +15,5 @@ pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod probes;
+pub mod remediation;
 pub mod source;

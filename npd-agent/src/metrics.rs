@@ -49,6 +49,13 @@ pub struct ApiLabels {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaintLabels {
+    pub key: String,
+    /// `added`, `removed`, or in a dry run `would_add`, `would_remove`.
+    pub action: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +73,13 @@ pub struct Metrics {
     pub events_written: Family<ReasonLabels, Counter>,
     pub last_record_age_seconds: Gauge<f64, AtomicU64>,
     pub condition_patch_seconds: Histogram,
+    /// Remediation: taints npd put on or took off its node (or would have, in a dry run).
+    pub taint_changes: Family<TaintLabels, Counter>,
+    /// Remediation: times the budget refused this node a slot.
+    pub taint_budget_refusals: Counter,
+    /// Remediation: nodes holding a budget slot, and the limit, as last seen.
+    pub taint_budget_used: Gauge,
+    pub taint_budget_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -153,6 +167,30 @@ impl Metrics {
             "Latency of patching the node's conditions",
             condition_patch_seconds.clone(),
         );
+        let taint_changes = Family::<TaintLabels, Counter>::default();
+        npd.register(
+            "taint_changes",
+            "Taints npd added to or removed from its node (would_* in a dry run), by key",
+            taint_changes.clone(),
+        );
+        let taint_budget_refusals = Counter::default();
+        npd.register(
+            "taint_budget_refusals",
+            "Times the cluster-wide taint budget refused this node a taint",
+            taint_budget_refusals.clone(),
+        );
+        let taint_budget_used = Gauge::default();
+        npd.register(
+            "taint_budget_used_nodes",
+            "Nodes holding a slot of the taint budget, as this agent last saw it",
+            taint_budget_used.clone(),
+        );
+        let taint_budget_limit = Gauge::default();
+        npd.register(
+            "taint_budget_limit_nodes",
+            "Nodes npd may keep tainted at once (maxUnhealthy), as this agent last computed it",
+            taint_budget_limit.clone(),
+        );
         Self {
             registry,
             problem_counter,
@@ -167,6 +205,10 @@ impl Metrics {
             events_written,
             last_record_age_seconds,
             condition_patch_seconds,
+            taint_changes,
+            taint_budget_refusals,
+            taint_budget_used,
+            taint_budget_limit,
         }
     }
 

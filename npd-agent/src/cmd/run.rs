@@ -41,6 +41,10 @@ pub(crate) struct RunArgs {
     /// KernelDeadlock clears once no task has been hung this long [default: 5m].
     #[arg(long, value_parser = duration::parse)]
     hung_task_recovery_window: Option<Duration>,
+    /// Remediation dry run: log and emit Events about the taints npd would add or remove,
+    /// change nothing (needs remediation.taints.enabled in the config).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -55,7 +59,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(heartbeat) = args.heartbeat {
         file.kubernetes.heartbeat = Some(heartbeat);
     }
+    if args.dry_run {
+        file.remediation.taints.dry_run = Some(true);
+    }
     file.validate()?;
+    let remediation = file.remediation();
+    if args.dry_run && remediation.is_none() {
+        tracing::warn!("--dry-run does nothing: remediation.taints is not enabled in the config");
+    }
     let kubernetes = &file.kubernetes;
     let config = AgentConfig {
         probes: args.probes.load_options(Some(&file)),
@@ -108,6 +119,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_backoff: kubernetes
                 .retry_backoff_max
                 .unwrap_or(Duration::from_secs(60)),
+            remediation,
         },
     };
     agent::run(config, super::shutdown_signal())

@@ -62,6 +62,12 @@ impl ReporterHandle {
         });
     }
 
+    /// The desired conditions as the reporter gets them (`None` until restored), for
+    /// another consumer such as remediation.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Vec<NodeCondition>>> {
+        self.conditions.subscribe()
+    }
+
     pub fn push_events(&self, events: Vec<ProblemEvent>) {
         if events.is_empty() {
             return;
