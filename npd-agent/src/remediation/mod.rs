@@ -400,10 +400,10 @@ impl Remediator {
                 });
             }
         }
+        self.announce(notices);
         if !after.iter().any(is_own) && self.ledger_entry != Some(false) {
             self.release().await?;
         }
-        self.announce(notices);
         Ok(outcome)
     }
 
