@@ -22,8 +22,8 @@ const LIMIT: u64 = 64 << 20;
 fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
     require_root("loads eBPF programs and creates a memory cgroup");
     let mut dump = EventDump::start(&["--detectors", "oom"]).expect("event-dump starts");
-    let cgroup = MemoryCgroup::create(&format!("npd-test-oom-{}", std::process::id()), LIMIT)
-        .expect("memory cgroup");
+    let name = format!("npd-test-oom-{}", std::process::id());
+    let cgroup = MemoryCgroup::create(&name, LIMIT).expect("memory cgroup");
     let mut child = Command::new(PROVOKE)
         .args([
             "oom",
@@ -64,6 +64,13 @@ fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
     );
     assert_eq!(event["cgroup_source"], "kernel");
     assert_eq!(event["scope"], "memcg");
+    let path = format!("/{name}");
+    assert_eq!(event["attribution"]["cgroup"], path.as_str(), "{event:#}");
+    assert_eq!(
+        event["memcg"],
+        path.as_str(),
+        "the cgroup that hit its limit: {event:#}"
+    );
     let rss_kb = ["anon_rss_kb", "file_rss_kb", "shmem_rss_kb"]
         .iter()
         .map(|f| event[f].as_u64().expect("RSS fields present"))
