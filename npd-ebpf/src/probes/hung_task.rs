@@ -22,7 +22,7 @@ use crate::{
     emit::{Subject, count, header, reserve, submit},
     ratelimit,
     stack::capture_task_stack,
-    tracepoint::comm as tracepoint_comm,
+    tracepoint::thread_subject,
 };
 
 #[btf_tracepoint(function = "sched_process_hang")]
@@ -79,17 +79,12 @@ pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
             RecordKind::HungTask,
             HUNG_TASK_VERSION,
             Hook::Tracepoint,
-            // The tracepoint gives the task id only; the agent fills in the process.
-            Subject {
-                pid: 0,
-                tid: pid as u32,
-                cgroup_id: 0,
-                comm: tracepoint_comm(
-                    &ctx,
-                    config!(tracepoints.hang_comm),
-                    config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_HANG != 0,
-                ),
-            },
+            thread_subject(
+                &ctx,
+                pid,
+                config!(tracepoints.hang_comm),
+                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_HANG != 0,
+            ),
         );
         (*record).stack_len = 0;
         (*record)._pad = 0;

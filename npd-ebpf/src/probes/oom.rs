@@ -29,7 +29,7 @@ use crate::{
     emit::{Subject, count, header, reserve, submit},
     stack::capture_current_stack,
     task,
-    tracepoint::{comm as tracepoint_comm, field},
+    tracepoint::{field, thread_subject},
 };
 
 #[btf_tracepoint(function = "mark_victim")]
@@ -196,17 +196,12 @@ pub fn oom_tp(ctx: TracePointContext) -> u32 {
             RecordKind::OomKill,
             OOM_KILL_VERSION,
             Hook::Tracepoint,
-            // The tracepoint names the victim's thread; the agent fills in the rest.
-            Subject {
-                pid: 0,
-                tid: pid as u32,
-                cgroup_id: 0,
-                comm: tracepoint_comm(
-                    &ctx,
-                    config!(tracepoints.oom_comm),
-                    config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_OOM != 0,
-                ),
-            },
+            thread_subject(
+                &ctx,
+                pid,
+                config!(tracepoints.oom_comm),
+                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_OOM != 0,
+            ),
         );
         (*record).flags = valid;
     }
