@@ -200,7 +200,7 @@ fn condition_gauges(metrics: &Metrics, conditions: &[NodeCondition], names: &Con
 }
 
 /// Fills in who an event belongs to, and for a memory-cgroup OOM which cgroup hit its limit.
-fn enrich(attributor: &mut Attributor, event: &mut Event) {
+pub fn enrich(attributor: &mut Attributor, event: &mut Event) {
     attributor.attribute_event(event, Instant::now());
     if let Detail::OomKill(kill) = &mut event.detail
         && kill.scope == OomScope::Memcg

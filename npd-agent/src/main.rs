@@ -62,6 +62,10 @@ pub struct ProbeArgs {
     /// mounts them under /host, because a container's own are namespaced views.
     #[arg(long, env = "NPD_HOST_ROOT")]
     host_root: Option<std::path::PathBuf>,
+    /// Attach only the fallback hooks (classic tracepoints, kernel counters), as on a kernel
+    /// without tp_btf or fentry: for testing the fallbacks.
+    #[arg(long, hide = true)]
+    fallback_hooks_only: bool,
 }
 
 fn parse_ring_size(value: &str) -> Result<u32, String> {
@@ -103,6 +107,7 @@ impl ProbeArgs {
                 .clone()
                 .or_else(|| file.and_then(|f| f.host_root.clone()))
                 .unwrap_or(defaults.host_root),
+            fallback_hooks_only: self.fallback_hooks_only,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct LoadOptions {
     /// Where the host's /proc and /sys/fs/cgroup are: `/` on a node, `/host` in npd's
     /// DaemonSet (a container's own /proc and cgroup view are namespaced).
     pub host_root: std::path::PathBuf,
+    /// Attach only the fallback hooks (tests of the fallbacks on kernels with the rest).
+    pub fallback_hooks_only: bool,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +86,7 @@ impl Default for LoadOptions {
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
             host_root: std::path::PathBuf::from("/"),
+            fallback_hooks_only: false,
         }
     }
 }
@@ -251,6 +254,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         aya_btf: &aya_btf,
         btf: &btf,
         tracefs: &tracefs,
+        fallback_hooks_only: options.fallback_hooks_only,
     };
     let mut statuses = Vec::new();
     if options.fd {

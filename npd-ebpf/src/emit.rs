@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use npd_common::{
-    Hook, RecordHeader, RecordKind,
+    Hook, RecordHeader, RecordKind, TASK_COMM_LEN,
     counters::{Counter, Detector, counter_index},
 };
 
@@ -38,42 +38,58 @@ pub(crate) fn submit<T: 'static>(detector: Detector, entry: RingBufEntry<T>) {
     count(detector, Counter::Submitted);
 }
 
-/// A header for a record about the current task.
-#[inline(always)]
-pub(crate) fn current_header<T>(kind: RecordKind, version: u8, hook: Hook) -> RecordHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    RecordHeader {
-        kind: kind as u16,
-        version,
-        hook: hook as u8,
-        size: core::mem::size_of::<T>() as u32,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        cgroup_id: task::current_cgroup_id(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+/// The task a record is about.
+pub(crate) struct Subject {
+    /// Process (tgid); 0 where the hook does not know it (the agent fills it in).
+    pub(crate) pid: u32,
+    pub(crate) tid: u32,
+    pub(crate) cgroup_id: u64,
+    pub(crate) comm: [u8; TASK_COMM_LEN],
+}
+
+impl Subject {
+    /// The current task.
+    #[inline(always)]
+    pub(crate) fn current() -> Self {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Self {
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            cgroup_id: task::current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        }
+    }
+
+    /// `task`, which need not be the current one.
+    #[inline(always)]
+    pub(crate) fn task(task: *const u8) -> Self {
+        Self {
+            pid: task::tgid(task),
+            tid: task::pid(task),
+            cgroup_id: task::cgroup_id(task),
+            comm: task::comm(task),
+        }
     }
 }
 
-/// A header for a record about `task`, which need not be the current one.
+/// The header of a record of type `T` about `subject`, stamped now.
 #[inline(always)]
-pub(crate) fn task_header<T>(
+pub(crate) fn header<T>(
     kind: RecordKind,
     version: u8,
     hook: Hook,
-    task: *const u8,
+    subject: Subject,
 ) -> RecordHeader {
     RecordHeader {
         kind: kind as u16,
         version,
         hook: hook as u8,
-        size: core::mem::size_of::<T>() as u32,
+        size: size_of::<T>() as u32,
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid: task::tgid(task),
-        tid: task::pid(task),
-        cgroup_id: task::cgroup_id(task),
-        comm: task::comm(task),
+        pid: subject.pid,
+        tid: subject.tid,
+        cgroup_id: subject.cgroup_id,
+        comm: subject.comm,
     }
 }

@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use npd_common::{TASK_COMM_LEN, config::UNKNOWN};
 
+use crate::emit::Subject;
+
 /// Reads a field of `T` at `offset`, or `None` if the kernel does not have it.
 #[inline(always)]
 pub(crate) fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
@@ -15,6 +17,23 @@ pub(crate) fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     }
     // SAFETY: the offset comes from the format file; the helper checks the read.
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// The thread a classic tracepoint names by id (its `pid` field) and `comm`: the process
+/// and cgroup are not in the record; the agent fills them in from /proc.
+#[inline(always)]
+pub(crate) fn thread_subject(
+    ctx: &TracePointContext,
+    tid: i32,
+    comm_offset: u32,
+    comm_is_data_loc: bool,
+) -> Subject {
+    Subject {
+        pid: 0,
+        tid: tid as u32,
+        cgroup_id: 0,
+        comm: comm(ctx, comm_offset, comm_is_data_loc),
+    }
 }
 
 /// A `comm` field: a `__data_loc char[]` (its word holds the string's offset in the low 16

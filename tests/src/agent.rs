@@ -317,3 +317,38 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A running `npd-provoke` that announced its pid on its first line (`{"pid": N}`); the rest
+/// of its output can be read as it comes.
+#[derive(Debug)]
+pub struct Provoked {
+    pub child: Child,
+    pub pid: u64,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Provoked {
+    /// Starts `provoke` (integration tests know its path as `CARGO_BIN_EXE_npd-provoke`).
+    pub fn spawn(provoke: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(provoke)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {provoke}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let pid = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["pid"].as_u64())
+            .with_context(|| format!("npd-provoke {args:?} printed no pid: {line:?}"))?;
+        Ok(Self { child, pid, stdout })
+    }
+
+    /// The next line it prints (empty at its end).
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line
+    }
+}

@@ -117,7 +117,13 @@ pub struct FrozenFilesystem {
 
 impl FrozenFilesystem {
     pub fn create() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("npd-freeze-{}", std::process::id()));
+        // Unique per instance: tests in one binary share a pid.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "npd-freeze-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let image = dir.join("fs.img");
         let mountpoint = dir.join("mnt");
         std::fs::create_dir_all(&mountpoint)?;
@@ -167,10 +173,23 @@ impl Drop for FrozenFilesystem {
         if let Err(err) = self.thaw() {
             eprintln!("WARNING: thawing {}: {err}", self.mountpoint.display());
         }
-        if self.mounted
-            && let Err(err) = command("umount", &[&self.mountpoint.to_string_lossy()])
-        {
-            eprintln!("WARNING: unmounting {}: {err}", self.mountpoint.display());
+        if self.mounted {
+            // A writer that was blocked may still be closing its file just after the thaw.
+            let mountpoint = self.mountpoint.to_string_lossy().into_owned();
+            let mut unmounted = false;
+            for _ in 0..50 {
+                if command("umount", &[&mountpoint]).is_ok() {
+                    unmounted = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !unmounted {
+                // Detach it now; the kernel finishes once the last user lets go.
+                if let Err(err) = command("umount", &["-l", &mountpoint]) {
+                    eprintln!("WARNING: unmounting {mountpoint}: {err}");
+                }
+            }
         }
         // `mount -o loop` sets autoclear; detach explicitly in case the unmount failed.
         if let Ok(devices) = command("losetup", &["-j", &self.image.to_string_lossy()]) {

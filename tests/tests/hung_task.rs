@@ -3,14 +3,10 @@
 //! kernel stack of the freeze wait, tell repeats from the first report, and see it recover
 //! after the thaw.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use npd_tests::{
-    agent::EventDump,
+    agent::{EventDump, Provoked},
     machine::{FrozenFilesystem, Sysctl, require_root},
 };
 use serde_json::Value;
@@ -25,23 +21,18 @@ fn a_task_blocked_on_a_frozen_filesystem_is_reported_then_recovers() {
     let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
     let mut fs = FrozenFilesystem::create().expect("frozen loop-mounted ext4");
     let target = fs.mountpoint().join("blocked");
-    let mut writer = Command::new(PROVOKE)
-        .args([
+    let mut writer = Provoked::spawn(
+        PROVOKE,
+        &[
             "write",
             "--path",
             target.to_str().unwrap(),
             "--then-sleep",
             "8",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("writer starts");
-    let mut stdout = BufReader::new(writer.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
+        ],
+    )
+    .expect("writer starts");
+    let pid = writer.pid;
 
     let hung = |seen: &[Value]| {
         seen.iter()
@@ -52,8 +43,7 @@ fn a_task_blocked_on_a_frozen_filesystem_is_reported_then_recovers() {
     // first report within ~4 s and a repeat one check later.
     dump.collect_until(Duration::from_secs(15), |seen| hung(seen) >= 2);
     fs.thaw().expect("thaw");
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let line = writer.next_line();
     assert!(
         line.contains("written"),
         "the write completes after the thaw: {line}"
@@ -62,8 +52,8 @@ fn a_task_blocked_on_a_frozen_filesystem_is_reported_then_recovers() {
         seen.iter()
             .any(|e| e["tid"] == pid && e["kind"] == "hung_task_recovered")
     });
-    let _ = writer.kill();
-    let _ = writer.wait();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
 
     let events = dump.for_pid(pid);
     let reports: Vec<&&Value> = events.iter().filter(|e| e["kind"] == "hung_task").collect();

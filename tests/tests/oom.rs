@@ -2,18 +2,12 @@
 //! the kernel kills it; npd must report that child as the victim with its RSS near the limit,
 //! the test cgroup's id read in the kernel, and a memory-cgroup scope.
 
-use std::{
-    io::{BufRead, BufReader},
-    os::unix::process::ExitStatusExt,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::process::ExitStatusExt, time::Duration};
 
 use npd_tests::{
-    agent::EventDump,
+    agent::{EventDump, Provoked},
     machine::{MemoryCgroup, require_root},
 };
-use serde_json::Value;
 
 const PROVOKE: &str = env!("CARGO_BIN_EXE_npd-provoke");
 const LIMIT: u64 = 64 << 20;
@@ -22,27 +16,21 @@ const LIMIT: u64 = 64 << 20;
 fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
     require_root("loads eBPF programs and creates a memory cgroup");
     let mut dump = EventDump::start(&["--detectors", "oom"]).expect("event-dump starts");
-    let cgroup = MemoryCgroup::create(&format!("npd-test-oom-{}", std::process::id()), LIMIT)
-        .expect("memory cgroup");
-    let mut child = Command::new(PROVOKE)
-        .args([
+    let name = format!("npd-test-oom-{}", std::process::id());
+    let cgroup = MemoryCgroup::create(&name, LIMIT).expect("memory cgroup");
+    let mut child = Provoked::spawn(
+        PROVOKE,
+        &[
             "oom",
             "--cgroup-procs",
             cgroup.procs_file().to_str().unwrap(),
             "--mb",
             "512",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("allocator starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    let status = child.wait().unwrap();
+        ],
+    )
+    .expect("allocator starts");
+    let pid = child.pid;
+    let status = child.child.wait().unwrap();
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -64,6 +52,13 @@ fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
     );
     assert_eq!(event["cgroup_source"], "kernel");
     assert_eq!(event["scope"], "memcg");
+    let path = format!("/{name}");
+    assert_eq!(event["attribution"]["cgroup"], path.as_str(), "{event:#}");
+    assert_eq!(
+        event["memcg"],
+        path.as_str(),
+        "the cgroup that hit its limit: {event:#}"
+    );
     let rss_kb = ["anon_rss_kb", "file_rss_kb", "shmem_rss_kb"]
         .iter()
         .map(|f| event[f].as_u64().expect("RSS fields present"))

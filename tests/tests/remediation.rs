@@ -5,14 +5,10 @@
 //! KernelDeadlock turns True through a real hung task (a writer blocked on a frozen ext4, with
 //! `hung_task_timeout_secs` lowered to 2) and False after the thaw and a short recovery window.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use npd_tests::{
-    agent::{AgentProcess, wait_for},
+    agent::{AgentProcess, Provoked, wait_for},
     cluster::TestCluster,
     machine::{FrozenFilesystem, Sysctl, require_root},
     remediation::{
@@ -88,24 +84,19 @@ fn wait_condition(cluster: &TestCluster, node: &str, status: &str, timeout: Dura
 }
 
 /// A child blocked writing to the frozen filesystem (D state).
-fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> Child {
+fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> Provoked {
     let target = fs.mountpoint().join(name);
-    let mut child = Command::new(PROVOKE)
-        .args([
+    Provoked::spawn(
+        PROVOKE,
+        &[
             "write",
             "--path",
             target.to_str().unwrap(),
             "--then-sleep",
             "30",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("writer starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child
+        ],
+    )
+    .expect("writer starts")
 }
 
 /// Node Events of `reason` about `node`.
@@ -227,8 +218,8 @@ fn true_taints_the_node_false_removes_only_npds_taint_and_others_taints_are_left
     // Thaw: the task recovers, KernelDeadlock turns False after the 3 s window, npd takes its
     // own taint off and gives its slot back; everyone else's taints stay.
     fs.thaw().unwrap();
-    let _ = writer.kill();
-    let _ = writer.wait();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
     let untainted = wait_for(Duration::from_secs(30), "npd's taint removed", || {
         let now = taints(&cluster, plain).ok()?;
         (!now.contains(&own_taint("KernelDeadlock"))).then_some(now)
@@ -367,8 +358,8 @@ fn racing_agents_never_taint_more_nodes_than_the_budget_and_a_freed_slot_is_take
     agents[holder_index] = Some(start_agent(&cluster, &holder, &short, &[]));
     assert_eq!(npd_tainted(&cluster, &nodes).unwrap(), [holder.as_str()]);
     fs.thaw().unwrap();
-    let _ = writer.kill();
-    let _ = writer.wait();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
     let successor = watch_budget(
         &mut most_tainted,
         &|t| t.len() == 1 && t[0] != holder,
@@ -454,6 +445,6 @@ fn a_dry_run_says_what_it_would_do_and_changes_nothing() {
         Some(1.0)
     );
     drop(fs);
-    let _ = writer.kill();
-    let _ = writer.wait();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
 }

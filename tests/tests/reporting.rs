@@ -2,13 +2,12 @@
 //! + etcd. The agent always runs with a token that has only npd's ClusterRole from deploy/.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use npd_tests::{
-    agent::{AgentProcess, wait_for},
+    agent::{AgentProcess, Provoked, wait_for},
     cluster::TestCluster,
     machine::{FrozenFilesystem, MemoryCgroup, Sysctl, require_root},
     reporting::{condition, create_node, events, grant_npd_cluster_role, node_yaml},
@@ -39,9 +38,10 @@ fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-fn start_agent(cluster: &TestCluster) -> AgentProcess {
+/// `npd-agent run` as the unprivileged test user, with the test config, for this node.
+fn spawn_agent(cluster: &TestCluster) -> AgentProcess {
     let config = config_file(cluster.dir());
-    let mut agent = AgentProcess::start(&[
+    AgentProcess::start(&[
         "--config",
         config.to_str().unwrap(),
         "--kubeconfig",
@@ -49,35 +49,31 @@ fn start_agent(cluster: &TestCluster) -> AgentProcess {
         "--node-name",
         NODE,
     ])
-    .expect("agent starts");
+    .expect("agent starts")
+}
+
+fn start_agent(cluster: &TestCluster) -> AgentProcess {
+    let mut agent = spawn_agent(cluster);
     agent
         .wait_ready(Duration::from_secs(60))
         .expect("agent ready: hooks attached and the node read");
     agent
 }
 
-/// A child blocked writing to the frozen filesystem (D state); returns it and its pid.
-fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> (Child, u64) {
+/// A child blocked writing to the frozen filesystem (D state).
+fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> Provoked {
     let target = fs.mountpoint().join(name);
-    let mut child = Command::new(PROVOKE)
-        .args([
+    Provoked::spawn(
+        PROVOKE,
+        &[
             "write",
             "--path",
             target.to_str().unwrap(),
             "--then-sleep",
             "30",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("writer starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    (child, pid)
+        ],
+    )
+    .expect("writer starts")
 }
 
 #[test]
@@ -96,7 +92,8 @@ fn a_hung_task_sets_kernel_deadlock_which_survives_a_restart_and_clears_after_re
 
     let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
     let mut fs = FrozenFilesystem::create().expect("frozen ext4");
-    let (mut writer, pid) = blocked_writer(&fs, "blocked");
+    let mut writer = blocked_writer(&fs, "blocked");
+    let pid = writer.pid;
     let hung = wait_for(Duration::from_secs(20), "KernelDeadlock True", || {
         condition(&cluster, NODE, "KernelDeadlock").filter(|c| c["status"] == "True")
     })
@@ -154,8 +151,8 @@ fn a_hung_task_sets_kernel_deadlock_which_survives_a_restart_and_clears_after_re
     println!("after recovery:\n{}", node_yaml(&cluster, NODE));
     assert_eq!(healthy["reason"], "KernelHasNoDeadlock");
     assert_ne!(healthy["lastTransitionTime"], transition);
-    let _ = writer.kill();
-    let _ = writer.wait();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
     drop(agent);
 }
 
@@ -259,8 +256,8 @@ fn a_condition_set_while_the_api_server_is_down_arrives_when_it_returns() {
 
     cluster.stop_apiserver().unwrap();
     let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
-    let fs = FrozenFilesystem::create().expect("frozen ext4");
-    let (mut writer, _pid) = blocked_writer(&fs, "during-outage");
+    let mut fs = FrozenFilesystem::create().expect("frozen ext4");
+    let mut writer = blocked_writer(&fs, "during-outage");
     // Detected meanwhile (the engine's decision is made; the reporter keeps retrying).
     std::thread::sleep(Duration::from_secs(8));
     let (code, health) = agent.get("/healthz").unwrap();
@@ -296,9 +293,9 @@ fn a_condition_set_while_the_api_server_is_down_arrives_when_it_returns() {
         "the failed patches are counted: {metrics}"
     );
     // Thaw first: a task blocked in D state cannot be killed or reaped until it wakes.
-    drop(fs);
-    let _ = writer.kill();
-    let _ = writer.wait();
+    fs.thaw().unwrap();
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
 }
 
 #[test]
@@ -362,16 +359,7 @@ fn without_rights_the_agent_says_which_verb_and_resource_are_forbidden() {
     let cluster = TestCluster::start().expect("cluster");
     create_node(&cluster, NODE).unwrap();
     // No binding for the test user this time.
-    let config = config_file(cluster.dir());
-    let agent = AgentProcess::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--kubeconfig",
-        cluster.user_kubeconfig().to_str().unwrap(),
-        "--node-name",
-        NODE,
-    ])
-    .unwrap();
+    let agent = spawn_agent(&cluster);
     let line = wait_for(Duration::from_secs(20), "the RBAC error", || {
         agent
             .log()

@@ -6,7 +6,13 @@ use std::{io::Write, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use npd_agent::{event::Event, probes, source::EventSource};
+use npd_agent::{
+    agent,
+    attribution::{Attributor, CgroupIndex},
+    event::Event,
+    probes,
+    source::EventSource,
+};
 
 use crate::ProbeArgs;
 
@@ -69,6 +75,10 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
             None => tracing::warn!("{}: no hook could attach", status.detector),
         }
     }
+    // Standalone attribution: cgroup path, pod uid and container id, or systemd unit.
+    let mut attributor = Attributor::new(CgroupIndex::new(
+        probes.cgroup_layout.attribution_root(&probes.host_root),
+    ));
     let mut source = EventSource::new(probes).context("watching the ring buffer")?;
     tracing::info!("streaming records");
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -95,10 +105,11 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
             () = sleep => break,
             () = &mut shutdown => break,
         };
-        for event in events {
+        for mut event in events {
             if args.count.is_some_and(|count| printed >= count) {
                 break;
             }
+            agent::enrich(&mut attributor, &mut event);
             let line = match args.format {
                 DumpFormat::Json => serde_json::to_string(&event)?,
                 DumpFormat::Table => table_row(&event),

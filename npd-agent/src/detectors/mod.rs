@@ -70,7 +70,12 @@ pub struct AttachContext<'a> {
     /// npd's own reader of the same BTF, for choosing between hooks.
     pub btf: &'a crate::kernel::btf::Btf,
     pub tracefs: &'a crate::kernel::tracefs::Tracefs,
+    /// Use only the classic-tracepoint and counter fallbacks, as on a kernel without tp_btf
+    /// or fentry (to exercise them where the preferred hooks work).
+    pub fallback_hooks_only: bool,
 }
+
+const SKIPPED_FOR_FALLBACKS: &str = "skipped: --fallback-hooks-only";
 
 fn program_mut<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, String>
 where
@@ -91,6 +96,9 @@ pub(crate) fn attach_btf_tracepoint(
     program: &str,
     tracepoint: &str,
 ) -> Result<(), String> {
+    if ctx.fallback_hooks_only {
+        return Err(SKIPPED_FOR_FALLBACKS.to_owned());
+    }
     let program: &mut aya::programs::BtfTracePoint = program_mut(ebpf, program)?;
     program
         .load(tracepoint, ctx.aya_btf)
@@ -108,6 +116,9 @@ pub(crate) fn attach_fentry(
     program: &str,
     function: &str,
 ) -> Result<(), String> {
+    if ctx.fallback_hooks_only {
+        return Err(SKIPPED_FOR_FALLBACKS.to_owned());
+    }
     if !ctx.btf.has_function(function) {
         return Err(format!("this kernel has no traceable function {function}"));
     }

@@ -24,7 +24,7 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{count, current_header, reserve, submit},
+    emit::{Subject, count, header, reserve, submit},
     task,
 };
 
@@ -135,10 +135,11 @@ fn emit(errno: i32, syscall_nr: i32, suppressed: u64, failures_total: u64, first
     let current = task::current_task();
     let signal = task::read_ptr(current, config!(offsets.task_signal));
     entry.write(FdExhausted {
-        header: current_header::<FdExhausted>(
+        header: header::<FdExhausted>(
             RecordKind::FdExhausted,
             FD_EXHAUSTED_VERSION,
             Hook::Tracepoint,
+            Subject::current(),
         ),
         errno,
         syscall_nr,

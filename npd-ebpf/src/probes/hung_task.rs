@@ -6,13 +6,12 @@
 //! the agent reads the stack from /proc).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use npd_common::{
-    Hook, MAX_STACK_DEPTH, RecordHeader, RecordKind,
+    Hook, MAX_STACK_DEPTH, RecordKind,
     config::COMM_DATA_LOC_HANG,
     counters::{Counter, Detector},
     hung_task::{HUNG_TASK_VERSION, HungTask},
@@ -20,10 +19,10 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{count, reserve, submit, task_header},
+    emit::{Subject, count, header, reserve, submit},
     ratelimit,
     stack::capture_task_stack,
-    tracepoint::comm as tracepoint_comm,
+    tracepoint::thread_subject,
 };
 
 #[btf_tracepoint(function = "sched_process_hang")]
@@ -40,11 +39,11 @@ pub fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: `record` points into the reserved ring-buffer entry, valid and exclusively ours
     // until submit; every field is written before submission.
     unsafe {
-        (*record).header = task_header::<HungTask>(
+        (*record).header = header::<HungTask>(
             RecordKind::HungTask,
             HUNG_TASK_VERSION,
             Hook::BtfTracepoint,
-            task as *const u8,
+            Subject::task(task as *const u8),
         );
         (*record)._pad = 0;
         (*record).stack_len = capture_task_stack(task, &mut (*record).stack);
@@ -76,22 +75,17 @@ pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
     let record = entry.as_mut_ptr();
     // SAFETY: as in hung_task_btf.
     unsafe {
-        (*record).header = RecordHeader {
-            kind: RecordKind::HungTask as u16,
-            version: HUNG_TASK_VERSION,
-            hook: Hook::Tracepoint as u8,
-            size: size_of::<HungTask>() as u32,
-            ts_ns: bpf_ktime_get_ns(),
-            // The tracepoint gives the task id only; the agent fills in the process.
-            pid: 0,
-            tid: pid as u32,
-            cgroup_id: 0,
-            comm: tracepoint_comm(
+        (*record).header = header::<HungTask>(
+            RecordKind::HungTask,
+            HUNG_TASK_VERSION,
+            Hook::Tracepoint,
+            thread_subject(
                 &ctx,
+                pid,
                 config!(tracepoints.hang_comm),
                 config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_HANG != 0,
             ),
-        };
+        );
         (*record).stack_len = 0;
         (*record)._pad = 0;
         (*record).stack = [0; MAX_STACK_DEPTH];

@@ -13,12 +13,12 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::task_struct,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{btf_tracepoint, fentry, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 use npd_common::{
-    Hook, RecordHeader, RecordKind,
+    Hook, RecordKind,
     config::COMM_DATA_LOC_OOM,
     counters::{Counter, Detector},
     oom::{OOM_KILL_VERSION, OomKill, flags},
@@ -26,10 +26,10 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{count, reserve, submit, task_header},
+    emit::{Subject, count, header, reserve, submit},
     stack::capture_current_stack,
     task,
-    tracepoint::{comm as tracepoint_comm, field},
+    tracepoint::{field, thread_subject},
 };
 
 #[btf_tracepoint(function = "mark_victim")]
@@ -122,7 +122,12 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
         let cred = task::read_ptr(victim, config!(offsets.task_real_cred));
         task::read::<u32>(cred, config!(offsets.cred_uid))
     });
-    let header = task_header::<OomKill>(RecordKind::OomKill, OOM_KILL_VERSION, hook, victim);
+    let header = header::<OomKill>(
+        RecordKind::OomKill,
+        OOM_KILL_VERSION,
+        hook,
+        Subject::task(victim),
+    );
     // Per-CPU counters can fold to slightly negative values; the kernel clamps the same way.
     let kib = |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
     let memory_kb = match (total_vm, kib(anon), kib(file), kib(shmem)) {
@@ -187,22 +192,17 @@ pub fn oom_tp(ctx: TracePointContext) -> u32 {
     );
     // SAFETY: `record` points into the reserved entry, exclusively ours until submit.
     unsafe {
-        (*record).header = RecordHeader {
-            kind: RecordKind::OomKill as u16,
-            version: OOM_KILL_VERSION,
-            hook: Hook::Tracepoint as u8,
-            size: size_of::<OomKill>() as u32,
-            ts_ns: bpf_ktime_get_ns(),
-            // The tracepoint names the victim's thread; the agent fills in the rest.
-            pid: 0,
-            tid: pid as u32,
-            cgroup_id: 0,
-            comm: tracepoint_comm(
+        (*record).header = header::<OomKill>(
+            RecordKind::OomKill,
+            OOM_KILL_VERSION,
+            Hook::Tracepoint,
+            thread_subject(
                 &ctx,
+                pid,
                 config!(tracepoints.oom_comm),
                 config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_OOM != 0,
             ),
-        };
+        );
         (*record).flags = valid;
     }
     fill_trigger(&ctx, record);

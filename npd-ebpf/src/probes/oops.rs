@@ -14,7 +14,7 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{count, current_header, reserve, submit},
+    emit::{Subject, count, header, reserve, submit},
     ratelimit,
     stack::capture_current_stack,
 };
@@ -68,8 +68,12 @@ fn report<C: EbpfContext>(ctx: &C, kind: RecordKind, caller: u64, added_taint: u
     // SAFETY: `record` points into the reserved entry, exclusively ours until submit; every
     // field is written.
     unsafe {
-        (*record).header =
-            current_header::<KernelProblem>(kind, KERNEL_PROBLEM_VERSION, Hook::Fentry);
+        (*record).header = header::<KernelProblem>(
+            kind,
+            KERNEL_PROBLEM_VERSION,
+            Hook::Fentry,
+            Subject::current(),
+        );
         (*record).caller = caller;
         (*record).taint = taint;
         (*record)._pad = 0;
