@@ -1,12 +1,12 @@
 //! What remediation leaves in a cluster: the overlay's rights granted to the test user, node
 //! taints, and the budget's ledger.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 use crate::{
     cluster::{TestCluster, UNPRIVILEGED_USER},
-    reporting::{node, repo_root},
+    reporting::{node, ok, repo_root},
 };
 
 /// npd's mark on its own taints (npd-agent's `OWN_TAINT_VALUE`).
@@ -14,17 +14,6 @@ pub const OWN_TAINT_VALUE: &str = "added-by-npd";
 pub const BUDGET_LEASE: &str = "npd-taint-budget";
 pub const BUDGET_NAMESPACE: &str = "kube-system";
 pub const LEDGER_ANNOTATION: &str = "npd.io/tainted-nodes";
-
-fn ok(output: &std::process::Output, what: &str) -> anyhow::Result<String> {
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// Applies `deploy/overlays/remediation/rbac.yaml` and binds its ClusterRole and Role to the
 /// harness's unprivileged user, on top of [`crate::reporting::grant_npd_cluster_role`]: an

@@ -14,7 +14,8 @@ pub fn repo_root() -> &'static Path {
         .expect("tests/ is inside the repository")
 }
 
-fn ok(output: &std::process::Output, what: &str) -> anyhow::Result<String> {
+/// The stdout of a command that must have succeeded, or an error with its stderr.
+pub fn ok(output: &std::process::Output, what: &str) -> anyhow::Result<String> {
     if !output.status.success() {
         bail!(
             "{what} failed ({}): {}",
