@@ -66,6 +66,7 @@ pub struct Metrics {
     pub events_written: Family<ReasonLabels, Counter>,
     pub last_record_age_seconds: Gauge<f64, AtomicU64>,
     pub condition_patch_seconds: Histogram,
+    pub record_latency_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -153,6 +154,16 @@ impl Metrics {
             "Latency of patching the node's conditions",
             condition_patch_seconds.clone(),
         );
+        // 50 us to ~1.6 s: the ring buffer wakes the agent at once, so most records take well
+        // under a millisecond; the top buckets catch a stalled loop.
+        let record_latency_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+        );
+        npd.register(
+            "record_latency_seconds",
+            "Time from the kernel's timestamp of a record to its decoding by the agent",
+            record_latency_seconds.clone(),
+        );
         Self {
             registry,
             problem_counter,
@@ -167,6 +178,7 @@ impl Metrics {
             events_written,
             last_record_age_seconds,
             condition_patch_seconds,
+            record_latency_seconds,
         }
     }
 
@@ -245,6 +257,10 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE npd_condition_patch_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE npd_record_latency_seconds histogram"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
