@@ -203,6 +203,8 @@ pub(crate) struct Machine {
     pub(crate) cores: usize,
     pub(crate) memory_gib: f64,
     pub(crate) os: String,
+    /// /proc/loadavg when the run started: the machine may be shared.
+    pub(crate) load: String,
 }
 
 pub(crate) fn machine() -> Machine {
@@ -230,5 +232,10 @@ pub(crate) fn machine() -> Machine {
             .find_map(|l| l.strip_prefix("PRETTY_NAME="))
             .map(|name| name.trim_matches('"').to_owned())
             .unwrap_or_default(),
+        load: read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }

@@ -73,12 +73,13 @@ pub(crate) fn markdown(machine: &Machine, settings: &Settings, results: &Results
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}, Linux {}, {} ({} cores), {:.1} GiB RAM.{}\n",
+        "Machine: {}, Linux {}, {} ({} cores), {:.1} GiB RAM; load average {} at the start.{}\n",
         machine.os,
         machine.kernel,
         machine.cpu,
         machine.cores,
         machine.memory_gib,
+        machine.load,
         if settings.quick {
             " **Quick run: too short for the numbers to mean anything.**"
         } else {
