@@ -156,8 +156,8 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         ClusterBinaries::from_env()?;
     }
     let settings = Settings::new(args.quick);
-    let machine = procfs::machine();
     let _machine_lock = MachineLock::acquire("benchmarks")?;
+    let machine = procfs::machine();
     eprintln!(
         "npd-bench: {} run of {} on {} ({} cores, {})",
         if args.quick { "quick" } else { "full" },
