@@ -341,9 +341,9 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
     table.row(
         "kernel memory of maps + programs",
         format!(
-            "{} maps + {} programs (memlock, charged to the agent's cgroup on 5.11+)",
+            "{} maps + {:.0} KiB programs (memlock, charged to the agent's cgroup on 5.11+)",
             mib(footprint.kernel_bytes("map") / 1024),
-            mib(footprint.kernel_bytes("prog") / 1024)
+            footprint.kernel_bytes("prog") as f64 / 1024.0
         ),
         "(reported)",
         String::new(),
@@ -365,12 +365,12 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
         };
         let _ = writeln!(
             details,
-            "| {} | {} | {} | {} | {} KiB |",
+            "| {} | {} | {} | {} | {:.1} KiB |",
             object.kind,
             object.name,
             object.type_name(),
             shape,
-            object.memlock_bytes / 1024
+            object.memlock_bytes as f64 / 1024.0
         );
     }
     details.push('\n');
