@@ -6,10 +6,10 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use npd_tests::{agent::AgentProcess, machine::Sysctl};
+use npd_tests::agent::AgentProcess;
 use serde::Serialize;
 
-use crate::{procfs, stats};
+use crate::{interrupt, procfs, stats};
 
 /// One iteration of a loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -352,7 +352,7 @@ pub(crate) fn run(settings: HookSettings) -> anyhow::Result<HookOverhead> {
                 control_rounds,
                 cpu,
                 &settings,
-                &|| Ok(Box::new(Sysctl::set(FTRACE_SYS_EXIT, "1")?)),
+                &|| Ok(Box::new(interrupt::set(FTRACE_SYS_EXIT, "1")?)),
             )?,
         });
     }
@@ -371,7 +371,7 @@ pub(crate) fn run(settings: HookSettings) -> anyhow::Result<HookOverhead> {
 /// With the kernel's BPF statistics on (they add their own clock reads, so never during the
 /// timed rounds), the fd program's average run time over the watched loops.
 fn program_cost(cpu: usize, settings: HookSettings) -> anyhow::Result<Option<ProgramCost>> {
-    let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let _stats = interrupt::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let agent = start_agent(&[])?;
     let fd_program = |objects: &[procfs::BpfObject]| {
         objects

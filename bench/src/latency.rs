@@ -14,7 +14,6 @@ use anyhow::{Context, bail};
 use npd_tests::{
     agent::{AgentProcess, agent_bin},
     cluster::TestCluster,
-    machine::Sysctl,
     reporting::{create_node, grant_npd_cluster_role},
 };
 use serde::Serialize;
@@ -22,6 +21,7 @@ use serde_json::Value;
 
 use crate::{
     footprint::{self, Idle},
+    interrupt,
     metrics::{HistogramDelta, Scrape},
     procfs,
 };
@@ -99,7 +99,7 @@ fn provoke_enfile() -> anyhow::Result<Provocation> {
     line.clear();
     {
         // Lowered for a few milliseconds; the guard restores it, also on failure.
-        let _limit = Sysctl::set("/proc/sys/fs/file-max", "1")?;
+        let _limit = interrupt::set("/proc/sys/fs/file-max", "1")?;
         writeln!(child.stdin.take().context("stdin")?, "go")?;
         stdout.read_line(&mut line)?;
     }

@@ -8,6 +8,7 @@
 
 mod footprint;
 mod hooks;
+mod interrupt;
 mod latency;
 mod lock;
 mod metrics;
@@ -135,6 +136,7 @@ pub(crate) struct Results {
 
 fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     require_root("it loads eBPF programs, changes sysctls and provokes kernel problems");
+    interrupt::install()?;
     let selected = |b: Benchmark| args.only.as_ref().is_none_or(|only| only.contains(&b));
     // Fail before the long parts if a piece is missing.
     let agent = agent_bin();
