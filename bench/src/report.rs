@@ -338,6 +338,21 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
             )
         }),
     );
+    let charged = &footprint.cgroup;
+    table.row(
+        "idle: agent's memory cgroup (what a pod limit sees)",
+        format!(
+            "peak {} over its life, {} at the end{}",
+            mib(charged.peak_bytes / 1024),
+            mib(charged.now_bytes / 1024),
+            charged
+                .kernel_peak_bytes
+                .map(|kernel| format!("; kernel memory peak {}", mib(kernel / 1024)))
+                .unwrap_or_default()
+        ),
+        "(reported)",
+        String::new(),
+    );
     table.row(
         "kernel memory of maps + programs",
         format!(
