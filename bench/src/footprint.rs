@@ -21,14 +21,14 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Idle {
     pub(crate) seconds: f64,
-    pub(crate) cpu_seconds: f64,
+    pub(crate) cpu: procfs::CpuTime,
     pub(crate) memory_start: procfs::Memory,
     pub(crate) memory_end: procfs::Memory,
 }
 
 impl Idle {
     pub(crate) fn cpu_percent(&self) -> f64 {
-        self.cpu_seconds / self.seconds * 100.0
+        self.cpu.percent_of_core(self.seconds)
     }
 }
 
@@ -36,14 +36,14 @@ impl Idle {
 pub(crate) fn measure(agent: &AgentProcess, seconds: f64) -> anyhow::Result<Idle> {
     let pid = agent.pid();
     let memory_start = procfs::memory(pid)?;
-    let cpu_start = procfs::cpu_seconds(pid)?;
+    let cpu_start = procfs::CpuTime::read(pid)?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    let cpu_seconds = procfs::cpu_seconds(pid)? - cpu_start;
+    let cpu = procfs::CpuTime::read(pid)?.since(cpu_start);
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Idle {
         seconds: elapsed,
-        cpu_seconds,
+        cpu,
         memory_start,
         memory_end: procfs::memory(pid)?,
     })
@@ -116,6 +116,8 @@ fn start_in(cgroup: &MemoryCgroup, controller: MemoryController) -> anyhow::Resu
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Footprint {
+    /// CPU from its start until it was ready (programs loaded and attached).
+    pub(crate) start_cpu: procfs::CpuTime,
     pub(crate) idle: Idle,
     pub(crate) cgroup: CgroupMemory,
     /// The maps and programs the agent holds, with the kernel's memory accounting.
@@ -140,6 +142,7 @@ pub(crate) fn run(seconds: f64) -> anyhow::Result<Footprint> {
     let cgroup = MemoryCgroup::create(&format!("npd-bench-{}", std::process::id()), 1 << 30)?;
     let mut agent = start_in(&cgroup, controller)?;
     agent.wait_ready(Duration::from_secs(60))?;
+    let start_cpu = procfs::CpuTime::read(agent.pid())?;
     std::thread::sleep(SETTLE);
     let idle = measure(&agent, seconds)?;
     let bpf = procfs::bpf_objects(agent.pid())?;
@@ -147,6 +150,7 @@ pub(crate) fn run(seconds: f64) -> anyhow::Result<Footprint> {
     agent.stop()?;
     drop(cgroup);
     Ok(Footprint {
+        start_cpu,
         idle,
         cgroup: charged,
         bpf,

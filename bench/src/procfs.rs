@@ -12,8 +12,62 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
+/// CPU time of a process, two ways.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct CpuTime {
+    /// utime + stime from /proc/PID/stat: every thread, dead ones included, in clock ticks
+    /// (10 ms here).
+    pub(crate) stat_seconds: f64,
+    /// The sum of /proc/PID/task/*/schedstat: nanoseconds, but only of living threads.
+    pub(crate) sched_seconds: f64,
+}
+
+impl CpuTime {
+    pub(crate) fn read(pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            stat_seconds: stat_seconds(pid)?,
+            sched_seconds: sched_seconds(pid)?,
+        })
+    }
+
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            stat_seconds: self.stat_seconds - earlier.stat_seconds,
+            sched_seconds: self.sched_seconds - earlier.sched_seconds,
+        }
+    }
+
+    /// As a percentage of one core over `wall_seconds`: schedstat's nanoseconds, unless the
+    /// ticks show more than one tick beyond them (a thread that ended took its share along).
+    pub(crate) fn percent_of_core(self, wall_seconds: f64) -> f64 {
+        let tick = 1.0 / clock_ticks_per_second();
+        let seconds = if self.stat_seconds > self.sched_seconds + tick {
+            self.stat_seconds
+        } else {
+            self.sched_seconds
+        };
+        seconds / wall_seconds * 100.0
+    }
+}
+
+fn sched_seconds(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for task in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        // A thread may end between the listing and the read.
+        if let Ok(text) = fs::read_to_string(task?.path().join("schedstat")) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
 /// User + system CPU seconds of a process, all its threads, dead ones included.
-pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+fn stat_seconds(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.

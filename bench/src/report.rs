@@ -8,7 +8,7 @@ use crate::{
     footprint::Footprint,
     hooks::HookOverhead,
     latency::Latency,
-    procfs::{Machine, Memory},
+    procfs::{CpuTime, Machine, Memory},
     stats,
     storm::StormResult,
 };
@@ -48,6 +48,14 @@ fn rate(per_second: f64) -> String {
     } else {
         format!("{:.0} k/s", per_second / 1e3)
     }
+}
+
+/// Both readings: the ticks of /proc/PID/stat and the nanoseconds of schedstat.
+fn cpu_time(cpu: CpuTime) -> String {
+    format!(
+        "{:.2} s by /proc/PID/stat, {:.4} s by schedstat",
+        cpu.stat_seconds, cpu.sched_seconds
+    )
 }
 
 fn verdict(met: bool, miss: impl FnOnce() -> String) -> String {
@@ -208,9 +216,9 @@ fn storm_rows(table: &mut Table, details: &mut String, storms: &[StormResult]) {
         table.row(
             format!("storm, {who}: agent CPU"),
             format!(
-                "{:.2} % of one core ({:.2} s in {:.1} s)",
+                "{:.3} % of one core ({} in {:.1} s)",
                 daemon.cpu_percent(),
-                daemon.cpu_seconds,
+                cpu_time(daemon.cpu),
                 daemon.wall_seconds
             ),
             "< 5 % of a core",
@@ -325,9 +333,9 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
     table.row(
         "idle: agent CPU",
         format!(
-            "{:.3} % of one core ({:.2} s in {:.0} s)",
+            "{:.3} % of one core ({} in {:.0} s)",
             idle.cpu_percent(),
-            idle.cpu_seconds,
+            cpu_time(idle.cpu),
             idle.seconds
         ),
         "< 0.1 % of a core",
@@ -337,6 +345,12 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
                 idle.cpu_percent() - IDLE_CPU_TARGET_PERCENT
             )
         }),
+    );
+    table.row(
+        "start-up: agent CPU until ready",
+        cpu_time(footprint.start_cpu),
+        "(reported)",
+        String::new(),
     );
     let charged = &footprint.cgroup;
     table.row(

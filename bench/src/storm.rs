@@ -72,7 +72,7 @@ pub(crate) struct DaemonDuringStorm {
     pub(crate) failures: u64,
     pub(crate) failures_per_second: f64,
     pub(crate) wall_seconds: f64,
-    pub(crate) cpu_seconds: f64,
+    pub(crate) cpu: procfs::CpuTime,
     pub(crate) memory_before: procfs::Memory,
     pub(crate) memory_after: procfs::Memory,
     /// Deltas of the agent's counters for the fd detector over the storm and its sweep.
@@ -85,7 +85,7 @@ pub(crate) struct DaemonDuringStorm {
 
 impl DaemonDuringStorm {
     pub(crate) fn cpu_percent(&self) -> f64 {
-        self.cpu_seconds / self.wall_seconds * 100.0
+        self.cpu.percent_of_core(self.wall_seconds)
     }
 }
 
@@ -152,11 +152,11 @@ fn with_daemon(
     let pid = agent.pid();
     let memory_before = procfs::memory(pid)?;
     let before = fd_counters(&Scrape::take(agent)?);
-    let cpu_before = procfs::cpu_seconds(pid)?;
+    let cpu_before = procfs::CpuTime::read(pid)?;
     let started = Instant::now();
     let storms = storm(provoke, processes, seconds)?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = procfs::cpu_seconds(pid)? - cpu_before;
+    let cpu = procfs::CpuTime::read(pid)?.since(cpu_before);
     let memory_after = procfs::memory(pid)?;
     std::thread::sleep(SWEEP_WAIT);
     let after = fd_counters(&Scrape::take(agent)?);
@@ -164,7 +164,7 @@ fn with_daemon(
         failures: storms.iter().map(|s| s.failures).sum(),
         failures_per_second: rate(&storms),
         wall_seconds,
-        cpu_seconds,
+        cpu,
         memory_before,
         memory_after,
         hook_hits: after[0] - before[0],
