@@ -222,11 +222,17 @@ pub(crate) struct Latency {
 
 /// Kernel -> decoded, through `event-dump` (stdout read and stamped by the benchmark).
 fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
-    let dump = Stamped::lines(
+    let log_path = std::env::temp_dir().join(format!("npd-bench-dump-{}.log", std::process::id()));
+    let mut dump = Stamped::lines(
         Command::new(agent_bin())
             .args(["event-dump", "--format", "json"])
-            .stderr(Stdio::null()),
+            .stderr(std::fs::File::create(&log_path)?),
     )?;
+    let log = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        text
+    };
     // The dump prints nothing until a record comes: provoke until the first one is seen, so
     // the programs are surely attached before the measured provocations.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -238,8 +244,11 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
         if seen.is_ok() {
             break;
         }
+        if let Some(status) = dump.child.try_wait()? {
+            bail!("event-dump exited ({status}):\n{}", log());
+        }
         if Instant::now() > deadline {
-            bail!("event-dump reported no ENFILE within a minute");
+            bail!("event-dump reported no ENFILE within a minute:\n{}", log());
         }
     }
     let mut to_decoded = Samples::default();
@@ -256,6 +265,8 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
             .push(ts_ns.saturating_sub(provocation.started_ns) as f64 / 1e6);
         std::thread::sleep(PAUSE);
     }
+    drop(dump);
+    log();
     Ok((to_decoded, call_to_kernel))
 }
 
