@@ -347,14 +347,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         tokio::select! {
             events = source.next() => {
                 let events = events.context("reading the ring buffer")?;
+                let decoded_ns = clock::monotonic_ns();
                 let now = Timestamp::now();
                 for mut event in events {
-                    enrich(&mut attributor, &mut event);
                     if event.source != crate::event::Source::Sweep
                         && event.source != crate::event::Source::Counters
                     {
-                        last_record = Some(clock::monotonic_ns());
+                        last_record = Some(decoded_ns);
+                        metrics
+                            .record_latency_seconds
+                            .observe(decoded_ns.saturating_sub(event.ts_ns) as f64 / 1e9);
                     }
+                    enrich(&mut attributor, &mut event);
                     metrics
                         .records
                         .get_or_create(&KindLabels { kind: event.kind.to_owned() })

@@ -80,6 +80,7 @@ pub struct Metrics {
     /// Remediation: nodes holding a budget slot, and the limit, as last seen.
     pub taint_budget_used: Gauge,
     pub taint_budget_limit: Gauge,
+    pub record_latency_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -191,6 +192,16 @@ impl Metrics {
             "Nodes npd may keep tainted at once (maxUnhealthy), as this agent last computed it",
             taint_budget_limit.clone(),
         );
+        // 50 us to ~1.6 s: the ring buffer wakes the agent at once, so most records take well
+        // under a millisecond; the top buckets catch a stalled loop.
+        let record_latency_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+        );
+        npd.register(
+            "record_latency_seconds",
+            "Time from the kernel's timestamp of a record to its decoding by the agent",
+            record_latency_seconds.clone(),
+        );
         Self {
             registry,
             problem_counter,
@@ -209,6 +220,7 @@ impl Metrics {
             taint_budget_refusals,
             taint_budget_used,
             taint_budget_limit,
+            record_latency_seconds,
         }
     }
 
@@ -287,6 +299,10 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE npd_condition_patch_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE npd_record_latency_seconds histogram"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));

@@ -2,6 +2,7 @@
 //! and runs every test, installing whatever this machine lacks first.
 
 mod apiserver;
+mod bench;
 mod build;
 mod prereqs;
 mod test;
@@ -34,6 +35,9 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
     Apiserver(apiserver::ApiserverArgs),
+    /// Measure what npd costs (hook overhead, storms, idle footprint) and how fast it
+    /// reports (to the decoded record, to a watch on the API server); root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => build::lint(),
         Command::VmTest(args) => vm::run(&args),
         Command::Apiserver(args) => apiserver::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

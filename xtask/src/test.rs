@@ -1,7 +1,8 @@
 //! `cargo xtask test`: unit tests (no root, no kernel programs), then the tests that load the
 //! real programs into this kernel and provoke real problems (root, serially), and the tests
 //! that talk to a real kube-apiserver; then the same agent on other kernels under QEMU
-//! (`cargo xtask vm-test`: oops, WARN and fentry, which this kernel cannot give).
+//! (`cargo xtask vm-test`: oops, WARN and fentry, which this kernel cannot give); last, a
+//! quick run of the benchmarks, to prove they still run end to end.
 
 use anyhow::bail;
 use clap::Args;
@@ -9,6 +10,7 @@ use npd_tests::cluster;
 
 use crate::{
     apiserver,
+    bench::{self, BenchArgs},
     build::{self, BuildArgs},
     util::{self, root, sh, step},
     vm::{self, VmTestArgs},
@@ -26,7 +28,11 @@ pub(crate) struct TestArgs {
     /// cached, a minute and a half without).
     #[arg(long)]
     pub(crate) no_vm: bool,
-    /// Passed to the test binaries (e.g. a test name filter); skips the VM test.
+    /// Skip the quick benchmark run that ends everything (about a minute).
+    #[arg(long)]
+    pub(crate) no_bench: bool,
+    /// Passed to the test binaries (e.g. a test name filter); skips the VM test and the
+    /// benchmarks.
     #[arg(last = true)]
     pub(crate) filter: Vec<String>,
 }
@@ -53,7 +59,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     let control_plane = apiserver::ensure_built()?;
     let artifacts = build::build(&BuildArgs { debug: false })?;
-    let _machine = util::lock_machine("kernel tests")?;
+    let machine = util::lock_machine("kernel tests")?;
     step("kernel and cluster tests (root, one at a time: they share global kernel state)");
     sh(util::cargo(None)
         .current_dir(root())
@@ -62,14 +68,31 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         .env(cluster::ETCD_ENV, &control_plane.etcd)
         .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
         .args(&args.filter))?;
+    if !args.filter.is_empty() {
+        step(
+            "VM test and benchmarks skipped: a test filter was given (run `cargo xtask vm-test` \
+             or `cargo xtask bench --quick` for them)",
+        );
+        return Ok(());
+    }
     if args.no_vm {
         step("VM test skipped (--no-vm)");
+    } else {
+        step("VM test: the same agent on other kernels under QEMU (skip with --no-vm)");
+        vm::test_agent(&artifacts.agent, &VmTestArgs::default())?;
+    }
+    // npd-bench takes the lock itself (it is also run by hand).
+    drop(machine);
+    if args.no_bench {
+        step("benchmarks skipped (--no-bench)");
         return Ok(());
     }
-    if !args.filter.is_empty() {
-        step("VM test skipped: a test filter was given (run `cargo xtask vm-test` for it)");
-        return Ok(());
-    }
-    step("VM test: the same agent on other kernels under QEMU (skip with --no-vm)");
-    vm::test_agent(&artifacts.agent, &VmTestArgs::default())
+    bench::bench_agent(
+        &artifacts.agent,
+        &control_plane,
+        &BenchArgs {
+            quick: true,
+            ..BenchArgs::default()
+        },
+    )
 }
