@@ -233,9 +233,23 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
         let _ = std::fs::remove_file(&log_path);
         text
     };
-    // The dump prints nothing until a record comes: provoke until the first one is seen, so
-    // the programs are surely attached before the measured provocations.
+    // While fs.file-max is 1 even root's socketpair() fails with ENFILE (seen here), so no
+    // provocation may overlap the dump's start-up: wait until it says it streams.
     let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("streaming records")
+    {
+        if let Some(status) = dump.child.try_wait()? {
+            bail!("event-dump exited before streaming ({status}):\n{}", log());
+        }
+        if Instant::now() > deadline {
+            bail!("event-dump did not start streaming within a minute:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then provoke until the first record is seen, so the ring is surely flowing before the
+    // measured provocations.
     loop {
         let warmup = provoke_enfile()?;
         let seen = dump.wait_for(Duration::from_secs(1), |l| {
