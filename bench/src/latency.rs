@@ -244,7 +244,10 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
             bail!("event-dump exited before streaming ({status}):\n{}", log());
         }
         if Instant::now() > deadline {
-            bail!("event-dump did not start streaming within a minute:\n{}", log());
+            bail!(
+                "event-dump did not start streaming within a minute:\n{}",
+                log()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -15,6 +15,7 @@ pub enum Source {
     #[serde(rename = "tp_btf")]
     BtfTracepoint,
     Fentry,
+    Fexit,
     /// The kernel's own problem counters (oops_count, warn_count, taint), read by the agent.
     Counters,
     /// The agent's accounting of rate-limited kernel records (a storm's tail).
@@ -27,6 +28,7 @@ impl Source {
             npd_common::Hook::Tracepoint => Self::Tracepoint,
             npd_common::Hook::BtfTracepoint => Self::BtfTracepoint,
             npd_common::Hook::Fentry => Self::Fentry,
+            npd_common::Hook::Fexit => Self::Fexit,
         }
     }
 
@@ -35,6 +37,7 @@ impl Source {
             Self::Tracepoint => "tracepoint",
             Self::BtfTracepoint => "tp_btf",
             Self::Fentry => "fentry",
+            Self::Fexit => "fexit",
             Self::Counters => "counters",
             Self::Sweep => "sweep",
         }

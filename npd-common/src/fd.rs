@@ -56,5 +56,12 @@ pub struct FdRateState {
 assert_layout!(FdRateState, 72);
 impl_pod!(FdRateState);
 
+/// fexit programs the object carries for fd syscalls, one per syscall entry function (a
+/// tracing program is loaded for one target). More than any architecture's fd syscalls.
+pub const FD_FEXIT_SLOTS: usize = 48;
+
+/// The name of the global array the agent fills with each fexit slot's syscall number.
+pub const FD_FEXIT_SYSCALLS: &str = "FD_FEXIT_SYSCALLS";
+
 /// Processes the rate limiter tracks at once (least recently failing evicted first).
 pub const FD_RATE_LIMIT_ENTRIES: u32 = 16384;

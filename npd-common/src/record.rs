@@ -36,6 +36,8 @@ pub enum Hook {
     BtfTracepoint = 2,
     /// An fentry program on a kernel function.
     Fentry = 3,
+    /// An fexit program on a kernel function (sees its return value).
+    Fexit = 4,
 }
 
 impl Hook {
@@ -44,6 +46,7 @@ impl Hook {
             1 => Some(Self::Tracepoint),
             2 => Some(Self::BtfTracepoint),
             3 => Some(Self::Fentry),
+            4 => Some(Self::Fexit),
             _ => None,
         }
     }

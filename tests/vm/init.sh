@@ -12,7 +12,10 @@
 #   ===npd-vm:begin NAME=== ... ===npd-vm:end NAME===   a block of output (check, events, ...)
 #   npd-vm: done                     everything was printed
 #
-# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES and DMESG.
+#   npd-vm: hook cost MODE getppid=NS openat=NS dup=NS
+#                                    ns per iteration of each loop (HOOK_COST=1)
+#
+# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES, DMESG and HOOK_COST.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /mnt
 /bin/busybox --install -s
@@ -71,24 +74,57 @@ begin check-json
 $AGENT_BIN check --format json --detectors "$DETECTORS" 2>/dev/null
 end check-json
 
+# Waits until the agent logging to /tmp/agent.log has logged the hook of a detector (it does so
+# after attaching them all); sets $waited.
+wait_attached() {
+	waited=0
+	until grep -qE ': (tracepoint|tp_btf|fentry|fexit|counters|kprobe)|no hook could attach' /tmp/agent.log; do
+		if ! kill -0 "$1" 2>/dev/null; then
+			say "npd-agent event-dump exited early"
+			break
+		fi
+		if [ "$waited" -ge 120 ]; then
+			say "npd-agent event-dump is not ready after ${waited}s; going on"
+			break
+		fi
+		sleep 1
+		waited=$((waited + 1))
+	done
+	sleep 1
+}
+
+# Hook cost (HOOK_COST=1): ns per iteration of fd syscall loops and of getppid, which npd does
+# not watch, with no agent, with the fd detector on fexit, and on its tracepoint fallback.
+hook_cost_round() {
+	line="$1"
+	for loop in getppid openat dup; do
+		line="$line $loop=$(npd-provoke loop $loop 100000)"
+	done
+	say "hook cost $line"
+}
+hook_cost_agent() {
+	$AGENT_BIN event-dump --format json --detectors fd "$@" >/dev/null 2>/tmp/agent.log &
+	cost_agent=$!
+	wait_attached $cost_agent
+}
+if [ "$HOOK_COST" = 1 ]; then
+	for round in 1 2 3; do
+		hook_cost_round off
+		hook_cost_agent
+		hook_cost_round fexit
+		kill -TERM $cost_agent
+		wait $cost_agent
+		hook_cost_agent --fallback-hooks-only
+		hook_cost_round tracepoint
+		kill -TERM $cost_agent
+		wait $cost_agent
+	done
+fi
+
 say "starting npd-agent event-dump --detectors $DETECTORS"
 $AGENT_BIN event-dump --format json --detectors "$DETECTORS" >/tmp/events.jsonl 2>/tmp/agent.log &
 AGENT=$!
-# Ready once it has logged the hook of a detector (it does so after attaching them all).
-waited=0
-until grep -qE ': (tracepoint|tp_btf|fentry|counters|kprobe)|no hook could attach' /tmp/agent.log; do
-	if ! kill -0 "$AGENT" 2>/dev/null; then
-		say "npd-agent event-dump exited early"
-		break
-	fi
-	if [ "$waited" -ge 120 ]; then
-		say "npd-agent event-dump is not ready after ${waited}s; going on"
-		break
-	fi
-	sleep 1
-	waited=$((waited + 1))
-done
-sleep 1
+wait_attached $AGENT
 say "agent ready after ${waited}s; tests start"
 
 # Each step runs its provoking process in the background and waits for it, to know its pid.

@@ -7,6 +7,7 @@
  *   npd-provoke oom CGROUP           join the cgroup v2 CGROUP, allocate until OOM-killed
  *   npd-provoke write COMM FILE DATA write DATA to FILE as a task named COMM
  *   npd-provoke freeze|thaw MOUNT    FIFREEZE / FITHAW the filesystem mounted at MOUNT
+ *   npd-provoke loop NAME COUNT      time COUNT getppid / open+close / dup+close calls: ns each
  *
  * Each problem runs under its own task name (comm), so the host can tell which step an
  * agent event belongs to.
@@ -18,9 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int fail(const char *what)
@@ -108,6 +111,44 @@ static int freeze(const char *mount, unsigned long request)
 	return 0;
 }
 
+static void loop_getppid(void)
+{
+	syscall(SYS_getppid);
+}
+
+static void loop_openat(void)
+{
+	close(open("/dev/null", O_RDONLY));
+}
+
+static void loop_dup(void)
+{
+	close(dup(0));
+}
+
+/* Prints the ns per iteration of N calls of a syscall loop (CLOCK_MONOTONIC). */
+static int syscall_loop(const char *name, const char *count_text)
+{
+	void (*body)(void) = !strcmp(name, "getppid") ? loop_getppid :
+			     !strcmp(name, "openat")  ? loop_openat :
+			     !strcmp(name, "dup")     ? loop_dup :
+							NULL;
+	long count = atol(count_text);
+	struct timespec start, end;
+
+	if (!body || count <= 0) {
+		fprintf(stderr, "npd-provoke: loop getppid|openat|dup COUNT\n");
+		return 2;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (long i = 0; i < count; i++)
+		body();
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	printf("%lld\n", ((end.tv_sec - start.tv_sec) * 1000000000LL + end.tv_nsec - start.tv_nsec) /
+				 count);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
@@ -123,7 +164,9 @@ int main(int argc, char **argv)
 		return freeze(argv[2], FIFREEZE);
 	if (!strcmp(cmd, "thaw") && argc == 3)
 		return freeze(argv[2], FITHAW);
+	if (!strcmp(cmd, "loop") && argc == 4)
+		return syscall_loop(argv[2], argv[3]);
 	fprintf(stderr, "usage: npd-provoke fd LIMIT | oom CGROUP | write COMM FILE DATA | "
-			"freeze MOUNT | thaw MOUNT\n");
+			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT\n");
 	return 2;
 }

@@ -48,10 +48,10 @@ const KERNELS: &[Kernel] = &[Kernel {
     expect: PREFERRED,
 }];
 
-/// Every detector on its preferred hook: what a kernel with BTF, tp_btf and fentry gives.
+/// Every detector on its preferred hook: what a kernel with BTF, tp_btf and fentry/fexit gives.
 /// (Debian's 6.1 passes the victim task to `mark_victim`, as mainline does from 6.5.)
 const PREFERRED: &[(&str, &str)] = &[
-    ("fd", "tracepoint"),
+    ("fd", "fexit"),
     ("hung_task", "tp_btf"),
     ("oom", "tp_btf"),
     ("oops", "fentry"),
@@ -113,7 +113,11 @@ const SCENARIOS: &[Scenario] = &[
         kind: "fd_exhausted",
         comm: "npd-fd",
         via: Via::Hook,
-        checks: &[Check::Field("errno", "EMFILE")],
+        // glibc's open() is the openat syscall; with fexit the syscall comes from pt_regs.
+        checks: &[
+            Check::Field("errno", "EMFILE"),
+            Check::Field("syscall", "openat"),
+        ],
         then: None,
         exit: 0,
     },
@@ -211,6 +215,11 @@ pub(crate) struct VmTestArgs {
     /// Stream the whole serial console, not only the test's narration, and print dmesg.
     #[arg(long)]
     verbose: bool,
+    /// Also time getppid (not watched) and fd syscall loops in the VM with no agent, with
+    /// the fd detector on fexit and on its tracepoint fallback, 3 rounds (about a minute).
+    /// Emulated (TCG): the ratios say which hook taxes which syscalls, not hardware costs.
+    #[arg(long)]
+    hook_cost: bool,
 }
 
 impl Default for VmTestArgs {
@@ -221,6 +230,7 @@ impl Default for VmTestArgs {
             keep: false,
             timeout: DEFAULT_TIMEOUT_SECS,
             verbose: false,
+            hook_cost: false,
         }
     }
 }
@@ -398,14 +408,7 @@ fn test_kernel(
     }
     fs::create_dir_all(&work)?;
     let clock = Instant::now();
-    let initramfs = prepare(
-        &tree,
-        agent,
-        &vm_tools.busybox,
-        detectors,
-        &work,
-        args.verbose,
-    )?;
+    let initramfs = prepare(&tree, agent, &vm_tools.busybox, detectors, &work, args)?;
     timings.prepare = clock.elapsed();
 
     let clock = Instant::now();
@@ -420,6 +423,7 @@ fn test_kernel(
         kernel.name, packages.image, packages.version, packages.release
     );
     report.print();
+    print_hook_cost(&console.hook_cost);
     print_timings(&timings);
     let passed = report.failures.is_empty();
     if passed {
@@ -448,7 +452,7 @@ fn prepare(
     busybox: &Path,
     detectors: &[String],
     work: &Path,
-    verbose: bool,
+    args: &VmTestArgs,
 ) -> anyhow::Result<PathBuf> {
     let sources = root().join("tests/vm");
 
@@ -524,9 +528,10 @@ fn prepare(
         }
     };
     let config = format!(
-        "DETECTORS={}\nFS_MODULES=\"{fs_modules}\"\nDMESG={}\n",
+        "DETECTORS={}\nFS_MODULES=\"{fs_modules}\"\nDMESG={}\nHOOK_COST={}\n",
         detectors.join(","),
-        u8::from(verbose)
+        u8::from(args.verbose),
+        u8::from(args.hook_cost)
     );
     cpio.file("etc/npd-vm.conf", 0o644, config.as_bytes());
 
@@ -590,6 +595,8 @@ struct Console {
     steps: BTreeMap<String, String>,
     /// The kernel's problem counters at the end (`tainted=N oops_count=N ...`).
     counters: Option<String>,
+    /// `hook cost MODE loop=NS ...` lines: (mode, loop, ns per iteration).
+    hook_cost: Vec<(String, String, f64)>,
     /// `npd-agent event-dump`'s exit status after SIGTERM (`early` if it died on its own).
     agent_exit: Option<String>,
     done: bool,
@@ -643,6 +650,15 @@ impl Console {
             && let Some((name, outcome)) = rest.split_once(' ')
         {
             self.steps.insert(name.to_owned(), outcome.to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("npd-vm: hook cost ") {
+            let mut words = rest.split_whitespace();
+            let mode = words.next().unwrap_or_default();
+            for (name, ns) in words.filter_map(|w| w.split_once('=')) {
+                if let Ok(ns) = ns.parse() {
+                    self.hook_cost.push((mode.to_owned(), name.to_owned(), ns));
+                }
+            }
         }
         if let Some(counters) = line.strip_prefix("npd-vm: kernel counters: ") {
             self.counters = Some(counters.to_owned());
@@ -774,6 +790,52 @@ fn forward_lines(
             buf.clear();
         }
     })
+}
+
+/// Medians of the hook-cost rounds and their ratio to the runs without an agent.
+fn print_hook_cost(samples: &[(String, String, f64)]) {
+    if samples.is_empty() {
+        return;
+    }
+    let median = |mode: &str, name: &str| {
+        let mut values: Vec<f64> = samples
+            .iter()
+            .filter(|(m, n, _)| m == mode && n == name)
+            .map(|(_, _, ns)| *ns)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        (!values.is_empty()).then(|| values[values.len() / 2])
+    };
+    let rounds = samples
+        .iter()
+        .filter(|(m, n, _)| m == "off" && n == "getppid")
+        .count();
+    println!();
+    println!("hook cost in the VM (TCG-emulated; median ns per iteration of {rounds} rounds):");
+    println!(
+        "  {:<10} {:>10} {:>22} {:>22}",
+        "loop", "no agent", "fd on fexit", "fd on tracepoints"
+    );
+    for (name, label) in [
+        ("getppid", "getppid"),
+        ("openat", "open+close"),
+        ("dup", "dup+close"),
+    ] {
+        let Some(off) = median("off", name) else {
+            continue;
+        };
+        let cell = |mode: &str| {
+            median(mode, name).map_or_else(
+                || "-".to_owned(),
+                |ns| format!("{ns:.0} ({:+.1} %)", (ns / off - 1.0) * 100.0),
+            )
+        };
+        println!(
+            "  {label:<10} {off:>10.0} {:>22} {:>22}",
+            cell("fexit"),
+            cell("tracepoint")
+        );
+    }
 }
 
 fn print_timings(timings: &Timings) {

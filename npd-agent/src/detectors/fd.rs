@@ -1,5 +1,6 @@
 //! fd exhaustion (EMFILE: the process hit RLIMIT_NOFILE; ENFILE: the system file table is
-//! full), from the exit tracepoint of every fd-creating syscall.
+//! full), from every fd-creating syscall: fexit on each syscall's entry function where the
+//! kernel allows it, its exit tracepoint otherwise.
 
 use std::collections::HashMap;
 
@@ -8,13 +9,14 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::TracePoint,
 };
-use npd_common::fd::{EMFILE, ENFILE, FdRateState};
+use npd_common::fd::{EMFILE, ENFILE, FD_FEXIT_SLOTS, FdRateState};
 use serde::Serialize;
 
-use super::{AttachContext, DetectorStatus};
+use super::{AttachContext, DetectorStatus, Trampoline};
 use crate::event::{Detail, Event, Source, Task, comm_string};
 
 pub const PROGRAM: &str = "fd_sys_exit";
+pub use npd_common::fd::FD_FEXIT_SYSCALLS;
 pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
 
 macro_rules! syscalls {
@@ -63,6 +65,30 @@ pub fn syscall_name(nr: i32) -> Option<&'static str> {
     fd_syscalls().find(|&(_, n)| n == nr).map(|(name, _)| name)
 }
 
+const _: () = assert!(COMMON.len() + LEGACY.len() <= FD_FEXIT_SLOTS);
+
+/// How the kernel names a syscall's entry function (`SYSCALL_DEFINE` with the arch's wrapper).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_FUNCTION_PREFIX: Option<&str> = Some("__x64_sys_");
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_FUNCTION_PREFIX: Option<&str> = Some("__arm64_sys_");
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYSCALL_FUNCTION_PREFIX: Option<&str> = None;
+
+/// The syscall number of each fexit slot, for the object's `FD_FEXIT_SYSCALLS` (slot i is
+/// the i-th of [`fd_syscalls`]).
+pub fn fexit_slots() -> [i32; FD_FEXIT_SLOTS] {
+    let mut slots = [-1; FD_FEXIT_SLOTS];
+    for (slot, (_, nr)) in slots.iter_mut().zip(fd_syscalls()) {
+        *slot = nr;
+    }
+    slots
+}
+
+fn fexit_program(slot: usize) -> String {
+    format!("fd_fexit_{slot}")
+}
+
 pub fn errno_name(errno: i32) -> &'static str {
     match errno {
         EMFILE => "EMFILE",
@@ -71,9 +97,33 @@ pub fn errno_name(errno: i32) -> &'static str {
     }
 }
 
-/// Loads the program and attaches it to every fd syscall's exit tracepoint this kernel has.
+/// fexit on every fd syscall's entry function where the kernel allows it (only those
+/// syscalls pay); else one program on every fd syscall's exit tracepoint.
 pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
     let mut status = DetectorStatus::new("fd");
+    let fexit = attach_fexits(ebpf, ctx);
+    if let Ok((_, absent)) = &fexit
+        && !absent.is_empty()
+    {
+        status
+            .notes
+            .push(format!("not on this kernel: {}", absent.join(", ")));
+    }
+    let attached = fexit.as_ref().map(|(n, _)| *n).unwrap_or(0);
+    let done = fexit.is_ok();
+    let prefix = SYSCALL_FUNCTION_PREFIX.unwrap_or("sys_");
+    status.tried(
+        Source::Fexit,
+        if done {
+            format!("{prefix}* ({attached} syscalls)")
+        } else {
+            format!("{prefix}<fd syscalls>")
+        },
+        fexit.map(|_| ()),
+    );
+    if done {
+        return status;
+    }
     let target = "syscalls:sys_exit_<fd syscalls>";
     let program: &mut TracePoint = match super::program_mut(ebpf, PROGRAM) {
         Ok(program) => program,
@@ -125,6 +175,51 @@ pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
             .push(format!("failed to attach: {}", failed.join("; ")));
     }
     status
+}
+
+/// Loads and attaches one fexit program per fd syscall present: (attached, absent). All or
+/// nothing: on any failure the ones attached are unloaded again, and the tracepoints (which
+/// cover every syscall) take over.
+fn attach_fexits(
+    ebpf: &mut Ebpf,
+    ctx: &AttachContext<'_>,
+) -> Result<(usize, Vec<&'static str>), String> {
+    let Some(prefix) = SYSCALL_FUNCTION_PREFIX else {
+        return Err("npd does not know this architecture's syscall function names".to_owned());
+    };
+    let mut loaded = Vec::new();
+    let mut absent = Vec::new();
+    let mut result = Ok(());
+    for (slot, (name, _)) in fd_syscalls().enumerate() {
+        let function = format!("{prefix}{name}");
+        if !ctx.fallback_hooks_only && !ctx.btf.has_function(&function) {
+            absent.push(name);
+            continue;
+        }
+        let program = fexit_program(slot);
+        loaded.push(program.clone());
+        if let Err(err) =
+            super::attach_trampoline(ebpf, ctx, Trampoline::Fexit, &program, &function)
+        {
+            result = Err(if loaded.len() == 1 {
+                err
+            } else {
+                format!("{function}: {err}")
+            });
+            break;
+        }
+    }
+    if result.is_ok() && loaded.is_empty() {
+        result = Err("this kernel has none of the fd syscall functions".to_owned());
+    }
+    if result.is_err() {
+        for program in &loaded {
+            if let Ok(program) = super::program_mut::<aya::programs::FExit>(ebpf, program) {
+                let _ = program.unload();
+            }
+        }
+    }
+    result.map(|()| (loaded.len(), absent))
 }
 
 /// An fd-exhaustion event as reported.

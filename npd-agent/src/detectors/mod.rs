@@ -67,13 +67,18 @@ impl DetectorStatus {
 pub struct AttachContext<'a> {
     /// aya's view of the kernel BTF, for loading tp_btf and fentry programs.
     pub aya_btf: &'a aya::Btf,
-    /// npd's own reader of the same BTF, for choosing between hooks.
-    pub btf: &'a crate::kernel::btf::Btf,
+    /// What npd's own BTF reader found, for choosing between hooks.
+    pub btf: &'a crate::kernel::btf::BtfFacts,
     pub tracefs: &'a crate::kernel::tracefs::Tracefs,
     /// Use only the classic-tracepoint and counter fallbacks, as on a kernel without tp_btf
     /// or fentry (to exercise them where the preferred hooks work).
     pub fallback_hooks_only: bool,
 }
+
+/// The tracepoints whose typed arguments a detector inspects (see [`BtfFacts::gather`]).
+///
+/// [`BtfFacts::gather`]: crate::kernel::btf::BtfFacts::gather
+pub const BTF_TRACEPOINTS: &[&str] = &["mark_victim"];
 
 const SKIPPED_FOR_FALLBACKS: &str = "skipped: --fallback-hooks-only";
 
@@ -89,6 +94,20 @@ where
         .map_err(|_| format!("program {name} has an unexpected type"))
 }
 
+/// Loads a BTF-typed program (tp_btf, fentry, fexit) for `target` and attaches it.
+macro_rules! load_btf_typed {
+    ($ebpf:expr, $ctx:expr, $kind:ty, $program:expr, $target:expr) => {{
+        let program: &mut $kind = program_mut($ebpf, $program)?;
+        program
+            .load($target, $ctx.aya_btf)
+            .map_err(|e| crate::probes::describe(&e))?;
+        program
+            .attach()
+            .map(|_| ())
+            .map_err(|e| crate::probes::describe(&e))
+    }};
+}
+
 /// Loads and attaches a tp_btf program.
 pub(crate) fn attach_btf_tracepoint(
     ebpf: &mut aya::Ebpf,
@@ -99,20 +118,21 @@ pub(crate) fn attach_btf_tracepoint(
     if ctx.fallback_hooks_only {
         return Err(SKIPPED_FOR_FALLBACKS.to_owned());
     }
-    let program: &mut aya::programs::BtfTracePoint = program_mut(ebpf, program)?;
-    program
-        .load(tracepoint, ctx.aya_btf)
-        .map_err(|e| crate::probes::describe(&e))?;
-    program
-        .attach()
-        .map(|_| ())
-        .map_err(|e| crate::probes::describe(&e))
+    load_btf_typed!(ebpf, ctx, aya::programs::BtfTracePoint, program, tracepoint)
 }
 
-/// Loads and attaches an fentry program.
-pub(crate) fn attach_fentry(
+/// Which side of a kernel function a BPF trampoline program runs on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Trampoline {
+    Fentry,
+    Fexit,
+}
+
+/// Loads and attaches an fentry or fexit program on `function`.
+pub(crate) fn attach_trampoline(
     ebpf: &mut aya::Ebpf,
     ctx: &AttachContext<'_>,
+    side: Trampoline,
     program: &str,
     function: &str,
 ) -> Result<(), String> {
@@ -122,14 +142,10 @@ pub(crate) fn attach_fentry(
     if !ctx.btf.has_function(function) {
         return Err(format!("this kernel has no traceable function {function}"));
     }
-    let program: &mut aya::programs::FEntry = program_mut(ebpf, program)?;
-    program
-        .load(function, ctx.aya_btf)
-        .map_err(|e| crate::probes::describe(&e))?;
-    program
-        .attach()
-        .map(|_| ())
-        .map_err(|e| crate::probes::describe(&e))
+    match side {
+        Trampoline::Fentry => load_btf_typed!(ebpf, ctx, aya::programs::FEntry, program, function),
+        Trampoline::Fexit => load_btf_typed!(ebpf, ctx, aya::programs::FExit, program, function),
+    }
 }
 
 /// Loads and attaches a classic tracepoint program.

@@ -57,7 +57,8 @@ use aya::Ebpf;
 use npd_common::oom::flags;
 
 use super::{
-    AttachContext, DetectorStatus, attach_btf_tracepoint, attach_fentry, attach_tracepoint,
+    AttachContext, DetectorStatus, Trampoline, attach_btf_tracepoint, attach_tracepoint,
+    attach_trampoline,
 };
 use crate::{
     event::{Detail, Event, Source, comm_string},
@@ -83,7 +84,7 @@ pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
         Ok(args) => Err(format!(
             "this kernel's mark_victim passes {args:?}, not the victim task"
         )),
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(err),
     };
     let btf = typed.and_then(|()| attach_btf_tracepoint(ebpf, ctx, BTF_PROGRAM, "mark_victim"));
     let done = btf.is_ok();
@@ -91,7 +92,13 @@ pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
     if done {
         return status;
     }
-    let fentry = attach_fentry(ebpf, ctx, FENTRY_PROGRAM, "mark_oom_victim");
+    let fentry = attach_trampoline(
+        ebpf,
+        ctx,
+        Trampoline::Fentry,
+        FENTRY_PROGRAM,
+        "mark_oom_victim",
+    );
     let done = fentry.is_ok();
     status.tried(Source::Fentry, "mark_oom_victim", fentry);
     if done {

@@ -98,7 +98,7 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 
-use super::{AttachContext, DetectorStatus, attach_fentry};
+use super::{AttachContext, DetectorStatus, Trampoline, attach_trampoline};
 use crate::{
     event::{Detail, Event, Source, Task},
     kernel::kallsyms::{Symbolizer, without_tracing_frames},
@@ -118,8 +118,8 @@ pub struct FentryCoverage {
 /// counters (`/sys/kernel/*_count`, the taint mask) are watched instead.
 pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> (DetectorStatus, FentryCoverage) {
     let mut status = DetectorStatus::new("oops");
-    let oops = attach_fentry(ebpf, ctx, OOPS_PROGRAM, "oops_enter");
-    let warn = attach_fentry(ebpf, ctx, WARN_PROGRAM, "__warn");
+    let oops = attach_trampoline(ebpf, ctx, Trampoline::Fentry, OOPS_PROGRAM, "oops_enter");
+    let warn = attach_trampoline(ebpf, ctx, Trampoline::Fentry, WARN_PROGRAM, "__warn");
     let coverage = FentryCoverage {
         oops: oops.is_ok(),
         warn: warn.is_ok(),

@@ -5,7 +5,10 @@
 //! and the only full parser on crates.io (btf-rs) is LGPL, which a statically linked agent
 //! should not take on. The format is small and stable (include/uapi/linux/btf.h).
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use thiserror::Error;
 
@@ -463,6 +466,18 @@ impl Btf {
             })
     }
 
+    /// Every function name the BTF has (the functions fentry/fexit can hook).
+    pub fn function_names(&self) -> HashSet<String> {
+        self.by_name
+            .iter()
+            .filter(|(_, ids)| {
+                ids.iter()
+                    .any(|&id| matches!(self.ty(id), Type::Func { .. }))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
         self.by_name.get(name).is_some_and(|ids| {
             ids.iter()
@@ -501,6 +516,45 @@ impl Btf {
                 _ => ArgType::Other,
             })
             .collect())
+    }
+}
+
+/// What choosing hooks asks of the BTF, gathered so that the parsed BTF can be dropped
+/// before aya parses its own copy: both at once made start-up peak at 63 MiB.
+#[derive(Debug, Default)]
+pub struct BtfFacts {
+    functions: HashSet<String>,
+    tracepoint_args: HashMap<String, Result<Vec<ArgType>, String>>,
+}
+
+impl BtfFacts {
+    /// The function names of `btf`, and the arguments of the given tracepoints.
+    pub fn gather(btf: &Btf, tracepoints: &[&str]) -> Self {
+        Self {
+            functions: btf.function_names(),
+            tracepoint_args: tracepoints
+                .iter()
+                .map(|&tp| {
+                    (
+                        tp.to_owned(),
+                        btf.tracepoint_args(tp).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.contains(name)
+    }
+
+    /// [`Btf::tracepoint_args`] of a tracepoint named to [`BtfFacts::gather`].
+    pub fn tracepoint_args(&self, tracepoint: &str) -> Result<&[ArgType], String> {
+        match self.tracepoint_args.get(tracepoint) {
+            Some(Ok(args)) => Ok(args),
+            Some(Err(err)) => Err(err.clone()),
+            None => Err(format!("tracepoint {tracepoint} was not looked up in BTF")),
+        }
     }
 }
 
@@ -590,6 +644,19 @@ mod tests {
             btf.tracepoint_args("t").unwrap(),
             vec![ArgType::StructPtr("outer".into()), ArgType::Int(4)]
         );
+    }
+
+    #[test]
+    fn facts_answer_like_the_btf_they_came_from() {
+        let facts = BtfFacts::gather(&sample(), &["t", "absent"]);
+        assert!(facts.has_function("f"));
+        assert!(!facts.has_function("outer"));
+        assert_eq!(
+            facts.tracepoint_args("t").unwrap(),
+            [ArgType::StructPtr("outer".into()), ArgType::Int(4)]
+        );
+        assert!(facts.tracepoint_args("absent").is_err());
+        assert!(facts.tracepoint_args("not_gathered").is_err());
     }
 
     #[test]

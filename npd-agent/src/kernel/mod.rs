@@ -24,6 +24,15 @@ pub fn version() -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// Returns freed heap memory to the kernel (glibc keeps it otherwise).
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How the node's cgroups are laid out, which decides what `cgroup_id` in a record means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

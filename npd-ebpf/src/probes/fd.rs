@@ -1,6 +1,9 @@
-//! fd exhaustion: one program attached to the `syscalls:sys_exit_*` tracepoint of every
-//! fd-creating syscall (the agent picks the list). Only EMFILE and ENFILE go further; the rest
-//! return after one load.
+//! fd exhaustion. Preferred: one fexit program on each fd-creating syscall's entry function
+//! (`__x64_sys_openat`, ...; the agent picks the list), so only those syscalls pay and every
+//! failure is seen once, whatever the kernel inlined below them. Where the kernel refuses
+//! fexit: one program on the `syscalls:sys_exit_*` tracepoint of the same syscalls; Linux
+//! then sends every syscall of every task through its slow path, which the benchmarks
+//! measure. Only EMFILE and ENFILE go further; the rest return after one compare.
 //!
 //! Rate limit per process: the first failure is reported at once, then at most one record per
 //! `fd_rate_limit_ns` carrying how many were folded into it. `FdRateState::failures` counts
@@ -11,15 +14,18 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::{fexit, map, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use npd_common::{
     Hook, RecordKind,
     counters::{Counter, Detector},
-    fd::{EMFILE, ENFILE, FD_EXHAUSTED_VERSION, FD_RATE_LIMIT_ENTRIES, FdExhausted, FdRateState},
+    fd::{
+        EMFILE, ENFILE, FD_EXHAUSTED_VERSION, FD_FEXIT_SLOTS, FD_RATE_LIMIT_ENTRIES, FdExhausted,
+        FdRateState,
+    },
 };
 
 use crate::{
@@ -60,12 +66,52 @@ pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: the offset comes from the format file; the helper checks the read.
     let syscall_nr =
         unsafe { ctx.read_at::<i32>(config!(tracepoints.sys_exit_nr) as usize) }.unwrap_or(-1);
-    on_failure(-(ret as i32), syscall_nr);
+    on_failure(-(ret as i32), syscall_nr, Hook::Tracepoint);
     0
 }
 
+/// The syscall number of each fexit slot, written by the agent before loading (-1: unused).
+#[unsafe(no_mangle)]
+static FD_FEXIT_SYSCALLS: [i32; FD_FEXIT_SLOTS] = [-1; FD_FEXIT_SLOTS];
+
+/// `long __x64_sys_NAME(const struct pt_regs *regs)`: the return value is argument 1.
 #[inline(always)]
-fn on_failure(errno: i32, syscall_nr: i32) {
+fn on_syscall_fexit(ctx: &FExitContext, slot: usize) {
+    let ret: i64 = ctx.arg(1);
+    if ret == -i64::from(EMFILE) || ret == -i64::from(ENFILE) {
+        let syscall_nr = crate::config::read_volatile(&raw const FD_FEXIT_SYSCALLS[slot]);
+        on_failure(-(ret as i32), syscall_nr, Hook::Fexit);
+    }
+}
+
+/// One program per slot: a tracing program is verified for, and attached to, one function.
+macro_rules! fd_fexit_slots {
+    ($($slot:literal => $name:ident),* $(,)?) => {$(
+        #[fexit]
+        pub fn $name(ctx: FExitContext) -> i32 {
+            on_syscall_fexit(&ctx, $slot);
+            0
+        }
+    )*};
+}
+
+fd_fexit_slots! {
+    0 => fd_fexit_0, 1 => fd_fexit_1, 2 => fd_fexit_2, 3 => fd_fexit_3, 4 => fd_fexit_4,
+    5 => fd_fexit_5, 6 => fd_fexit_6, 7 => fd_fexit_7, 8 => fd_fexit_8, 9 => fd_fexit_9,
+    10 => fd_fexit_10, 11 => fd_fexit_11, 12 => fd_fexit_12, 13 => fd_fexit_13,
+    14 => fd_fexit_14, 15 => fd_fexit_15, 16 => fd_fexit_16, 17 => fd_fexit_17,
+    18 => fd_fexit_18, 19 => fd_fexit_19, 20 => fd_fexit_20, 21 => fd_fexit_21,
+    22 => fd_fexit_22, 23 => fd_fexit_23, 24 => fd_fexit_24, 25 => fd_fexit_25,
+    26 => fd_fexit_26, 27 => fd_fexit_27, 28 => fd_fexit_28, 29 => fd_fexit_29,
+    30 => fd_fexit_30, 31 => fd_fexit_31, 32 => fd_fexit_32, 33 => fd_fexit_33,
+    34 => fd_fexit_34, 35 => fd_fexit_35, 36 => fd_fexit_36, 37 => fd_fexit_37,
+    38 => fd_fexit_38, 39 => fd_fexit_39, 40 => fd_fexit_40, 41 => fd_fexit_41,
+    42 => fd_fexit_42, 43 => fd_fexit_43, 44 => fd_fexit_44, 45 => fd_fexit_45,
+    46 => fd_fexit_46, 47 => fd_fexit_47,
+}
+
+#[inline(always)]
+fn on_failure(errno: i32, syscall_nr: i32, hook: Hook) {
     count(Detector::Fd, Counter::Hits);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -91,7 +137,7 @@ fn on_failure(errno: i32, syscall_nr: i32) {
             .insert(tgid, fresh, u64::from(BPF_NOEXIST))
             .is_ok()
         {
-            emit(errno, syscall_nr, 0, 1, now);
+            emit(errno, syscall_nr, hook, 0, 1, now);
             return;
         }
         // Another thread of the process created the entry first: count on it.
@@ -120,6 +166,7 @@ fn on_failure(errno: i32, syscall_nr: i32) {
         emit(
             errno,
             syscall_nr,
+            hook,
             suppressed,
             failures,
             (*state).first_failure_ns,
@@ -128,7 +175,14 @@ fn on_failure(errno: i32, syscall_nr: i32) {
 }
 
 #[inline(always)]
-fn emit(errno: i32, syscall_nr: i32, suppressed: u64, failures_total: u64, first_failure_ns: u64) {
+fn emit(
+    errno: i32,
+    syscall_nr: i32,
+    hook: Hook,
+    suppressed: u64,
+    failures_total: u64,
+    first_failure_ns: u64,
+) {
     let Some(mut entry) = reserve::<FdExhausted>(Detector::Fd) else {
         return;
     };
@@ -138,7 +192,7 @@ fn emit(errno: i32, syscall_nr: i32, suppressed: u64, failures_total: u64, first
         header: header::<FdExhausted>(
             RecordKind::FdExhausted,
             FD_EXHAUSTED_VERSION,
-            Hook::Tracepoint,
+            hook,
             Subject::current(),
         ),
         errno,

@@ -582,7 +582,7 @@ mod tests {
 
     const CHECK: &str = r#"{"items":[{"name":"fentry","ok":true,"detail":"allowed"}],
         "detectors":[
-        {"detector":"fd","active":"tracepoint","attempts":[{"hook":"tracepoint","target":"syscalls:sys_exit_*","error":null}],"notes":[]},
+        {"detector":"fd","active":"fexit","attempts":[{"hook":"fexit","target":"__x64_sys_* (42 syscalls)","error":null}],"notes":[]},
         {"detector":"hung_task","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"sched_process_hang","error":null}],"notes":[]},
         {"detector":"oom","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"mark_victim","error":null}],"notes":[]},
         {"detector":"oops","active":"fentry","attempts":[{"hook":"fentry","target":"oops_enter","error":null},{"hook":"fentry","target":"__warn","error":null}],"notes":["from /sys/kernel/{oops_count,warn_count} and the taint mask"]}]}"#;
@@ -621,7 +621,7 @@ mod tests {
         console
     }
 
-    const FD: &str = r#"{"kind":"fd_exhausted","pid":100,"comm":"npd-fd","source":"tracepoint","errno":"EMFILE"}"#;
+    const FD: &str = r#"{"kind":"fd_exhausted","pid":100,"comm":"npd-fd","source":"fexit","errno":"EMFILE","syscall":"openat"}"#;
     const ALL_SEEN: &[&str] = &[
         FD,
         r#"{"kind":"oom_kill","pid":101,"comm":"npd-oom","source":"tp_btf","cgroup_id":23,"scope":"memcg"}"#,
@@ -661,7 +661,7 @@ mod tests {
         let report = Report::new(&KERNELS[0], &detectors(&["fd"]), &console(CHECK, &[FD]));
         assert_eq!(report.failures, Vec::<String>::new());
         assert_eq!(report.rows[0].seen, "yes");
-        assert_eq!(report.rows[0].hook, "tracepoint syscalls:sys_exit_*");
+        assert_eq!(report.rows[0].hook, "fexit __x64_sys_* (42 syscalls)");
         assert!(report.rows[1..].iter().all(|row| row.seen == "no"));
     }
 
