@@ -26,6 +26,9 @@ use crate::{
     },
 };
 
+/// aya-log-ebpf's default size of its ring buffer, kept when `--bpf-log` asks for the log.
+const AYA_LOG_RING_BYTES: u32 = 128 * 1024;
+
 /// The object `cargo xtask build` compiled from npd-ebpf; empty in a plain `cargo build`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npd.bpf.o"));
 
@@ -260,12 +263,19 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
 
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
     let fd_fexit_syscalls = detectors::fd::fexit_slots();
+    // Without --bpf-log nothing is written to aya-log's ring: one page instead of 128 KiB.
+    let log_ring_bytes = if options.bpf_log {
+        AYA_LOG_RING_BYTES
+    } else {
+        kernel::page_size() as u32
+    };
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("PROBE_CONFIG", &config, true)
         .override_global(detectors::fd::FD_FEXIT_SYSCALLS, &fd_fexit_syscalls, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(RECORDS_MAP, options.ring_buffer_bytes)
+        .map_max_entries("AYA_LOGS", log_ring_bytes)
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
 
