@@ -313,6 +313,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
                     },
                     reporter.subscribe(),
                     Arc::clone(&metrics),
+                    Arc::clone(&health),
                 );
             }
             Sink::Cluster(reporter)

@@ -25,6 +25,11 @@ pub struct Health {
     node_read: AtomicBool,
     /// Why a required hook is gone, if one is.
     detached: Mutex<Option<String>>,
+    /// When the remediation pass in flight started (0: none). A pass waits on the API server
+    /// only; idle between passes, the task stamps nothing and is not stuck.
+    remediation_pass_ns: AtomicU64,
+    /// Background tasks that ended while the agent runs, and why.
+    ended_tasks: Mutex<Vec<String>>,
     /// How long without progress counts as stuck.
     consumer_stall: Duration,
     reporter_stall: Duration,
@@ -43,6 +48,8 @@ impl Health {
             hooks_attached: AtomicBool::new(false),
             node_read: AtomicBool::new(false),
             detached: Mutex::new(None),
+            remediation_pass_ns: AtomicU64::new(0),
+            ended_tasks: Mutex::new(Vec::new()),
             consumer_stall,
             reporter_stall,
         }
@@ -75,6 +82,24 @@ impl Health {
         *self.detached.lock().unwrap_or_else(PoisonError::into_inner) = why;
     }
 
+    /// A remediation pass starts (`true`) or ends (`false`).
+    pub fn remediation_pass(&self, in_flight: bool) {
+        let stamp = if in_flight {
+            clock::monotonic_ns().max(1)
+        } else {
+            0
+        };
+        self.remediation_pass_ns.store(stamp, Ordering::Relaxed);
+    }
+
+    /// A task that should run as long as the agent ended (it panicked, or returned early).
+    pub fn task_ended(&self, why: String) {
+        self.ended_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(why);
+    }
+
     fn stalled(&self, stamp: &AtomicU64, limit: Duration) -> Option<Duration> {
         let age = Duration::from_nanos(
             clock::monotonic_ns().saturating_sub(stamp.load(Ordering::Relaxed)),
@@ -99,6 +124,21 @@ impl Health {
                 age.as_secs_f64()
             ));
         }
+        if self.remediation_pass_ns.load(Ordering::Relaxed) != 0
+            && let Some(age) = self.stalled(&self.remediation_pass_ns, self.reporter_stall)
+        {
+            failures.push(format!(
+                "a remediation pass has been waiting on the API server for {:.0}s",
+                age.as_secs_f64()
+            ));
+        }
+        failures.extend(
+            self.ended_tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
         if let Some(why) = self
             .detached
             .lock()
@@ -147,5 +187,21 @@ mod tests {
         assert!(live[0].contains("consumer"));
         health.set_detached(Some("hung_task: tp_btf link is gone".into()));
         assert_eq!(health.check_live().len(), 2);
+        health.task_ended("the remediation task panicked".into());
+        assert_eq!(health.check_live().len(), 3);
+    }
+
+    #[test]
+    fn only_a_remediation_pass_in_flight_can_be_stuck() {
+        let health = Health::new(Duration::from_secs(3600), Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(health.check_live().is_empty(), "idle between passes");
+        health.remediation_pass(true);
+        std::thread::sleep(Duration::from_millis(2));
+        let live = health.check_live();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert!(live[0].contains("remediation pass"));
+        health.remediation_pass(false);
+        assert!(health.check_live().is_empty());
     }
 }

@@ -32,6 +32,7 @@ use self::{
 };
 use crate::{
     engine::{ConditionType, NodeCondition},
+    health::Health,
     k8s::{ApiFailure, backoff::Backoff, node::ConditionNames},
     metrics::{Metrics, TaintLabels},
 };
@@ -124,14 +125,16 @@ impl RemediationError {
 }
 
 /// Starts the remediation task. It waits for the first desired conditions (published once
-/// they are restored from the Node) and ends when `conditions`' sender is dropped.
+/// they are restored from the Node) and ends when `conditions`' sender is dropped. A pass
+/// stuck on the API server, or the task dying, fails /healthz.
 pub fn spawn(
     client: Client,
     config: TaintConfig,
     target: NodeTarget,
     conditions: watch::Receiver<Option<Vec<NodeCondition>>>,
     metrics: Arc<Metrics>,
-) -> tokio::task::JoinHandle<()> {
+    health: Arc<Health>,
+) {
     let keys: Vec<String> = config
         .conditions
         .iter()
@@ -158,19 +161,28 @@ pub fn spawn(
         tracing::info!("remediation dry run: taint changes are logged and reported, not made");
     }
     let api = RemediationApi::new(client, &target, &config);
-    tokio::spawn(
+    let task = tokio::spawn(
         Remediator {
             api,
             config,
             target,
             metrics,
+            health: Arc::clone(&health),
             conditions,
             ledger_entry: None,
             announced: BTreeSet::new(),
             unsent: VecDeque::new(),
         }
         .run(),
-    )
+    );
+    tokio::spawn(async move {
+        if let Err(err) = task.await
+            && err.is_panic()
+        {
+            tracing::error!("remediation: the task panicked; taints are no longer managed");
+            health.task_ended("the remediation task panicked".to_owned());
+        }
+    });
 }
 
 /// An Event to write, and whether it repeats a situation already reported.
@@ -198,6 +210,7 @@ struct Remediator {
     config: TaintConfig,
     target: NodeTarget,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     conditions: watch::Receiver<Option<Vec<NodeCondition>>>,
     /// Whether this node is in the budget's ledger, as last read or written (`None`: not
     /// known yet, so read before deciding).
@@ -254,8 +267,10 @@ impl Remediator {
                 let changed = last_wanted.as_ref() != Some(&summary);
                 if changed || next_pass.is_some_and(|at| at <= Instant::now()) {
                     last_wanted = Some(summary);
+                    self.health.remediation_pass(true);
                     let result = self.pass(&wanted).await;
                     self.send_notices().await;
+                    self.health.remediation_pass(false);
                     next_pass = Some(match result {
                         Ok(_) => {
                             backoff.reset();
