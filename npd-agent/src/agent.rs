@@ -220,10 +220,11 @@ fn read_file_table() -> Option<FileTableSample> {
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Stalls: the consumer comes round at least every second; the reporter at least every
-    // heartbeat (also while backing off, whose ceiling is a minute).
+    // heartbeat (also while backing off, whose ceiling is a minute), plus the requests it
+    // may be waiting on (an event can take two).
     let health = Arc::new(Health::new(
         Duration::from_secs(30),
-        config.cluster.heartbeat.max(config.cluster.max_backoff) * 3,
+        config.cluster.heartbeat.max(config.cluster.max_backoff) * 3 + k8s::REQUEST_TIMEOUT * 2,
     ));
     let bound = crate::http::serve(config.listen, Arc::clone(&metrics), Arc::clone(&health))
         .await
@@ -274,20 +275,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         k8s::connect(config.cluster.kubeconfig.as_deref()).await?
     };
     let mut sink = match cluster {
-        Some((client, source_of_config)) => {
+        Some((clients, source_of_config)) => {
             tracing::info!(
                 node = %config.cluster.node_name,
                 "reporting to the cluster ({source_of_config:?})"
             );
             attributor = attributor.with_pod_directory(pods.clone());
             tokio::spawn(k8s::pods::watch(
-                client.clone(),
+                clients.watches,
                 config.cluster.node_name.clone(),
                 Arc::clone(&pods),
                 Arc::new(std::sync::atomic::AtomicBool::new(false)),
             ));
             let reporter = reporter::spawn(
-                client.clone(),
+                clients.requests.clone(),
                 ReporterConfig {
                     node_name: config.cluster.node_name.clone(),
                     names: names.clone(),
@@ -303,7 +304,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
             // Remediation follows the same desired conditions as the reporter.
             if let Some(taints) = &config.cluster.remediation {
                 remediation::spawn(
-                    client,
+                    clients.requests,
                     taints.clone(),
                     remediation::NodeTarget {
                         node_name: config.cluster.node_name.clone(),

@@ -274,6 +274,25 @@ impl TestCluster {
         self.wait_until_ready()
     }
 
+    /// Freezes kube-apiserver (SIGSTOP) until the guard is dropped: the kernel still accepts
+    /// connections, but nothing is answered, as with a hung or overloaded server.
+    pub fn pause_apiserver(&self) -> anyhow::Result<PausedApiserver> {
+        let pid = self
+            .apiserver
+            .as_ref()
+            .context("kube-apiserver is not running")?
+            .id();
+        let pid = libc::pid_t::try_from(pid)?;
+        // SAFETY: signals a child this harness started and has not reaped.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            bail!(
+                "SIGSTOP kube-apiserver: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(PausedApiserver { pid })
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn server_url(&self) -> &str {
         &self.server_url
@@ -450,6 +469,19 @@ impl TestCluster {
             self.paths.apiserver_log.display(),
             log_tail(&self.paths.apiserver_log)
         )
+    }
+}
+
+/// A frozen kube-apiserver; dropping the guard lets it run again (also when a test fails).
+#[derive(Debug)]
+pub struct PausedApiserver {
+    pid: libc::pid_t,
+}
+
+impl Drop for PausedApiserver {
+    fn drop(&mut self) {
+        // SAFETY: as in `pause_apiserver`; a stopped child is still unreaped.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
     }
 }
 

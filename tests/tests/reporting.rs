@@ -299,6 +299,49 @@ fn a_condition_set_while_the_api_server_is_down_arrives_when_it_returns() {
 }
 
 #[test]
+fn a_hung_api_server_times_requests_out_and_the_agent_stays_healthy() {
+    require_root("loads eBPF programs");
+    let cluster = cluster();
+    let agent = start_agent(&cluster);
+    let heartbeat = || {
+        condition(&cluster, NODE, "KernelDeadlock")
+            .and_then(|c| c["lastHeartbeatTime"].as_str().map(ToOwned::to_owned))
+    };
+    let before = wait_for(Duration::from_secs(10), "a heartbeat", heartbeat).unwrap();
+
+    // Longer than the agent's request timeout (20 s), so that requests hang until it fires
+    // (without one the reporter would wait silently for as long as the server hangs), and
+    // shorter than the reporter's allowed stall (3 heartbeats + 2 request timeouts, 46 s).
+    let logged_before = agent.log().len();
+    let paused = cluster.pause_apiserver().unwrap();
+    let mut unhealthy = Vec::new();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        let (code, body) = agent.get("/healthz").unwrap();
+        if code != 200 {
+            unhealthy.push(body);
+        }
+    }
+    drop(paused);
+    assert!(
+        unhealthy.is_empty(),
+        "a hung API server made the agent unhealthy: {unhealthy:?}\n{}",
+        agent.log()
+    );
+    // Nothing refuses the connections: a failure logged during the pause is a timeout.
+    let log = agent.log();
+    let during = &log[logged_before.min(log.len())..];
+    assert!(
+        during.contains("status failed") && during.contains("retrying"),
+        "the hung requests time out and are retried:\n{log}"
+    );
+    wait_for(Duration::from_secs(20), "a newer heartbeat", || {
+        heartbeat().filter(|now| *now > before)
+    })
+    .unwrap();
+}
+
+#[test]
 fn the_deploy_cluster_role_is_enough_and_no_more() {
     require_root("loads eBPF programs");
     let cluster = cluster();

@@ -8,7 +8,10 @@ pub mod node;
 pub mod pods;
 pub mod reporter;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use thiserror::Error;
 
@@ -32,11 +35,28 @@ pub enum ClusterSource {
     InCluster,
 }
 
-/// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account;
+/// How long a request may wait for the API server's answer. kube sets no read timeout, so a
+/// server that accepts connections but never answers (stopped, overloaded, a half-open
+/// connection after a failover) would hold the reporter forever instead of letting it retry.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The agent's clients of one cluster.
+#[derive(Clone)]
+#[allow(missing_debug_implementations, reason = "kube::Client is not Debug")]
+pub struct Clients {
+    /// For requests that expect an answer (node status, events, taints, leases): each gives
+    /// up after [`REQUEST_TIMEOUT`] and counts as a transient failure.
+    pub requests: kube::Client,
+    /// For the pod watch, a long poll that stays quiet while nothing changes (kube-runtime's
+    /// watcher restarts it on its own).
+    pub watches: kube::Client,
+}
+
+/// Clients from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account;
 /// `None` when there is none of them (standalone mode).
 pub async fn connect(
     kubeconfig: Option<&Path>,
-) -> Result<Option<(kube::Client, ClusterSource)>, KubeError> {
+) -> Result<Option<(Clients, ClusterSource)>, KubeError> {
     let from_env = std::env::var_os("KUBECONFIG")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -65,8 +85,13 @@ pub async fn connect(
         None => return Ok(None),
     };
     let (config, source) = config;
-    let client = kube::Client::try_from(config).map_err(KubeError::Client)?;
-    Ok(Some((client, source)))
+    let mut timed = config.clone();
+    timed.read_timeout = Some(REQUEST_TIMEOUT);
+    // Time each request from when it is sent, not from when its pooled connection idled.
+    timed.reset_reader_on_write = true;
+    let requests = kube::Client::try_from(timed).map_err(KubeError::Client)?;
+    let watches = kube::Client::try_from(config).map_err(KubeError::Client)?;
+    Ok(Some((Clients { requests, watches }, source)))
 }
 
 /// This node's name: `--node-name`, else `NODE_NAME` (the DaemonSet sets it from the downward
