@@ -13,7 +13,13 @@ RUN apt-get update \
       ca-certificates curl gcc libc6-dev pkg-config \
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
-RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_STABLE} \
+# rustup-init straight from static.rust-lang.org (what sh.rustup.rs fetches), to a file: a
+# failed download must fail the build, not pipe nothing into sh.
+RUN curl -sSfo /tmp/rustup-init \
+      "https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init" \
+ && chmod +x /tmp/rustup-init \
+ && /tmp/rustup-init -y --no-modify-path --profile minimal --default-toolchain ${RUST_STABLE} \
+ && rm /tmp/rustup-init \
  && rustup toolchain install ${RUST_NIGHTLY} --profile minimal --component rust-src \
  && LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
       --no-default-features --features llvm-22
