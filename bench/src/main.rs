@@ -159,7 +159,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let settings = Settings::new(args.quick);
     let _machine_lock = MachineLock::acquire("benchmarks")?;
-    let machine = procfs::machine();
+    let machine = procfs::machine(&agent);
     eprintln!(
         "npd-bench: {} run of {} on {} ({} cores, {})",
         if args.quick { "quick" } else { "full" },

@@ -259,9 +259,12 @@ pub(crate) struct Machine {
     pub(crate) os: String,
     /// /proc/loadavg when the run started: the machine may be shared.
     pub(crate) load: String,
+    /// The hook each detector uses on this kernel (`npd-agent check`), e.g. `fd: tracepoint`:
+    /// the hook overhead depends on it.
+    pub(crate) hooks: String,
 }
 
-pub(crate) fn machine() -> Machine {
+pub(crate) fn machine(agent: &Path) -> Machine {
     let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let meminfo = read("/proc/meminfo");
@@ -291,5 +294,36 @@ pub(crate) fn machine() -> Machine {
             .take(3)
             .collect::<Vec<_>>()
             .join(" "),
+        hooks: active_hooks(agent),
     }
+}
+
+/// `detector: hook, ...` from `npd-agent check --format json`, or why it is unknown.
+fn active_hooks(agent: &Path) -> String {
+    let output = match std::process::Command::new(agent)
+        .args(["check", "--format", "json"])
+        .output()
+    {
+        Ok(output) => output,
+        Err(err) => return format!("unknown (npd-agent check: {err})"),
+    };
+    let Ok(report) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+        return "unknown (npd-agent check printed no JSON)".to_owned();
+    };
+    report["detectors"]
+        .as_array()
+        .map(|detectors| {
+            detectors
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}: {}",
+                        d["detector"].as_str().unwrap_or("?"),
+                        d["active"].as_str().unwrap_or("none")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }

@@ -81,13 +81,15 @@ pub(crate) fn markdown(machine: &Machine, settings: &Settings, results: &Results
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}, Linux {}, {} ({} cores), {:.1} GiB RAM; load average {} at the start.{}\n",
+        "Machine: {}, Linux {}, {} ({} cores), {:.1} GiB RAM; load average {} at the start. \
+         npd's hooks on this kernel: {}.{}\n",
         machine.os,
         machine.kernel,
         machine.cpu,
         machine.cores,
         machine.memory_gib,
         machine.load,
+        machine.hooks,
         if settings.quick {
             " **Quick run: too short for the numbers to mean anything.**"
         } else {
