@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -42,42 +43,6 @@ pub(crate) fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `npd-bench enfile-child`: drops to `uid` (root is exempt from fs.file-max), says `ready`,
-/// waits for `go`, then notes the time and opens a file; prints both as JSON.
-pub(crate) fn enfile_child(uid: u32) -> anyhow::Result<()> {
-    // SAFETY: plain credential changes; from root to another uid they drop every capability.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setgid(uid) != 0
-            || libc::setuid(uid) != 0
-        {
-            bail!("cannot drop to uid {uid}: errno {}", errno());
-        }
-    }
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let started_ns = monotonic_ns();
-    // SAFETY: a valid path.
-    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
-    let ret = if fd < 0 {
-        -i64::from(errno())
-    } else {
-        i64::from(fd)
-    };
-    println!(
-        "{}",
-        serde_json::json!({ "pid": std::process::id(), "started_ns": started_ns, "ret": ret })
-    );
-    Ok(())
-}
-
 /// One ENFILE: which process, and when (CLOCK_MONOTONIC) it made the failing call.
 #[derive(Clone, Copy, Debug)]
 struct Provocation {
@@ -85,9 +50,10 @@ struct Provocation {
     started_ns: u64,
 }
 
-fn provoke_enfile() -> anyhow::Result<Provocation> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["enfile-child", "--uid", "65534"])
+/// `npd-provoke enfile` as an unprivileged user, failing ENFILE while fs.file-max is 1.
+fn provoke_enfile(provoke: &Path) -> anyhow::Result<Provocation> {
+    let mut child = Command::new(provoke)
+        .args(["enfile", "--uid", "65534"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -221,7 +187,7 @@ pub(crate) struct Latency {
 }
 
 /// Kernel -> decoded, through `event-dump` (stdout read and stamped by the benchmark).
-fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
+fn decode_leg(provoke: &Path, provocations: usize) -> anyhow::Result<(Samples, Samples)> {
     let log_path = std::env::temp_dir().join(format!("npd-bench-dump-{}.log", std::process::id()));
     let mut dump = Stamped::lines(
         Command::new(agent_bin())
@@ -254,7 +220,7 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
     // Then provoke until the first record is seen, so the ring is surely flowing before the
     // measured provocations.
     loop {
-        let warmup = provoke_enfile()?;
+        let warmup = provoke_enfile(provoke)?;
         let seen = dump.wait_for(Duration::from_secs(1), |l| {
             l.contains(&format!("\"pid\":{},", warmup.pid))
         });
@@ -271,7 +237,7 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
     let mut to_decoded = Samples::default();
     let mut call_to_kernel = Samples::default();
     for _ in 0..provocations {
-        let provocation = provoke_enfile()?;
+        let provocation = provoke_enfile(provoke)?;
         let needle = format!("\"pid\":{},", provocation.pid);
         let (stamp, line) = dump.wait_for(WAIT, |l| l.contains(&needle))?;
         let event: Value = serde_json::from_str(&line)?;
@@ -287,9 +253,13 @@ fn decode_leg(provocations: usize) -> anyhow::Result<(Samples, Samples)> {
     Ok((to_decoded, call_to_kernel))
 }
 
-pub(crate) fn run(provocations: usize, idle_seconds: f64) -> anyhow::Result<Latency> {
+pub(crate) fn run(
+    provoke: &Path,
+    provocations: usize,
+    idle_seconds: f64,
+) -> anyhow::Result<Latency> {
     eprintln!("npd-bench: latency to the decoded record (event-dump)");
-    let (to_decoded, call_to_kernel) = decode_leg(provocations)?;
+    let (to_decoded, call_to_kernel) = decode_leg(provoke, provocations)?;
 
     eprintln!("npd-bench: latency to the API server (a real kube-apiserver + etcd)");
     let cluster = TestCluster::start()?;
@@ -334,7 +304,7 @@ pub(crate) fn run(provocations: usize, idle_seconds: f64) -> anyhow::Result<Late
     let before = Scrape::take(&agent)?;
     let mut to_api_watch = Samples::default();
     for _ in 0..provocations {
-        let provocation = provoke_enfile()?;
+        let provocation = provoke_enfile(provoke)?;
         let needle = format!("(pid {})", provocation.pid);
         let (stamp, _) = watch
             .wait_for(WAIT, |node| {

@@ -74,12 +74,6 @@ enum Command {
         #[arg(long)]
         batch_ms: u64,
     },
-    /// (internal) An unprivileged process that hits ENFILE when told to.
-    #[command(hide = true)]
-    EnfileChild {
-        #[arg(long)]
-        uid: u32,
-    },
 }
 
 /// How long each benchmark runs.
@@ -147,7 +141,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .context("own directory")?
             .join("npd-provoke"),
     };
-    if selected(Benchmark::Storm) && !provoke.is_file() {
+    if (selected(Benchmark::Storm) || selected(Benchmark::Latency)) && !provoke.is_file() {
         bail!(
             "{} is missing: build it (`cargo build --release -p npd-tests --bins`) or pass \
              --provoke",
@@ -182,6 +176,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if selected(Benchmark::Latency) {
         results.latency = Some(latency::run(
+            &provoke,
             settings.provocations,
             settings.cluster_idle_seconds,
         )?);
@@ -209,7 +204,6 @@ fn main() -> ExitCode {
             batches,
             batch_ms,
         }) => hooks::syscall_loop(op, cpu, batches, batch_ms),
-        Some(Command::EnfileChild { uid }) => latency::enfile_child(uid),
         None => bench(&cli.bench),
     };
     match result {

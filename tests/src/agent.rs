@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use crate::machine::{FrozenFilesystem, MemoryCgroup};
+
 /// The agent binary with the eBPF object embedded.
 pub fn agent_bin() -> PathBuf {
     let path = std::env::var_os("NPD_AGENT_BIN").map(PathBuf::from).expect(
@@ -343,6 +345,36 @@ impl Provoked {
             .and_then(|v| v["pid"].as_u64())
             .with_context(|| format!("npd-provoke {args:?} printed no pid: {line:?}"))?;
         Ok(Self { child, pid, stdout })
+    }
+
+    /// `npd-provoke write` to `name` on the frozen filesystem: the child blocks in D state
+    /// until the thaw, then stays alive `then_sleep_secs` (so it can be seen leaving D state).
+    pub fn blocked_writer(
+        provoke: &str,
+        fs: &FrozenFilesystem,
+        name: &str,
+        then_sleep_secs: u32,
+    ) -> anyhow::Result<Self> {
+        let target = fs.mountpoint().join(name);
+        let target = target.to_str().context("mountpoint path")?;
+        Self::spawn(
+            provoke,
+            &[
+                "write",
+                "--path",
+                target,
+                "--then-sleep",
+                &then_sleep_secs.to_string(),
+            ],
+        )
+    }
+
+    /// `npd-provoke oom`: the child joins `cgroup` and allocates (up to 512 MiB) until the OOM
+    /// killer kills it.
+    pub fn oom_in(provoke: &str, cgroup: &MemoryCgroup) -> anyhow::Result<Self> {
+        let procs = cgroup.procs_file();
+        let procs = procs.to_str().context("cgroup path")?;
+        Self::spawn(provoke, &["oom", "--cgroup-procs", procs, "--mb", "512"])
     }
 
     /// The next line it prints (empty at its end).

@@ -20,18 +20,7 @@ fn hung_task_through_the_classic_tracepoint() {
         .expect("event-dump starts");
     let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
     let mut fs = FrozenFilesystem::create().expect("frozen loop-mounted ext4");
-    let target = fs.mountpoint().join("blocked");
-    let mut writer = Provoked::spawn(
-        PROVOKE,
-        &[
-            "write",
-            "--path",
-            target.to_str().unwrap(),
-            "--then-sleep",
-            "5",
-        ],
-    )
-    .expect("writer starts");
+    let mut writer = Provoked::blocked_writer(PROVOKE, &fs, "blocked", 5).expect("writer starts");
     let pid = writer.pid;
     dump.collect_until(Duration::from_secs(15), |seen| {
         seen.iter()
@@ -80,17 +69,7 @@ fn oom_kill_through_the_classic_tracepoint() {
         limit,
     )
     .expect("memory cgroup");
-    let mut child = Provoked::spawn(
-        PROVOKE,
-        &[
-            "oom",
-            "--cgroup-procs",
-            cgroup.procs_file().to_str().unwrap(),
-            "--mb",
-            "512",
-        ],
-    )
-    .expect("allocator starts");
+    let mut child = Provoked::oom_in(PROVOKE, &cgroup).expect("allocator starts");
     let pid = child.pid;
     let status = child.child.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");

@@ -20,18 +20,7 @@ fn a_task_blocked_on_a_frozen_filesystem_is_reported_then_recovers() {
     // Order matters for cleanup: the filesystem guard drops (thaws) before the sysctl guard.
     let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
     let mut fs = FrozenFilesystem::create().expect("frozen loop-mounted ext4");
-    let target = fs.mountpoint().join("blocked");
-    let mut writer = Provoked::spawn(
-        PROVOKE,
-        &[
-            "write",
-            "--path",
-            target.to_str().unwrap(),
-            "--then-sleep",
-            "8",
-        ],
-    )
-    .expect("writer starts");
+    let mut writer = Provoked::blocked_writer(PROVOKE, &fs, "blocked", 8).expect("writer starts");
     let pid = writer.pid;
 
     let hung = |seen: &[Value]| {

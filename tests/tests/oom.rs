@@ -18,17 +18,7 @@ fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
     let mut dump = EventDump::start(&["--detectors", "oom"]).expect("event-dump starts");
     let name = format!("npd-test-oom-{}", std::process::id());
     let cgroup = MemoryCgroup::create(&name, LIMIT).expect("memory cgroup");
-    let mut child = Provoked::spawn(
-        PROVOKE,
-        &[
-            "oom",
-            "--cgroup-procs",
-            cgroup.procs_file().to_str().unwrap(),
-            "--mb",
-            "512",
-        ],
-    )
-    .expect("allocator starts");
+    let mut child = Provoked::oom_in(PROVOKE, &cgroup).expect("allocator starts");
     let pid = child.pid;
     let status = child.child.wait().unwrap();
     assert_eq!(

@@ -85,18 +85,7 @@ fn wait_condition(cluster: &TestCluster, node: &str, status: &str, timeout: Dura
 
 /// A child blocked writing to the frozen filesystem (D state).
 fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> Provoked {
-    let target = fs.mountpoint().join(name);
-    Provoked::spawn(
-        PROVOKE,
-        &[
-            "write",
-            "--path",
-            target.to_str().unwrap(),
-            "--then-sleep",
-            "30",
-        ],
-    )
-    .expect("writer starts")
+    Provoked::blocked_writer(PROVOKE, fs, name, 30).expect("writer starts")
 }
 
 /// Node Events of `reason` about `node`.

@@ -1,10 +1,7 @@
 //! What a cluster operator sees: the real agent, real kernel problems, a real kube-apiserver
 //! + etcd. The agent always runs with a token that has only npd's ClusterRole from deploy/.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use npd_tests::{
     agent::{AgentProcess, Provoked, wait_for},
@@ -62,18 +59,7 @@ fn start_agent(cluster: &TestCluster) -> AgentProcess {
 
 /// A child blocked writing to the frozen filesystem (D state).
 fn blocked_writer(fs: &FrozenFilesystem, name: &str) -> Provoked {
-    let target = fs.mountpoint().join(name);
-    Provoked::spawn(
-        PROVOKE,
-        &[
-            "write",
-            "--path",
-            target.to_str().unwrap(),
-            "--then-sleep",
-            "30",
-        ],
-    )
-    .expect("writer starts")
+    Provoked::blocked_writer(PROVOKE, fs, name, 30).expect("writer starts")
 }
 
 #[test]
@@ -205,16 +191,10 @@ fn an_oom_kill_in_a_pod_cgroup_is_an_event_on_the_pod_and_the_node() {
     .expect("pod-shaped memory cgroup");
     // Give the pod watch a moment to list the pod (the agent is ready before it has).
     std::thread::sleep(Duration::from_secs(2));
-    let status = Command::new(PROVOKE)
-        .args([
-            "oom",
-            "--cgroup-procs",
-            cgroup.procs_file().to_str().unwrap(),
-            "--mb",
-            "512",
-        ])
-        .stdout(Stdio::null())
-        .status()
+    let status = Provoked::oom_in(PROVOKE, &cgroup)
+        .expect("allocator starts")
+        .child
+        .wait()
         .unwrap();
     assert!(!status.success(), "the OOM killer killed it: {status}");
 

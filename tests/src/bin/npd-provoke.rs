@@ -176,7 +176,8 @@ fn storm(limit: u64, seconds: f64, threads: usize, max_failures: u64) -> anyhow:
 }
 
 /// Drops to an unprivileged user (root bypasses the system file limit), says `ready`, waits
-/// for `go` on stdin (the test lowers fs.file-max in between), then opens one file.
+/// for `go` on stdin (the test lowers fs.file-max in between), then opens one file and prints
+/// its pid, when it made the call (CLOCK_MONOTONIC ns) and the result.
 fn enfile(uid: u32) -> anyhow::Result<()> {
     // SAFETY: plain credential changes; setuid from root to another uid drops every capability.
     unsafe {
@@ -193,6 +194,14 @@ fn enfile(uid: u32) -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     let path = CString::new("/dev/null")?;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is valid for writes; CLOCK_MONOTONIC (the clock of the kernel's record
+    // timestamps) always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let started_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
     // SAFETY: a valid path.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
     let ret = if fd < 0 {
@@ -202,7 +211,7 @@ fn enfile(uid: u32) -> anyhow::Result<()> {
     };
     println!(
         "{}",
-        serde_json::json!({ "pid": std::process::id(), "ret": ret })
+        serde_json::json!({ "pid": std::process::id(), "started_ns": started_ns, "ret": ret })
     );
     Ok(())
 }
