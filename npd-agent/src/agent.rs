@@ -133,7 +133,7 @@ struct MetricDeltas {
 impl MetricDeltas {
     fn update(&mut self, metrics: &Metrics, source: &EventSource, engine: &Engine) {
         let kernel = source.kernel_counters();
-        for detector in Detector::ALL {
+        for &detector in Detector::ALL {
             let labels = DetectorLabels {
                 detector: detector.name().to_owned(),
             };

@@ -3,27 +3,7 @@
 //! Index = `detector as u32 * COUNTERS_PER_DETECTOR + counter as u32`. The agent sums the
 //! per-CPU values; nothing in the kernel ever resets them.
 
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Detector {
-    Fd = 0,
-    HungTask = 1,
-    Oom = 2,
-    Oops = 3,
-}
-
-impl Detector {
-    pub const ALL: [Self; 4] = [Self::Fd, Self::HungTask, Self::Oom, Self::Oops];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Fd => "fd",
-            Self::HungTask => "hung_task",
-            Self::Oom => "oom",
-            Self::Oops => "oops",
-        }
-    }
-}
+pub use crate::counters_registry::Detector;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

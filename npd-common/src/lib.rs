@@ -8,13 +8,25 @@
 
 pub mod config;
 pub mod counters;
-pub mod fd;
-pub mod hung_task;
-pub mod oom;
-pub mod oops;
 pub mod record;
+mod registry;
 
 pub use record::{Hook, RecordHeader, RecordKind};
+
+// The detector registry: every detector with kernel programs, once. A new detector adds its
+// line here and its ABI file beside this one; the eBPF crate and the agent pick it up
+// (docs/adding-a-detector.md).
+registry::registry! {
+    $
+    /// fd exhaustion (EMFILE, ENFILE) from fd-creating syscalls.
+    fd: Fd = 0 => [FdExhausted = 1],
+    /// Tasks blocked in D state (khungtaskd).
+    hung_task: HungTask = 1 => [HungTask = 2],
+    /// OOM kills.
+    oom: Oom = 2 => [OomKill = 3],
+    /// Kernel oops and WARN.
+    oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
+}
 
 /// Size of `task_struct::comm` (TASK_COMM_LEN), fixed in the kernel's UAPI-visible ABI.
 pub const TASK_COMM_LEN: usize = 16;

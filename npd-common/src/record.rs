@@ -2,29 +2,7 @@
 
 use crate::{TASK_COMM_LEN, assert_layout, impl_pod};
 
-/// What follows the header. The numbers are ABI: never reuse one.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RecordKind {
-    FdExhausted = 1,
-    HungTask = 2,
-    OomKill = 3,
-    KernelOops = 4,
-    KernelWarning = 5,
-}
-
-impl RecordKind {
-    pub const fn from_u16(value: u16) -> Option<Self> {
-        match value {
-            1 => Some(Self::FdExhausted),
-            2 => Some(Self::HungTask),
-            3 => Some(Self::OomKill),
-            4 => Some(Self::KernelOops),
-            5 => Some(Self::KernelWarning),
-            _ => None,
-        }
-    }
-}
+pub use crate::record_kinds::RecordKind;
 
 /// Which kind of kernel hook produced a record. The numbers are ABI.
 #[repr(u8)]
