@@ -15,13 +15,9 @@ use npd_common::counters::{Counter, Detector};
 
 use crate::{
     attribution::{Attributor, CgroupIndex, PodDirectoryMap},
-    clock,
-    detectors::oom::{OomScope, limiting_memcg},
-    engine::{
-        ConditionType, Engine, EngineConfig, EventReason, FileTableSample, NodeCondition,
-        ProblemEvent, Timestamp,
-    },
-    event::{Detail, Event},
+    clock, detectors,
+    engine::{Engine, EngineConfig, FileTableSample, NodeCondition, ProblemEvent, Timestamp},
+    event::Event,
     health::Health,
     k8s::{
         self,
@@ -162,7 +158,7 @@ impl MetricDeltas {
             }
         }
         // NPD's problem_counter: problems seen per reason.
-        for reason in EventReason::ALL {
+        for &reason in &detectors::catalog().reasons {
             let occurrences = engine.event_stats(reason).occurrences;
             let delta = self
                 .deltas
@@ -182,11 +178,7 @@ impl MetricDeltas {
 /// NPD's problem_gauge: 1 while a condition is True with its problem reason.
 fn condition_gauges(metrics: &Metrics, conditions: &[NodeCondition], names: &ConditionNames) {
     for condition in conditions {
-        let problem_reason = match condition.condition_type {
-            ConditionType::KernelDeadlock => crate::engine::reason::TASK_HUNG,
-            ConditionType::KernelOops => crate::engine::reason::KERNEL_OOPS,
-            ConditionType::FdPressure => crate::engine::reason::FD_UNDER_PRESSURE,
-        };
+        let problem_reason = condition.condition_type.spec().problem_reason;
         metrics
             .problem_gauge
             .get_or_create(&ConditionLabels {
@@ -199,15 +191,12 @@ fn condition_gauges(metrics: &Metrics, conditions: &[NodeCondition], names: &Con
     }
 }
 
-/// Fills in who an event belongs to, and for a memory-cgroup OOM which cgroup hit its limit.
+/// Fills in who an event belongs to, then what the event's kind reads from that (e.g. which
+/// memory cgroup hit its limit).
 pub fn enrich(attributor: &mut Attributor, event: &mut Event) {
     attributor.attribute_event(event, Instant::now());
-    if let Detail::OomKill(kill) = &mut event.detail
-        && kill.scope == OomScope::Memcg
-        && let Some(path) = event.attribution.as_ref().and_then(|a| a.cgroup.as_deref())
-    {
-        kill.memcg = limiting_memcg(attributor.index().root(), path);
-    }
+    let root = attributor.index().root();
+    event.detail.attributed(event.attribution.as_ref(), root);
 }
 
 fn read_file_table() -> Option<FileTableSample> {
@@ -219,6 +208,16 @@ fn read_file_table() -> Option<FileTableSample> {
 /// Runs until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // NPD's problem_counter starts at 0 for every reason npd knows, so an alert on its
+    // increase sees the first problem too.
+    for reason in &detectors::catalog().reasons {
+        metrics
+            .problem_counter
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc_by(0);
+    }
     // Stalls: the consumer comes round at least every second; the reporter at least every
     // heartbeat (also while backing off, whose ceiling is a minute), plus the requests it
     // may be waiting on (an event can take two).
@@ -267,7 +266,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let pods = Arc::new(RwLock::new(PodDirectoryMap::default()));
     let mut attributor = Attributor::new(CgroupIndex::new(cgroup_root));
     let names = config.cluster.names.clone();
-    let mut engine = Engine::new(config.engine.clone(), Timestamp::now())?;
+    let mut engine = Engine::new(
+        config.engine.clone(),
+        detectors::catalog(),
+        Timestamp::now(),
+    )?;
 
     let cluster = if config.cluster.standalone {
         None

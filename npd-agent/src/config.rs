@@ -8,9 +8,19 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
+    detectors,
     engine::{ConditionType, ConfigError as EngineConfigError, EngineConfig, EventRateLimit},
     remediation::{MaxUnhealthy, TaintConfig, TaintEffect, plan as taint_plan},
 };
+
+/// Condition types the kubelet writes: npd must never write them.
+pub const KUBELET_CONDITIONS: [&str; 5] = [
+    "Ready",
+    "MemoryPressure",
+    "DiskPressure",
+    "PIDPressure",
+    "NetworkUnavailable",
+];
 
 #[derive(Debug, Error)]
 pub enum ConfigFileError {
@@ -23,15 +33,15 @@ pub enum ConfigFileError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config: `{key}` {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
 /// The file's shape. Keys are camelCase, like Kubernetes objects.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileConfig {
-    /// Detectors to run: any of `fd`, `hung_task`, `oom`, `oops`. Default: all.
-    pub detectors: Option<Vec<DetectorName>>,
+    /// Detectors to run, by registry name (`fd`, `hung_task`, ...). Default: all.
+    pub detectors: Option<Vec<String>>,
     /// Address of the metrics and health listener. Default `127.0.0.1:20257`.
     pub listen: Option<SocketAddr>,
     /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
@@ -48,20 +58,6 @@ pub struct FileConfig {
     pub events: EventsConfig,
     #[serde(default)]
     pub remediation: RemediationConfig,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DetectorName {
-    Fd,
-    #[value(name = "hung_task")]
-    HungTask,
-    Oom,
-    Oops,
-}
-
-impl DetectorName {
-    pub const ALL: [Self; 4] = [Self::Fd, Self::HungTask, Self::Oom, Self::Oops];
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -83,21 +79,14 @@ pub struct KubernetesConfig {
     /// Ceiling of the retry backoff after API failures (jittered). Default `1m`.
     #[serde(default, with = "duration")]
     pub retry_backoff_max: Option<Duration>,
-    /// Condition types as written on the Node.
+    /// Condition types as written on the Node, by the condition's key (`kernelDeadlock:
+    /// MyDeadlock`); every condition a detector declares has one.
     #[serde(default)]
-    pub conditions: ConditionNamesConfig,
+    pub conditions: std::collections::BTreeMap<String, String>,
     /// Renames of condition and Event reasons (e.g. `TaskHung: MyTaskHung`), for alerts that
     /// expect other names.
     #[serde(default)]
     pub reasons: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ConditionNamesConfig {
-    pub kernel_deadlock: Option<String>,
-    pub kernel_oops: Option<String>,
-    pub fd_pressure: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -124,10 +113,10 @@ pub struct FdPressureConfig {
     /// How often /proc/sys/fs/file-nr is read. Default `10s`.
     #[serde(default, with = "duration")]
     pub sample_interval: Option<Duration>,
-    /// At most one fd-exhaustion record per process per this interval (in the kernel).
-    /// Default `1s`.
-    #[serde(default, with = "duration")]
-    pub per_process_rate_limit: Option<Duration>,
+    /// At most one fd-exhaustion record per process per this interval (in the kernel; flag
+    /// `--fd-rate-limit`). Default `1s`. `perProcessRateLimit` is its old name.
+    #[serde(default, with = "duration", alias = "perProcessRateLimit")]
+    pub rate_limit: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -169,8 +158,9 @@ pub struct RemediationConfig {
 pub struct TaintsConfig {
     /// Off unless `true`.
     pub enabled: Option<bool>,
-    /// Conditions whose True taints the node. Default `[KernelDeadlock, KernelOops]`.
-    pub conditions: Option<Vec<RemediatedCondition>>,
+    /// Conditions whose True taints the node, by npd's type names. Default
+    /// `[KernelDeadlock, KernelOops]`.
+    pub conditions: Option<Vec<String>>,
     /// Default `NoSchedule`; `NoExecute` also evicts running pods (warned about at start).
     pub effect: Option<TaintEffect>,
     /// Nodes npd may keep tainted at once: `3` or `10%` of the Nodes. Default `10%`.
@@ -185,25 +175,6 @@ pub struct TaintsConfig {
     /// How often the taints are checked again and a refused taint retried. Default `30s`.
     #[serde(default, with = "duration")]
     pub retry_interval: Option<Duration>,
-}
-
-/// A condition `remediation.taints.conditions` may name (npd's type names).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub enum RemediatedCondition {
-    KernelDeadlock,
-    KernelOops,
-    #[serde(rename = "FDPressure")]
-    FdPressure,
-}
-
-impl RemediatedCondition {
-    pub fn condition_type(self) -> ConditionType {
-        match self {
-            Self::KernelDeadlock => ConditionType::KernelDeadlock,
-            Self::KernelOops => ConditionType::KernelOops,
-            Self::FdPressure => ConditionType::FdPressure,
-        }
-    }
 }
 
 /// `maxUnhealthy` as a YAML number (`3`) or string (`10%`).
@@ -232,7 +203,133 @@ fn max_unhealthy<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_any(Visitor).map(Some)
 }
 
+/// What the command line says about loading the kernel programs; set flags win over the
+/// file.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeFlags {
+    pub detectors: Option<Vec<String>>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub fd_rate_limit: Option<Duration>,
+    pub bpf_log: bool,
+    pub host_root: Option<PathBuf>,
+    pub fallback_hooks_only: bool,
+}
+
+/// The rest of `npd-agent run`'s flags.
+#[derive(Clone, Debug, Default)]
+pub struct RunFlags {
+    pub probes: ProbeFlags,
+    pub listen: Option<SocketAddr>,
+    pub node_name: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub standalone: bool,
+    pub heartbeat: Option<Duration>,
+    pub event_namespace: Option<String>,
+    pub hung_task_recovery_window: Option<Duration>,
+    pub dry_run: bool,
+}
+
+/// Defaults that are not the engine's (the engine's are `EngineConfig::default`).
+pub mod defaults {
+    use std::{net::SocketAddr, time::Duration};
+
+    pub const LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        20257,
+    ));
+    pub const HEARTBEAT: Duration = Duration::from_secs(60);
+    pub const EVENT_NAMESPACE: &str = "default";
+    pub const MAX_PENDING_EVENTS: usize = 512;
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+    pub const FILE_TABLE_INTERVAL: Duration = Duration::from_secs(10);
+}
+
 impl FileConfig {
+    /// The one place flags, this file, the environment and the defaults become the agent's
+    /// configuration (flags win), validated.
+    pub fn resolve(
+        mut self,
+        flags: RunFlags,
+    ) -> Result<crate::agent::AgentConfig, ConfigFileError> {
+        use crate::agent::{AgentConfig, ClusterConfig};
+        if let Some(window) = flags.hung_task_recovery_window {
+            self.hung_task.recovery_window = Some(window);
+        }
+        if let Some(heartbeat) = flags.heartbeat {
+            self.kubernetes.heartbeat = Some(heartbeat);
+        }
+        if flags.dry_run {
+            self.remediation.taints.dry_run = Some(true);
+        }
+        self.validate()?;
+        let kubernetes = &self.kubernetes;
+        Ok(AgentConfig {
+            probes: self.load_options(&flags.probes),
+            engine: self.engine()?,
+            listen: flags.listen.or(self.listen).unwrap_or(defaults::LISTEN),
+            file_table_interval: self
+                .fd_pressure
+                .sample_interval
+                .unwrap_or(defaults::FILE_TABLE_INTERVAL),
+            cluster: ClusterConfig {
+                kubeconfig: flags.kubeconfig.or_else(|| kubernetes.kubeconfig.clone()),
+                standalone: flags.standalone || kubernetes.enabled == Some(false),
+                node_name: crate::k8s::node_name(
+                    flags
+                        .node_name
+                        .as_deref()
+                        .or(kubernetes.node_name.as_deref()),
+                ),
+                heartbeat: kubernetes.heartbeat.unwrap_or(defaults::HEARTBEAT),
+                node_event_namespace: flags
+                    .event_namespace
+                    .or_else(|| kubernetes.event_namespace.clone())
+                    .unwrap_or_else(|| defaults::EVENT_NAMESPACE.to_owned()),
+                names: self.condition_names(),
+                max_pending_events: kubernetes
+                    .max_pending_events
+                    .unwrap_or(defaults::MAX_PENDING_EVENTS),
+                max_backoff: kubernetes
+                    .retry_backoff_max
+                    .unwrap_or(defaults::RETRY_BACKOFF_MAX),
+                remediation: self.remediation(),
+            },
+        })
+    }
+
+    /// Flags over this file over the defaults: which detectors run and how.
+    pub fn load_options(&self, flags: &ProbeFlags) -> crate::probes::LoadOptions {
+        let defaults = crate::probes::LoadOptions::default();
+        let names = flags.detectors.as_ref().or(self.detectors.as_ref());
+        crate::probes::LoadOptions {
+            // Registry order, whatever order they were listed in; unknown names were refused
+            // by validation (file) or by clap (flags).
+            detectors: match names {
+                Some(names) => detectors::all()
+                    .iter()
+                    .filter(|d| names.iter().any(|n| n == d.name()))
+                    .map(|d| d.id())
+                    .collect(),
+                None => defaults.detectors,
+            },
+            ring_buffer_bytes: flags
+                .ring_buffer_bytes
+                .or(self.ring_buffer_bytes)
+                .unwrap_or(defaults.ring_buffer_bytes),
+            fd_rate_limit: flags
+                .fd_rate_limit
+                .or(self.fd_pressure.rate_limit)
+                .unwrap_or(defaults.fd_rate_limit),
+            bpf_log: flags.bpf_log,
+            host_root: flags
+                .host_root
+                .clone()
+                .or_else(|| self.host_root.clone())
+                .unwrap_or(defaults.host_root),
+            fallback_hooks_only: flags.fallback_hooks_only,
+        }
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
             path: path.to_owned(),
@@ -317,8 +414,8 @@ impl FileConfig {
 
     /// Checks what the engine does not: values only the agent uses.
     pub fn validate(&self) -> Result<(), ConfigFileError> {
-        let invalid = |key, problem: &str| ConfigFileError::Invalid {
-            key,
+        let invalid = |key: &str, problem: &str| ConfigFileError::Invalid {
+            key: key.to_owned(),
             problem: problem.to_owned(),
         };
         if let Some(size) = self.ring_buffer_bytes
@@ -329,11 +426,22 @@ impl FileConfig {
                 "must be a power of two of at least the page size",
             ));
         }
-        if self.detectors.as_ref().is_some_and(Vec::is_empty) {
-            return Err(invalid(
-                "detectors",
-                "is empty; list at least one of fd, hung_task, oom, oops",
-            ));
+        if let Some(list) = &self.detectors {
+            if list.is_empty() {
+                return Err(invalid(
+                    "detectors",
+                    &format!("is empty; list at least one of {}", detectors::names()),
+                ));
+            }
+            if let Some(unknown) = list.iter().find(|d| detectors::by_name(d).is_none()) {
+                return Err(invalid(
+                    "detectors",
+                    &format!(
+                        "`{unknown}` is not a detector; known: {}",
+                        detectors::names()
+                    ),
+                ));
+            }
         }
         for (key, value) in [
             ("kubernetes.heartbeat", self.kubernetes.heartbeat),
@@ -345,10 +453,7 @@ impl FileConfig {
                 "fdPressure.sampleInterval",
                 self.fd_pressure.sample_interval,
             ),
-            (
-                "fdPressure.perProcessRateLimit",
-                self.fd_pressure.per_process_rate_limit,
-            ),
+            ("fdPressure.rateLimit", self.fd_pressure.rate_limit),
         ] {
             if value.is_some_and(|v| v.is_zero()) {
                 return Err(invalid(key, "must be longer than zero"));
@@ -363,28 +468,17 @@ impl FileConfig {
                 "kubernetes.eventNamespace",
                 self.kubernetes.event_namespace.as_deref(),
             ),
-            (
-                "kubernetes.conditions.kernelDeadlock",
-                self.kubernetes.conditions.kernel_deadlock.as_deref(),
-            ),
-            (
-                "kubernetes.conditions.kernelOops",
-                self.kubernetes.conditions.kernel_oops.as_deref(),
-            ),
-            (
-                "kubernetes.conditions.fdPressure",
-                self.kubernetes.conditions.fd_pressure.as_deref(),
-            ),
         ] {
             if value.is_some_and(|v| v.trim().is_empty()) {
                 return Err(invalid(key, "is empty"));
             }
         }
+        self.validate_condition_names()?;
         for (from, to) in &self.kubernetes.reasons {
             let known = known_reasons();
             if !known.contains(&from.as_str()) {
                 return Err(ConfigFileError::Invalid {
-                    key: "kubernetes.reasons",
+                    key: "kubernetes.reasons".to_owned(),
                     problem: format!(
                         "renames unknown reason `{from}`; known: {}",
                         known.join(", ")
@@ -393,7 +487,7 @@ impl FileConfig {
             }
             if to.trim().is_empty() || to.contains(char::is_whitespace) {
                 return Err(ConfigFileError::Invalid {
-                    key: "kubernetes.reasons",
+                    key: "kubernetes.reasons".to_owned(),
                     problem: format!("renames `{from}` to `{to}`, which is not a single word"),
                 });
             }
@@ -404,20 +498,71 @@ impl FileConfig {
 
     /// A condition's type as written on the Node (`kubernetes.conditions`).
     pub fn condition_name(&self, condition_type: ConditionType) -> &str {
-        let conditions = &self.kubernetes.conditions;
-        match condition_type {
-            ConditionType::KernelDeadlock => conditions.kernel_deadlock.as_deref(),
-            ConditionType::KernelOops => conditions.kernel_oops.as_deref(),
-            ConditionType::FdPressure => conditions.fd_pressure.as_deref(),
+        self.kubernetes
+            .conditions
+            .get(condition_type.spec().config_key)
+            .map_or(condition_type.as_str(), String::as_str)
+    }
+
+    /// Every condition npd owns, with the type written for it and the reason renames.
+    pub fn condition_names(&self) -> crate::k8s::node::ConditionNames {
+        let conditions = &detectors::catalog().conditions;
+        let mut names = crate::k8s::node::ConditionNames::new(conditions);
+        for &condition in conditions {
+            names
+                .types
+                .insert(condition, self.condition_name(condition).to_owned());
         }
-        .unwrap_or(condition_type.as_str())
+        names.reasons = self.kubernetes.reasons.clone();
+        names
+    }
+
+    /// `kubernetes.conditions`: known keys, non-empty names, none the kubelet owns and no
+    /// two conditions under one type.
+    fn validate_condition_names(&self) -> Result<(), ConfigFileError> {
+        let conditions = &detectors::catalog().conditions;
+        for (key, name) in &self.kubernetes.conditions {
+            let invalid = |problem: String| ConfigFileError::Invalid {
+                key: format!("kubernetes.conditions.{key}"),
+                problem,
+            };
+            if !conditions.iter().any(|c| c.spec().config_key == key) {
+                let known: Vec<&str> = conditions.iter().map(|c| c.spec().config_key).collect();
+                return Err(invalid(format!(
+                    "is not a condition npd owns; known: {}",
+                    known.join(", ")
+                )));
+            }
+            if name.trim().is_empty() {
+                return Err(invalid("is empty".to_owned()));
+            }
+            if KUBELET_CONDITIONS.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "`{name}` is a condition type the kubelet owns; npd never writes it"
+                )));
+            }
+        }
+        let mut seen: Vec<(&str, ConditionType)> = Vec::new();
+        for &condition in conditions {
+            let name = self.condition_name(condition);
+            if let Some((_, other)) = seen.iter().find(|(n, _)| *n == name) {
+                return Err(ConfigFileError::Invalid {
+                    key: format!("kubernetes.conditions.{}", condition.spec().config_key),
+                    problem: format!(
+                        "`{name}` is already the type of {other}: two conditions cannot share one"
+                    ),
+                });
+            }
+            seen.push((name, condition));
+        }
+        Ok(())
     }
 
     fn validate_remediation(&self) -> Result<(), ConfigFileError> {
         let taints = &self.remediation.taints;
         if taints.retry_interval.is_some_and(|v| v.is_zero()) {
             return Err(ConfigFileError::Invalid {
-                key: "remediation.taints.retryInterval",
+                key: "remediation.taints.retryInterval".to_owned(),
                 problem: "must be longer than zero".to_owned(),
             });
         }
@@ -438,7 +583,7 @@ impl FileConfig {
                     || value.ends_with('-'))
             {
                 return Err(ConfigFileError::Invalid {
-                    key,
+                    key: key.to_owned(),
                     problem: format!(
                         "`{value}` is not a valid name (lowercase letters, digits and `-`, at \
                          most 63)"
@@ -446,26 +591,41 @@ impl FileConfig {
                 });
             }
         }
-        if taints.conditions.as_ref().is_some_and(Vec::is_empty) {
-            return Err(ConfigFileError::Invalid {
-                key: "remediation.taints.conditions",
-                problem: "is empty; list at least one of KernelDeadlock, KernelOops, FDPressure \
-                          (or set enabled: false)"
-                    .to_owned(),
-            });
+        let known = || {
+            detectors::catalog()
+                .conditions
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(list) = &taints.conditions {
+            if list.is_empty() {
+                return Err(ConfigFileError::Invalid {
+                    key: "remediation.taints.conditions".to_owned(),
+                    problem: format!(
+                        "is empty; list at least one of {} (or set enabled: false)",
+                        known()
+                    ),
+                });
+            }
+            if let Some(unknown) = list.iter().find(|c| condition_by_type(c).is_none()) {
+                return Err(ConfigFileError::Invalid {
+                    key: "remediation.taints.conditions".to_owned(),
+                    problem: format!(
+                        "`{unknown}` is not a condition npd owns; known: {}",
+                        known()
+                    ),
+                });
+            }
         }
         // Condition names become taint keys only where remediation is on.
         let enabled = taints.enabled == Some(true);
         for condition in self.remediated_conditions().into_iter().filter(|_| enabled) {
             let name = self.condition_name(condition);
             if let Some(problem) = taint_plan::invalid_key_name(name) {
-                let key = match condition {
-                    ConditionType::KernelDeadlock => "kubernetes.conditions.kernelDeadlock",
-                    ConditionType::KernelOops => "kubernetes.conditions.kernelOops",
-                    ConditionType::FdPressure => "kubernetes.conditions.fdPressure",
-                };
                 return Err(ConfigFileError::Invalid {
-                    key,
+                    key: format!("kubernetes.conditions.{}", condition.spec().config_key),
                     problem: format!(
                         "cannot name a taint ({}<name>, as remediation.taints needs): {problem}",
                         taint_plan::TAINT_KEY_PREFIX
@@ -480,14 +640,17 @@ impl FileConfig {
         match &self.remediation.taints.conditions {
             Some(list) => {
                 let mut types = Vec::new();
-                for condition in list.iter().map(|c| c.condition_type()) {
+                for condition in list.iter().filter_map(|c| condition_by_type(c)) {
                     if !types.contains(&condition) {
                         types.push(condition);
                     }
                 }
                 types
             }
-            None => TaintConfig::DEFAULT_CONDITIONS.to_vec(),
+            None => TaintConfig::DEFAULT_CONDITIONS
+                .iter()
+                .filter_map(|c| condition_by_type(c))
+                .collect(),
         }
     }
 
@@ -520,18 +683,24 @@ impl FileConfig {
     }
 }
 
+/// The condition npd owns under its own type name (`KernelDeadlock`).
+fn condition_by_type(name: &str) -> Option<ConditionType> {
+    detectors::catalog()
+        .conditions
+        .iter()
+        .copied()
+        .find(|c| c.as_str() == name)
+}
+
 /// Every reason npd writes, conditions' and Events'.
 pub fn known_reasons() -> Vec<&'static str> {
-    use crate::engine::reason;
-    let mut all = vec![
-        reason::TASK_HUNG,
-        reason::KERNEL_HAS_NO_DEADLOCK,
-        reason::KERNEL_OOPS,
-        reason::NO_KERNEL_OOPS,
-        reason::FD_UNDER_PRESSURE,
-        reason::NO_FD_PRESSURE,
-    ];
-    all.extend(crate::engine::EventReason::ALL.map(crate::engine::EventReason::as_str));
+    let catalog = detectors::catalog();
+    let mut all: Vec<&'static str> = catalog
+        .conditions
+        .iter()
+        .flat_map(|c| [c.spec().problem_reason, c.spec().healthy_reason])
+        .collect();
+    all.extend(catalog.reasons.iter().map(|r| r.as_str()));
     all.sort_unstable();
     all.dedup();
     all
@@ -575,7 +744,10 @@ fn engine_error(err: &EngineConfigError) -> ConfigFileError {
     for (field, file_key) in KEYS {
         problem = problem.replace(field, file_key);
     }
-    ConfigFileError::Invalid { key, problem }
+    ConfigFileError::Invalid {
+        key: key.to_owned(),
+        problem,
+    }
 }
 
 /// Durations as `500ms`, `30s`, `5m`, `1h30m`.
@@ -633,6 +805,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::detectors::{
+        fd::FD_PRESSURE, hung_task::KERNEL_DEADLOCK, oops::KERNEL_OOPS_CONDITION,
+    };
 
     fn parse(text: &str) -> Result<FileConfig, String> {
         let config = FileConfig::parse(Path::new("npd.yaml"), text).map_err(|e| e.to_string())?;
@@ -645,11 +820,11 @@ mod tests {
         let text = include_str!("../../deploy/base/config.yaml");
         let config = parse(text).expect("deploy/base/config.yaml is valid");
         assert_eq!(config.engine().unwrap(), EngineConfig::default());
-        assert_eq!(
-            config.detectors.as_deref(),
-            Some(&DetectorName::ALL[..]),
-            "it lists every detector"
-        );
+        let every: Vec<String> = detectors::all()
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect();
+        assert_eq!(config.detectors, Some(every), "it lists every detector");
         assert_eq!(parse("").unwrap(), FileConfig::default());
         assert_eq!(config.remediation(), None, "remediation is opt-in");
         // Its documented values are the defaults once enabled.
@@ -661,7 +836,7 @@ mod tests {
         assert_eq!(
             defaults.remediation(),
             Some(TaintConfig {
-                conditions: TaintConfig::DEFAULT_CONDITIONS.to_vec(),
+                conditions: vec![KERNEL_DEADLOCK, KERNEL_OOPS_CONDITION],
                 effect: TaintEffect::NoSchedule,
                 max_unhealthy: MaxUnhealthy::Percent(10),
                 dry_run: false,
@@ -690,16 +865,10 @@ mod tests {
         )
         .unwrap();
         let taints = config.remediation().unwrap();
-        assert_eq!(
-            taints.conditions,
-            [ConditionType::FdPressure, ConditionType::KernelDeadlock]
-        );
+        assert_eq!(taints.conditions, [FD_PRESSURE, KERNEL_DEADLOCK]);
         assert_eq!(taints.effect, TaintEffect::NoExecute);
         assert_eq!(taints.max_unhealthy, MaxUnhealthy::Nodes(3));
-        assert_eq!(
-            config.condition_name(ConditionType::FdPressure),
-            "NodeFDPressure"
-        );
+        assert_eq!(config.condition_name(FD_PRESSURE), "NodeFDPressure");
         let percent = parse("remediation:\n  taints:\n    maxUnhealthy: 25%\n").unwrap();
         assert_eq!(
             percent.remediation.taints.max_unhealthy,
@@ -798,6 +967,18 @@ mod tests {
                 "remediation:\n  taints:\n    enabled: true\n\
                  kubernetes:\n  conditions:\n    kernelDeadlock: Kernel Deadlock\n",
                 "kubernetes.conditions.kernelDeadlock",
+            ),
+            (
+                "kubernetes:\n  conditions:\n    kernelDeadlock: Ready\n",
+                "kubernetes.conditions.kernelDeadlock",
+            ),
+            (
+                "kubernetes:\n  conditions:\n    fdPressure: KernelOops\n",
+                "kubernetes.conditions",
+            ),
+            (
+                "kubernetes:\n  conditions:\n    diskPressure: Disk\n",
+                "kubernetes.conditions.diskPressure",
             ),
         ];
         for (text, key) in cases {

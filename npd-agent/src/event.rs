@@ -1,9 +1,11 @@
 //! Decoded, enriched observations: what `event-dump` prints and the problem engine consumes.
 //! One variant per kind; the kernel ABI stays in npd-common, this is the agent's own model.
 
-use serde::Serialize;
+use std::{any::Any, fmt::Debug, path::Path};
 
-use crate::{clock, detectors};
+use serde::{Serialize, ser::SerializeMap};
+
+use crate::{clock, problem::Assessment};
 
 /// Where an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -102,48 +104,116 @@ pub struct PodRef {
     pub container: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What one kind of event carries beyond the common fields, and what it means. Each
+/// detector's agent file implements it for its kinds; `event-dump` prints [`Finding::fields`]
+/// and the engine acts on [`Finding::assess`].
+pub trait Finding: Debug + Send + Sync + 'static {
+    /// The event kind, e.g. `oom_kill`.
+    fn kind(&self) -> &'static str;
+    /// One line for people (the table of `event-dump`, debug logs).
+    fn summary(&self) -> String;
+    /// The kind's own fields, flattened into the event's JSON.
+    fn fields(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// What the event means to the problem engine. Pure: no IO.
+    fn assess(&self, event: &Event) -> Assessment;
+    /// Fills in what needs the event's attribution (e.g. the memory cgroup that hit its
+    /// limit), reading below `cgroup_root`.
+    fn attributed(&mut self, _attribution: Option<&Attribution>, _cgroup_root: &Path) {}
+    fn clone_box(&self) -> Box<dyn Finding>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// [`Finding::fields`] for a kind that derives `Serialize` as a struct.
+pub fn fields_of<T: Serialize>(value: &T) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The boilerplate of [`Finding`]: `kind`, `fields`, `clone_box`, `as_any`; the kind writes
+/// `summary` and `assess` (and `attributed` if it needs one) in `{ ... }`.
+#[macro_export]
+macro_rules! finding {
+    ($ty:ty, $kind:expr, { $($rest:tt)* }) => {
+        impl $crate::event::Finding for $ty {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+            fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+                $crate::event::fields_of(self)
+            }
+            fn clone_box(&self) -> Box<dyn $crate::event::Finding> {
+                Box::new(self.clone())
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+            $($rest)*
+        }
+    };
+}
+
+#[derive(Debug)]
 pub struct Event {
     pub kind: &'static str,
     /// CLOCK_MONOTONIC nanoseconds when the kernel saw it.
     pub ts_ns: u64,
     /// Wall-clock time of `ts_ns`, RFC 3339.
     pub time: String,
-    #[serde(flatten)]
     pub task: Task,
     pub source: Source,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub attribution: Option<Attribution>,
-    #[serde(flatten)]
-    pub detail: Detail,
+    pub detail: Box<dyn Finding>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub enum Detail {
-    FdExhausted(detectors::fd::FdExhausted),
-    HungTask(detectors::hung_task::HungTask),
-    HungTaskRecovered(detectors::hung_task::HungTaskRecovered),
-    OomKill(detectors::oom::OomKill),
-    KernelOops(detectors::oops::KernelProblem),
-    KernelWarning(detectors::oops::KernelProblem),
-}
-
-impl Detail {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::FdExhausted(_) => "fd_exhausted",
-            Self::HungTask(_) => "hung_task",
-            Self::HungTaskRecovered(_) => "hung_task_recovered",
-            Self::OomKill(_) => "oom_kill",
-            Self::KernelOops(_) => "kernel_oops",
-            Self::KernelWarning(_) => "kernel_warning",
+impl Clone for Event {
+    fn clone(&self) -> Self {
+        Self {
+            kind: self.kind,
+            ts_ns: self.ts_ns,
+            time: self.time.clone(),
+            task: self.task.clone(),
+            source: self.source,
+            attribution: self.attribution.clone(),
+            detail: self.detail.clone_box(),
         }
     }
 }
 
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = self.detail.fields();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind)?;
+        map.serialize_entry("ts_ns", &self.ts_ns)?;
+        map.serialize_entry("time", &self.time)?;
+        map.serialize_entry("pid", &self.task.pid)?;
+        map.serialize_entry("tid", &self.task.tid)?;
+        map.serialize_entry("comm", &self.task.comm)?;
+        map.serialize_entry("cgroup_id", &self.task.cgroup_id)?;
+        map.serialize_entry("source", &self.source)?;
+        if let Some(attribution) = &self.attribution {
+            map.serialize_entry("attribution", attribution)?;
+        }
+        for (key, value) in &fields {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 impl Event {
-    pub fn new(ts_ns: u64, task: Task, source: Source, detail: Detail) -> Self {
+    pub fn new(ts_ns: u64, task: Task, source: Source, detail: impl Finding) -> Self {
+        Self::boxed(ts_ns, task, source, Box::new(detail))
+    }
+
+    /// [`Event::new`] for a detail whose kind is known only at run time.
+    pub fn boxed(ts_ns: u64, task: Task, source: Source, detail: Box<dyn Finding>) -> Self {
         Self {
             kind: detail.kind(),
             ts_ns,
@@ -155,15 +225,22 @@ impl Event {
         }
     }
 
-    /// One line for people: what, who, and the kind's own summary.
+    /// One line for people: the kind's own summary.
     pub fn summary(&self) -> String {
-        match &self.detail {
-            Detail::FdExhausted(detail) => detail.summary(),
-            Detail::HungTask(detail) => detail.summary(),
-            Detail::HungTaskRecovered(detail) => detail.summary(),
-            Detail::OomKill(detail) => detail.summary(),
-            Detail::KernelOops(detail) => format!("kernel oops {}", detail.summary()),
-            Detail::KernelWarning(detail) => format!("kernel warning {}", detail.summary()),
-        }
+        self.detail.summary()
+    }
+
+    /// The detail as its concrete kind, if it is one.
+    pub fn detail_as<T: Finding>(&self) -> Option<&T> {
+        self.detail.as_any().downcast_ref()
+    }
+
+    pub fn detail_as_mut<T: Finding>(&mut self) -> Option<&mut T> {
+        self.detail.as_any_mut().downcast_mut()
+    }
+
+    /// What the event means to the problem engine.
+    pub fn assess(&self) -> Assessment {
+        self.detail.assess(self)
     }
 }

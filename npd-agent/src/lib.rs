@@ -15,5 +15,6 @@ pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod probes;
+pub mod problem;
 pub mod remediation;
 pub mod source;

@@ -6,8 +6,8 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use npd_agent::{
-    config::{DetectorName, FileConfig},
-    kernel, probes,
+    config::{FileConfig, ProbeFlags, duration},
+    detectors, kernel, probes,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -45,15 +45,19 @@ enum Command {
 /// to the config file (`run --config`), then to the defaults.
 #[derive(Clone, Debug, Args)]
 pub struct ProbeArgs {
-    /// Detectors to run, comma-separated [default: fd,hung_task,oom,oops].
-    #[arg(long, value_delimiter = ',')]
-    detectors: Option<Vec<DetectorName>>,
+    /// Detectors to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = detector_names())]
+    detectors: Option<Vec<String>>,
     /// Ring-buffer size in bytes, a power of two of at least a page [default: 262144].
     #[arg(long, value_parser = parse_ring_size)]
     ring_buffer_bytes: Option<u32>,
-    /// Minimum time between two fd-exhaustion records of one process, in milliseconds
-    /// [default: 1000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    /// At most one fd-exhaustion record per process per this interval, in the kernel, e.g.
+    /// 500ms (config `fdPressure.rateLimit`) [default: 1s].
+    #[arg(long, value_parser = duration::parse)]
+    fd_rate_limit: Option<Duration>,
+    /// The same in milliseconds (deprecated spelling of --fd-rate-limit).
+    #[arg(long, hide = true, conflicts_with = "fd_rate_limit",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     fd_rate_limit_ms: Option<u64>,
     /// Forward the kernel programs' debug messages (aya-log) to the log.
     #[arg(long)]
@@ -79,36 +83,30 @@ fn parse_ring_size(value: &str) -> Result<u32, String> {
     Ok(size)
 }
 
+/// The registry's detector names, as clap's possible values (`--help` lists them).
+fn detector_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(detectors::all().iter().map(|d| d.name()))
+}
+
 impl ProbeArgs {
-    fn load_options(&self, file: Option<&FileConfig>) -> probes::LoadOptions {
-        let defaults = probes::LoadOptions::default();
-        let detectors = self
-            .detectors
-            .clone()
-            .or_else(|| file.and_then(|f| f.detectors.clone()))
-            .unwrap_or_else(|| DetectorName::ALL.to_vec());
-        probes::LoadOptions {
-            fd: detectors.contains(&DetectorName::Fd),
-            hung_task: detectors.contains(&DetectorName::HungTask),
-            oom: detectors.contains(&DetectorName::Oom),
-            oops: detectors.contains(&DetectorName::Oops),
-            ring_buffer_bytes: self
-                .ring_buffer_bytes
-                .or_else(|| file.and_then(|f| f.ring_buffer_bytes))
-                .unwrap_or(defaults.ring_buffer_bytes),
+    fn flags(&self) -> ProbeFlags {
+        ProbeFlags {
+            detectors: self.detectors.clone(),
+            ring_buffer_bytes: self.ring_buffer_bytes,
             fd_rate_limit: self
-                .fd_rate_limit_ms
-                .map(Duration::from_millis)
-                .or_else(|| file.and_then(|f| f.fd_pressure.per_process_rate_limit))
-                .unwrap_or(defaults.fd_rate_limit),
+                .fd_rate_limit
+                .or(self.fd_rate_limit_ms.map(Duration::from_millis)),
             bpf_log: self.bpf_log,
-            host_root: self
-                .host_root
-                .clone()
-                .or_else(|| file.and_then(|f| f.host_root.clone()))
-                .unwrap_or(defaults.host_root),
+            host_root: self.host_root.clone(),
             fallback_hooks_only: self.fallback_hooks_only,
         }
+    }
+
+    /// The load options from these flags over `file` (or the defaults).
+    fn load_options(&self, file: Option<&FileConfig>) -> probes::LoadOptions {
+        file.cloned()
+            .unwrap_or_default()
+            .load_options(&self.flags())
     }
 }
 

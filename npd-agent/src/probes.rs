@@ -5,18 +5,17 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
 use npd_common::{
     config::{COMM_DATA_LOC_HANG, COMM_DATA_LOC_OOM, ProbeConfig, TracepointOffsets, cgroup_mode},
     counters::{COUNTERS_PER_DETECTOR, Counter, Detector, counter_index},
-    fd::FdRateState,
 };
 use thiserror::Error;
 
 use crate::{
-    detectors::{self, AttachContext, DetectorStatus, oops::FentryCoverage},
+    detectors::{self, AttachContext, DetectorStatus, HostPaths, Runtime, Setup},
     kernel::{
         self, CgroupLayout,
         btf::{Btf, BtfError, BtfFacts},
@@ -63,10 +62,8 @@ pub enum LoadError {
 /// Which detectors to run and how.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    pub fd: bool,
-    pub hung_task: bool,
-    pub oom: bool,
-    pub oops: bool,
+    /// In registry order.
+    pub detectors: Vec<Detector>,
     pub ring_buffer_bytes: u32,
     pub fd_rate_limit: Duration,
     /// Forward the programs' aya-log debug messages to the agent's log.
@@ -81,10 +78,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            fd: true,
-            hung_task: true,
-            oom: true,
-            oops: true,
+            detectors: Detector::ALL.to_vec(),
             ring_buffer_bytes: 256 * 1024,
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
@@ -100,17 +94,15 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub fd_rate: BpfHashMap<MapData, u32, FdRateState>,
     pub statuses: Vec<DetectorStatus>,
+    /// What decodes each attached detector's records, by registry entry.
+    pub runtimes: Vec<(Detector, Box<dyn Runtime>)>,
     pub config: ProbeConfig,
     pub cgroup_layout: CgroupLayout,
     pub host_root: std::path::PathBuf,
     /// BTF offsets that could not be resolved, and why.
     pub missing_offsets: offsets::MissingOffsets,
     pub tracefs: Tracefs,
-    /// Which oops/warn problems fentry covers (the counter watcher takes the rest);
-    /// `None` when the oops detector is off.
-    pub oops_coverage: Option<FentryCoverage>,
     pub logger: Option<aya_log::EbpfLogger<TracingLogger>>,
 }
 
@@ -262,44 +254,54 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
     })?;
 
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
-    let fd_fexit_syscalls = detectors::fd::fexit_slots();
+    let setup = Setup {
+        options,
+        tracefs: &tracefs,
+    };
+    // Every detector's globals, also of those not run: their programs are in the object.
+    let globals: Vec<(&'static str, Vec<u8>)> = detectors::all()
+        .iter()
+        .flat_map(|detector| detector.globals(&setup))
+        .collect();
     // Without --bpf-log nothing is written to aya-log's ring: one page instead of 128 KiB.
     let log_ring_bytes = if options.bpf_log {
         AYA_LOG_RING_BYTES
     } else {
         kernel::page_size() as u32
     };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&aya_btf))
         .override_global("PROBE_CONFIG", &config, true)
-        .override_global(detectors::fd::FD_FEXIT_SYSCALLS, &fd_fexit_syscalls, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(RECORDS_MAP, options.ring_buffer_bytes)
-        .map_max_entries("AYA_LOGS", log_ring_bytes)
+        .map_max_entries("AYA_LOGS", log_ring_bytes);
+    for (name, bytes) in &globals {
+        loader.override_global(name, bytes.as_slice(), true);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|err| LoadError::Load(error_chain(&err)))?;
 
+    let host = HostPaths {
+        proc_root: options.host_root.join("proc"),
+        cgroup_root: cgroup_layout.attribution_root(&options.host_root),
+        layout: cgroup_layout,
+    };
     let ctx = AttachContext {
+        options,
+        host: &host,
         aya_btf: &aya_btf,
         btf: &btf_facts,
         tracefs: &tracefs,
         fallback_hooks_only: options.fallback_hooks_only,
     };
     let mut statuses = Vec::new();
-    if options.fd {
-        statuses.push(detectors::fd::attach(&mut ebpf, &ctx));
-    }
-    if options.hung_task {
-        statuses.push(detectors::hung_task::attach(&mut ebpf, &ctx));
-    }
-    if options.oom {
-        statuses.push(detectors::oom::attach(&mut ebpf, &ctx));
-    }
-    let mut oops_coverage = None;
-    if options.oops {
-        let (status, coverage) = detectors::oops::attach(&mut ebpf, &ctx);
-        statuses.push(status);
-        oops_coverage = Some(coverage);
+    let mut runtimes = Vec::new();
+    for &id in &options.detectors {
+        let attached = detectors::by_id(id).attach(&mut ebpf, &ctx);
+        statuses.push(attached.status);
+        runtimes.push((id, attached.runtime));
     }
     if statuses.iter().all(|s| s.active.is_none()) {
         return Err(LoadError::NothingAttached(
@@ -334,19 +336,17 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
 
     let ring = take_map(&mut ebpf, RECORDS_MAP)?;
     let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
-    let fd_rate = take_map(&mut ebpf, detectors::fd::RATE_LIMIT_MAP)?;
     Ok(Probes {
         ebpf,
         ring,
         counters,
-        fd_rate,
         statuses,
+        runtimes,
         config,
         cgroup_layout,
         host_root: options.host_root.clone(),
         missing_offsets,
         tracefs,
-        oops_coverage,
         logger,
     })
 }

@@ -2,9 +2,10 @@
 //! finds by itself on a timer (a rate-limited storm's tail, hung tasks recovering, the
 //! kernel's problem counters where fentry is refused).
 
-use std::{io, path::Path, time::Duration};
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
+use npd_common::counters::Detector;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::MissedTickBehavior,
@@ -12,12 +13,10 @@ use tokio::{
 
 use crate::{
     clock,
-    decode::{self, DecodeStats, Record},
-    detectors::{
-        fd::FdAccounting, hung_task::HungTaskTracker, oom::OomDecoder, oops, oops::CounterWatcher,
-    },
+    decode::{self, DecodeError, DecodeStats},
+    detectors::Runtime,
     event::Event,
-    kernel::{CgroupLayout, kallsyms::Symbolizer},
+    kernel::kallsyms::Symbolizer,
     probes::{KernelCounters, Probes},
 };
 
@@ -39,14 +38,11 @@ impl std::fmt::Debug for EventSource {
     }
 }
 
-/// Turns ring-buffer records into events, with the per-detector state that needs.
+/// Turns ring-buffer records into events, each through its detector's runtime.
 #[derive(Debug)]
 pub struct Decoder {
-    pub fd_accounting: FdAccounting,
-    pub hung_tasks: HungTaskTracker,
-    oom: OomDecoder,
-    /// `None` when the oops detector is off.
-    counters: Option<CounterWatcher>,
+    /// By registry entry; only the detectors that run.
+    runtimes: Vec<(Detector, Box<dyn Runtime>)>,
     symbolizer: Symbolizer,
     pub stats: DecodeStats,
     /// Records read from the ring buffer, valid or not.
@@ -54,18 +50,9 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(
-        layout: CgroupLayout,
-        host_root: &Path,
-        oops_coverage: Option<oops::FentryCoverage>,
-    ) -> Self {
-        let proc_root = host_root.join("proc");
-        let cgroup_root = layout.attribution_root(host_root);
+    pub fn new(runtimes: Vec<(Detector, Box<dyn Runtime>)>) -> Self {
         Self {
-            fd_accounting: FdAccounting::default(),
-            hung_tasks: HungTaskTracker::new(&proc_root, layout, &cgroup_root),
-            oom: OomDecoder::new(&proc_root, layout, &cgroup_root),
-            counters: oops_coverage.map(|coverage| CounterWatcher::new(Path::new("/"), coverage)),
+            runtimes,
             symbolizer: Symbolizer::default(),
             stats: DecodeStats::default(),
             records_read: 0,
@@ -75,8 +62,8 @@ impl Decoder {
     fn drain(&mut self, ring: &mut RingBuf<MapData>, events: &mut Vec<Event>) {
         while let Some(item) = ring.next() {
             self.records_read += 1;
-            match decode::decode(&item) {
-                Ok(record) => events.push(self.on_record(&record)),
+            match self.decode(&item) {
+                Ok(event) => events.push(event),
                 Err(err) => {
                     self.stats.count(&err);
                     tracing::warn!("skipped a malformed record: {err}");
@@ -85,13 +72,23 @@ impl Decoder {
         }
     }
 
-    fn on_record(&mut self, record: &Record) -> Event {
-        match record {
-            Record::FdExhausted(record) => self.fd_accounting.on_record(record),
-            Record::HungTask(record) => self.hung_tasks.on_record(record, &mut self.symbolizer),
-            Record::OomKill(record) => self.oom.on_record(record, &mut self.symbolizer),
-            Record::KernelOops(record) => oops::on_record(true, record, &mut self.symbolizer),
-            Record::KernelWarning(record) => oops::on_record(false, record, &mut self.symbolizer),
+    fn decode(&mut self, data: &[u8]) -> Result<Event, DecodeError> {
+        let kind = decode::check_header(data)?;
+        let detector = kind.detector();
+        let runtime = self
+            .runtimes
+            .iter_mut()
+            .find(|(id, _)| *id == detector)
+            .map(|(_, runtime)| runtime)
+            // A record of a detector that is not running: its programs are not attached.
+            .ok_or(DecodeError::UnknownKind(kind as u16))?;
+        runtime.decode(kind, data, &mut self.symbolizer)
+    }
+
+    /// What every running detector finds by itself.
+    fn poll(&mut self, now_ns: u64, events: &mut Vec<Event>) {
+        for (_, runtime) in &mut self.runtimes {
+            events.extend(runtime.poll(now_ns));
         }
     }
 }
@@ -101,8 +98,6 @@ struct ProbesRest {
     // Owns the programs and links: dropping it detaches them.
     ebpf: aya::Ebpf,
     counters: aya::maps::PerCpuArray<MapData, u64>,
-    fd_rate: aya::maps::HashMap<MapData, u32, npd_common::fd::FdRateState>,
-    fd_rate_limit_ns: u64,
     logger: Option<AsyncFd<aya_log::EbpfLogger<crate::probes::TracingLogger>>>,
 }
 
@@ -112,12 +107,8 @@ impl EventSource {
             ebpf,
             ring,
             counters,
-            fd_rate,
-            config,
+            runtimes,
             logger,
-            cgroup_layout,
-            oops_coverage,
-            host_root,
             ..
         } = probes;
         let logger = logger.map(register).transpose()?;
@@ -128,11 +119,9 @@ impl EventSource {
             probes: ProbesRest {
                 ebpf,
                 counters,
-                fd_rate,
-                fd_rate_limit_ns: config.fd_rate_limit_ns,
                 logger,
             },
-            decoder: Decoder::new(cgroup_layout, &host_root, oops_coverage),
+            decoder: Decoder::new(runtimes),
             tick,
         })
     }
@@ -155,18 +144,9 @@ impl EventSource {
                 guard.clear_ready();
             }
             _ = self.tick.tick() => {
-                // Drain first: the sweep must not count what a pending record carries.
+                // Drain first: a sweep must not count what a pending record carries.
                 self.decoder.drain(self.ring.get_mut(), &mut events);
-                let now = clock::monotonic_ns();
-                events.extend(self.decoder.fd_accounting.sweep(
-                    &mut self.probes.fd_rate,
-                    now,
-                    self.probes.fd_rate_limit_ns,
-                ));
-                events.extend(self.decoder.hung_tasks.check_recoveries(now));
-                if let Some(counters) = self.decoder.counters.as_mut() {
-                    events.extend(counters.poll(now));
-                }
+                self.decoder.poll(clock::monotonic_ns(), &mut events);
             }
             Some(guard) = async {
                 match self.probes.logger.as_mut() {

@@ -135,12 +135,12 @@ pub(crate) async fn run(args: DumpArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use npd_agent::{
         detectors::{
-            fd::FdExhausted,
+            fd::{Errno, FdExhausted},
             hung_task::{HungTask, HungTaskRecovered},
             oom::{OomKill, OomScope},
-            oops::KernelProblem,
+            oops::{KernelOops, KernelProblem, KernelWarning},
         },
-        event::{Detail, Event, Source, Task},
+        event::{Event, Finding, Source, Task},
     };
 
     use super::*;
@@ -170,9 +170,9 @@ mod tests {
     /// One event of every kind, as a person and a script see it.
     #[test]
     fn every_kind_prints_readably_as_a_table_row_and_as_json() {
-        let details = vec![
-            Detail::FdExhausted(FdExhausted {
-                errno: "EMFILE",
+        let details: Vec<Box<dyn Finding>> = vec![
+            Box::new(FdExhausted {
+                errno: Errno::Emfile,
                 syscall: "socket".into(),
                 syscall_nr: 41,
                 suppressed: 12,
@@ -180,19 +180,19 @@ mod tests {
                 nofile_limit: Some(1024),
                 flushed: false,
             }),
-            Detail::HungTask(HungTask {
+            Box::new(HungTask {
                 stack: vec!["percpu_rwsem_wait+0x15f".into()],
                 stack_source: "kernel",
                 first_seen: true,
                 repeat: 1,
                 first_seen_ns: 1,
             }),
-            Detail::HungTaskRecovered(HungTaskRecovered {
+            Box::new(HungTaskRecovered {
                 how: "running",
                 hung_for_ms: 4100,
                 reports: 2,
             }),
-            Detail::OomKill(OomKill {
+            Box::new(OomKill {
                 total_vm_kb: Some(75160),
                 anon_rss_kb: Some(65280),
                 file_rss_kb: Some(6604),
@@ -206,8 +206,8 @@ mod tests {
                 trigger: task(),
                 trigger_stack: vec![],
             }),
-            Detail::KernelOops(problem()),
-            Detail::KernelWarning(problem()),
+            Box::new(KernelOops(problem())),
+            Box::new(KernelWarning(problem())),
         ];
         let expected = [
             (
@@ -233,7 +233,7 @@ mod tests {
             ("kernel_warning", "kernel warning 1x at npd_test_write+0x10"),
         ];
         for (detail, (kind, summary)) in details.into_iter().zip(expected) {
-            let event = Event::new(1_000, task(), Source::Tracepoint, detail);
+            let event = Event::boxed(1_000, task(), Source::Tracepoint, detail);
             let row = table_row(&event);
             assert!(row.contains(kind), "{row}");
             assert!(row.contains("4242") && row.contains("worker"), "{row}");

@@ -9,15 +9,119 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::TracePoint,
 };
-use npd_common::fd::{EMFILE, ENFILE, FD_FEXIT_SLOTS, FdRateState};
+use npd_common::{
+    RecordKind,
+    fd::{EMFILE, ENFILE, FD_FEXIT_SLOTS, FdRateState},
+};
 use serde::Serialize;
 
-use super::{AttachContext, DetectorStatus, Trampoline};
-use crate::event::{Detail, Event, Source, Task, comm_string};
+use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime, Setup, Trampoline};
+use crate::{
+    decode::{DecodeError, payload},
+    engine::describe_task,
+    event::{Event, Source, Task, comm_string},
+    finding,
+    kernel::kallsyms::Symbolizer,
+    problem::{
+        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
+    },
+};
 
 pub const PROGRAM: &str = "fd_sys_exit";
 pub use npd_common::fd::FD_FEXIT_SYSCALLS;
 pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
+
+/// The system file table (nearly) full: from `/proc/sys/fs/file-nr` samples with
+/// hysteresis, and from ENFILE failures.
+pub const FD_PRESSURE: ConditionType = ConditionType::new(&ConditionSpec {
+    config_key: "fdPressure",
+    type_name: "FDPressure",
+    problem_reason: "FDUnderPressure",
+    healthy_reason: "NoFDPressure",
+    healthy_message: "system file table has enough free file handles",
+    detector: "fd",
+    clearing: Clearing::FileTable,
+});
+
+pub const FD_EXHAUSTED: EventReason = EventReason::warning("FDExhausted");
+
+#[derive(Debug)]
+pub struct FdDetector;
+
+pub static DETECTOR: FdDetector = FdDetector;
+
+
+impl Detector for FdDetector {
+    fn id(&self) -> npd_common::counters::Detector {
+        npd_common::counters::Detector::Fd
+    }
+
+    fn about(&self) -> &'static str {
+        "fd exhaustion (EMFILE, ENFILE) of every fd-creating syscall -> FDPressure, FDExhausted"
+    }
+
+    fn conditions(&self) -> &'static [ConditionType] {
+        &[FD_PRESSURE]
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[FD_EXHAUSTED]
+    }
+
+    fn globals(&self, _setup: &Setup<'_>) -> Vec<(&'static str, Vec<u8>)> {
+        let slots = fexit_slots();
+        let bytes = slots.iter().flat_map(|nr| nr.to_ne_bytes()).collect();
+        vec![(FD_FEXIT_SYSCALLS, bytes)]
+    }
+
+    fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let mut status = attach(ebpf, ctx);
+        let map = ebpf
+            .take_map(RATE_LIMIT_MAP)
+            .and_then(|map| BpfHashMap::try_from(map).ok());
+        if map.is_none() {
+            status.notes.push(format!(
+                "map {RATE_LIMIT_MAP} missing: failures folded after a storm's last record \
+                 are not reported"
+            ));
+        }
+        Attached {
+            status,
+            runtime: Box::new(FdRuntime {
+                accounting: FdAccounting::default(),
+                rate_limits: map,
+                rate_limit_ns: ctx.options.fd_rate_limit.as_nanos() as u64,
+            }),
+        }
+    }
+}
+
+/// Records, and the sweep of the kernel's rate-limit map for a storm's tail.
+#[derive(Debug)]
+struct FdRuntime {
+    accounting: FdAccounting,
+    rate_limits: Option<BpfHashMap<MapData, u32, FdRateState>>,
+    rate_limit_ns: u64,
+}
+
+impl Runtime for FdRuntime {
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        data: &[u8],
+        _symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        let record = payload(kind, npd_common::fd::FD_EXHAUSTED_VERSION, data)?;
+        Ok(self.accounting.on_record(&record))
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        match self.rate_limits.as_mut() {
+            Some(map) => self.accounting.sweep(map, now_ns, self.rate_limit_ns),
+            None => Vec::new(),
+        }
+    }
+}
 
 macro_rules! syscalls {
     ($($name:ident),* $(,)?) => {
@@ -89,17 +193,40 @@ fn fexit_program(slot: usize) -> String {
     format!("fd_fexit_{slot}")
 }
 
-pub fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        EMFILE => "EMFILE",
-        ENFILE => "ENFILE",
-        _ => "other",
+/// Why an fd could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Errno {
+    /// The process hit its RLIMIT_NOFILE.
+    #[serde(rename = "EMFILE")]
+    Emfile,
+    /// The system file table is full.
+    #[serde(rename = "ENFILE")]
+    Enfile,
+    #[serde(rename = "other")]
+    Other,
+}
+
+impl Errno {
+    pub fn from_raw(errno: i32) -> Self {
+        match errno {
+            EMFILE => Self::Emfile,
+            ENFILE => Self::Enfile,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Emfile => "EMFILE",
+            Self::Enfile => "ENFILE",
+            Self::Other => "other",
+        }
     }
 }
 
 /// fexit on every fd syscall's entry function where the kernel allows it (only those
 /// syscalls pay); else one program on every fd syscall's exit tracepoint.
-pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
+fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
     let mut status = DetectorStatus::new("fd");
     let fexit = attach_fexits(ebpf, ctx);
     if let Ok((_, absent)) = &fexit
@@ -225,7 +352,7 @@ fn attach_fexits(
 /// An fd-exhaustion event as reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct FdExhausted {
-    pub errno: &'static str,
+    pub errno: Errno,
     pub syscall: String,
     pub syscall_nr: i32,
     /// Failures of this process folded into this event (not counting this one for a kernel
@@ -240,13 +367,13 @@ pub struct FdExhausted {
     pub flushed: bool,
 }
 
-impl FdExhausted {
-    pub fn summary(&self) -> String {
+finding!(FdExhausted, "fd_exhausted", {
+    fn summary(&self) -> String {
         let limit = self
             .nofile_limit
             .map(|l| format!(" (RLIMIT_NOFILE {l})"))
             .unwrap_or_default();
-        let what = if self.errno == "ENFILE" {
+        let what = if self.errno == Errno::Enfile {
             "system file table full".to_owned()
         } else {
             format!("out of file descriptors{limit}")
@@ -265,7 +392,45 @@ impl FdExhausted {
             format!("{what}: {} failed", self.syscall)
         }
     }
-}
+
+    /// An FDExhausted Event counting every failure it stands for; ENFILE also sets
+    /// FDPressure.
+    fn assess(&self, event: &Event) -> Assessment {
+        let message = format!(
+            "process {}: {}",
+            describe_task(&event.task, event.attribution.as_ref()),
+            self.summary()
+        );
+        // A record stands for itself and the failures folded into it; a sweep only for those.
+        let count = if self.flushed {
+            self.suppressed
+        } else {
+            self.suppressed + 1
+        };
+        let assessment = Assessment::report(Report {
+            reason: FD_EXHAUSTED,
+            detail_key: format!(
+                "{}|{}|{}",
+                event.task.comm,
+                event.task.pid,
+                self.errno.as_str()
+            ),
+            message,
+            count,
+            since_boot: false,
+        });
+        if self.errno == Errno::Enfile {
+            assessment.with_condition(
+                FD_PRESSURE,
+                Change::FileTableFull {
+                    syscall: self.syscall.clone(),
+                },
+            )
+        } else {
+            assessment
+        }
+    }
+});
 
 /// Running totals per rate-limit entry, so that every failure is counted exactly once
 /// whether it arrives in a record or is found by a sweep.
@@ -283,7 +448,7 @@ const IDLE_EVICT_NS: u64 = 60_000_000_000;
 
 impl FdAccounting {
     /// Accounts for a kernel record and returns its event.
-    pub fn on_record(&mut self, record: &npd_common::fd::FdExhausted) -> Event {
+    fn on_record(&mut self, record: &npd_common::fd::FdExhausted) -> Event {
         let key = (record.header.pid, record.first_failure_ns);
         let accounted = self.accounted.entry(key).or_default();
         let new = record.failures_total.saturating_sub(*accounted);
@@ -296,8 +461,8 @@ impl FdAccounting {
                 npd_common::Hook::from_u8(record.header.hook)
                     .unwrap_or(npd_common::Hook::Tracepoint),
             ),
-            Detail::FdExhausted(FdExhausted {
-                errno: errno_name(record.errno),
+            FdExhausted {
+                errno: Errno::from_raw(record.errno),
                 syscall: syscall_label(record.syscall_nr),
                 syscall_nr: record.syscall_nr,
                 // A record stands for itself and the failures before it not yet accounted.
@@ -305,7 +470,7 @@ impl FdAccounting {
                 failures_total: record.failures_total,
                 nofile_limit: (record.nofile_limit != u64::MAX).then_some(record.nofile_limit),
                 flushed: false,
-            }),
+            },
         )
     }
 
@@ -342,15 +507,15 @@ impl FdAccounting {
                         cgroup_id: state.cgroup_id,
                     },
                     Source::Sweep,
-                    Detail::FdExhausted(FdExhausted {
-                        errno: errno_name(state.last_errno),
+                    FdExhausted {
+                        errno: Errno::from_raw(state.last_errno),
                         syscall: syscall_label(state.last_syscall_nr),
                         syscall_nr: state.last_syscall_nr,
                         suppressed: new,
                         failures_total: state.failures,
                         nofile_limit: None,
                         flushed: true,
-                    }),
+                    },
                 ));
             } else if quiet_for >= IDLE_EVICT_NS {
                 idle.push(key);
@@ -427,10 +592,7 @@ mod tests {
     #[test]
     fn accounting_counts_every_failure_once() {
         let mut acc = FdAccounting::default();
-        let suppressed = |e: &Event| match &e.detail {
-            Detail::FdExhausted(fd) => fd.suppressed,
-            other => panic!("not an fd event: {other:?}"),
-        };
+        let suppressed = |e: &Event| e.detail_as::<FdExhausted>().expect("an fd event").suppressed;
         // First failure: reported at once, nothing suppressed.
         assert_eq!(suppressed(&acc.on_record(&record(1, 100, 1))), 0);
         // A second later, at the 1000th failure: the record stands for itself and the 998

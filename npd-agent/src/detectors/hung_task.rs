@@ -1,6 +1,104 @@
-//! Hung tasks: khungtaskd's `sched_process_hang`, with the blocked task's kernel stack.
+//! Hung tasks: khungtaskd's `sched_process_hang`, with the blocked task's kernel stack, and
+//! the KernelDeadlock condition they set.
 
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use aya::Ebpf;
+use npd_common::RecordKind;
 use serde::Serialize;
+
+use super::{
+    AttachContext, Attached, Detector, DetectorStatus, Runtime, attach_btf_tracepoint,
+    attach_tracepoint,
+};
+use crate::{
+    decode::{DecodeError, payload},
+    engine::{describe_task, frame_function},
+    event::{Event, Source, Task},
+    finding,
+    kernel::{CgroupLayout, kallsyms::Symbolizer, procfs},
+    problem::{
+        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
+    },
+};
+
+pub const BTF_PROGRAM: &str = "hung_task_btf";
+pub const TRACEPOINT_PROGRAM: &str = "hung_task_tp";
+
+/// NPD's KernelDeadlock: True while a task is hung, False once none has been for
+/// `hungTask.recoveryWindow`.
+pub const KERNEL_DEADLOCK: ConditionType = ConditionType::new(&ConditionSpec {
+    config_key: "kernelDeadlock",
+    type_name: "KernelDeadlock",
+    problem_reason: "TaskHung",
+    healthy_reason: "KernelHasNoDeadlock",
+    healthy_message: "kernel has no deadlock",
+    detector: "hung_task",
+    clearing: Clearing::HungTasks,
+});
+
+pub const TASK_HUNG: EventReason = EventReason::warning("TaskHung");
+pub const TASK_HUNG_RECOVERED: EventReason = EventReason::normal("TaskHungRecovered");
+
+/// Frames named in the condition's message.
+const STACK_FRAMES_SHOWN: usize = 3;
+
+#[derive(Debug)]
+pub struct HungTaskDetector;
+
+pub static DETECTOR: HungTaskDetector = HungTaskDetector;
+
+impl Detector for HungTaskDetector {
+    fn id(&self) -> npd_common::counters::Detector {
+        npd_common::counters::Detector::HungTask
+    }
+
+    fn about(&self) -> &'static str {
+        "tasks blocked in D state (khungtaskd's sched_process_hang) -> KernelDeadlock, TaskHung"
+    }
+
+    fn conditions(&self) -> &'static [ConditionType] {
+        &[KERNEL_DEADLOCK]
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[TASK_HUNG, TASK_HUNG_RECOVERED]
+    }
+
+    /// tp_btf for the task pointer (its stack and cgroup from the kernel); the classic
+    /// tracepoint otherwise.
+    fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let mut status = DetectorStatus::new(self.name());
+        let btf_result = attach_btf_tracepoint(ebpf, ctx, BTF_PROGRAM, "sched_process_hang");
+        let btf_ok = btf_result.is_ok();
+        status.tried(Source::BtfTracepoint, "sched_process_hang", btf_result);
+        if !btf_ok {
+            status.tried(
+                Source::Tracepoint,
+                "sched:sched_process_hang",
+                attach_tracepoint(ebpf, ctx, TRACEPOINT_PROGRAM, "sched", "sched_process_hang"),
+            );
+            if status.active.is_some() {
+                status
+                    .notes
+                    .push("stacks from /proc/PID/stack, cgroups from /proc/PID/cgroup".to_owned());
+            }
+        }
+        let host = ctx.host;
+        Attached {
+            status,
+            runtime: Box::new(HungTaskTracker::new(
+                &host.proc_root,
+                host.layout,
+                &host.cgroup_root,
+            )),
+        }
+    }
+}
+
 
 /// A task reported blocked in D state longer than `kernel.hung_task_timeout_secs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -19,8 +117,8 @@ pub struct HungTask {
     pub first_seen_ns: u64,
 }
 
-impl HungTask {
-    pub fn summary(&self) -> String {
+finding!(HungTask, "hung_task", {
+    fn summary(&self) -> String {
         let top = self.stack.first().map(String::as_str).unwrap_or("?");
         if self.first_seen {
             format!("task blocked in D state (top frame {top})")
@@ -31,7 +129,37 @@ impl HungTask {
             )
         }
     }
-}
+
+    /// KernelDeadlock True; a TaskHung Event on the first report of a hang only (repeats
+    /// update the condition).
+    fn assess(&self, event: &Event) -> Assessment {
+        let top = self.stack.first().map_or("?", |frame| frame_function(frame));
+        let stack = if self.stack.is_empty() {
+            String::new()
+        } else {
+            format!("; stack: {}", self.stack[..self.stack.len().min(3)].join(", "))
+        };
+        let message = format!(
+            "task {} blocked in D state for more than the hung task timeout{stack}",
+            describe_task(&event.task, event.attribution.as_ref())
+        );
+        Assessment::report(Report {
+            reason: TASK_HUNG,
+            detail_key: format!("{}|{top}", event.task.comm),
+            message,
+            count: 1,
+            since_boot: false,
+        })
+        .with_condition(
+            KERNEL_DEADLOCK,
+            Change::TaskHung {
+                first_seen_ns: self.first_seen_ns,
+                stack_top: self.stack.iter().take(STACK_FRAMES_SHOWN).cloned().collect(),
+                first_report: self.first_seen,
+            },
+        )
+    }
+});
 
 /// A task npd saw hung is no longer blocked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,8 +172,8 @@ pub struct HungTaskRecovered {
     pub reports: u32,
 }
 
-impl HungTaskRecovered {
-    pub fn summary(&self) -> String {
+finding!(HungTaskRecovered, "hung_task_recovered", {
+    fn summary(&self) -> String {
         format!(
             "no longer blocked ({}) after {:.1}s and {} reports",
             self.how,
@@ -53,45 +181,23 @@ impl HungTaskRecovered {
             self.reports
         )
     }
-}
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
-
-use aya::Ebpf;
-
-use super::{AttachContext, DetectorStatus, attach_btf_tracepoint, attach_tracepoint};
-use crate::{
-    event::{Detail, Event, Source, Task},
-    kernel::{CgroupLayout, kallsyms::Symbolizer, procfs},
-};
-
-pub const BTF_PROGRAM: &str = "hung_task_btf";
-pub const TRACEPOINT_PROGRAM: &str = "hung_task_tp";
-
-/// tp_btf for the task pointer (its stack and cgroup from the kernel); the classic tracepoint
-/// otherwise.
-pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
-    let mut status = DetectorStatus::new("hung_task");
-    let btf_result = attach_btf_tracepoint(ebpf, ctx, BTF_PROGRAM, "sched_process_hang");
-    let btf_ok = btf_result.is_ok();
-    status.tried(Source::BtfTracepoint, "sched_process_hang", btf_result);
-    if !btf_ok {
-        status.tried(
-            Source::Tracepoint,
-            "sched:sched_process_hang",
-            attach_tracepoint(ebpf, ctx, TRACEPOINT_PROGRAM, "sched", "sched_process_hang"),
+    fn assess(&self, event: &Event) -> Assessment {
+        let message = format!(
+            "task {} {}",
+            describe_task(&event.task, event.attribution.as_ref()),
+            self.summary()
         );
-        if status.active.is_some() {
-            status
-                .notes
-                .push("stacks from /proc/PID/stack, cgroups from /proc/PID/cgroup".to_owned());
-        }
+        Assessment::report(Report {
+            reason: TASK_HUNG_RECOVERED,
+            detail_key: event.task.comm.clone(),
+            message,
+            count: 1,
+            since_boot: false,
+        })
+        .with_condition(KERNEL_DEADLOCK, Change::TaskRecovered)
     }
-    status
-}
+});
 
 /// A task npd has seen hung and not yet seen recover.
 #[derive(Clone, Debug)]
@@ -128,7 +234,7 @@ impl HungTaskTracker {
         self.hung.len()
     }
 
-    pub fn on_record(
+    fn on_record(
         &mut self,
         record: &npd_common::hung_task::HungTask,
         symbolizer: &mut Symbolizer,
@@ -187,11 +293,11 @@ impl HungTaskTracker {
         let source = Source::from_hook(
             npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
         );
-        Event::new(ts, task, source, Detail::HungTask(detail))
+        Event::new(ts, task, source, detail)
     }
 
     /// Recoveries: hung tasks that left D state or exited since they were reported.
-    pub fn check_recoveries(&mut self, now_ns: u64) -> Vec<Event> {
+    fn check_recoveries(&mut self, now_ns: u64) -> Vec<Event> {
         let mut events = Vec::new();
         let proc_root = self.proc_root.clone();
         self.hung.retain(|&tid, hung| {
@@ -205,15 +311,31 @@ impl HungTaskTracker {
                 now_ns,
                 hung.task.clone(),
                 Source::Sweep,
-                Detail::HungTaskRecovered(HungTaskRecovered {
+                HungTaskRecovered {
                     how,
                     hung_for_ms: now_ns.saturating_sub(hung.first_seen_ns) / 1_000_000,
                     reports: hung.reports,
-                }),
+                },
             ));
             false
         });
         events
+    }
+}
+
+impl Runtime for HungTaskTracker {
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        data: &[u8],
+        symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        let record = payload(kind, npd_common::hung_task::HUNG_TASK_VERSION, data)?;
+        Ok(self.on_record(&record, symbolizer))
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        self.check_recoveries(now_ns)
     }
 }
 
@@ -253,10 +375,7 @@ mod tests {
         write_stat(&root, 10, 'D', 500);
         write_stat(&root, 11, 'D', 600);
 
-        let hang = |event: Event| match event.detail {
-            Detail::HungTask(h) => h,
-            other => panic!("{other:?}"),
-        };
+        let hang = |event: Event| event.detail_as::<HungTask>().unwrap().clone();
         let first = hang(tracker.on_record(&record(10, 1_000), &mut symbolizer));
         assert!(first.first_seen);
         assert_eq!((first.repeat, first.first_seen_ns), (1, 1_000));
@@ -274,9 +393,9 @@ mod tests {
         let mut recovered: Vec<(u32, &str, u32)> = tracker
             .check_recoveries(5_000_001_000)
             .into_iter()
-            .map(|e| match e.detail {
-                Detail::HungTaskRecovered(r) => (e.task.tid, r.how, r.reports),
-                other => panic!("{other:?}"),
+            .map(|e| {
+                let r = e.detail_as::<HungTaskRecovered>().unwrap();
+                (e.task.tid, r.how, r.reports)
             })
             .collect();
         recovered.sort_unstable();

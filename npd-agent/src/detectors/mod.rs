@@ -1,14 +1,133 @@
 //! One file per detector: how it attaches (with fallbacks), how its records become events,
-//! and whatever it must watch from userspace.
+//! what those events mean (conditions, Events), and whatever it must watch from userspace.
+//!
+//! The registry is npd-common's table (`npd_common::for_each_kernel_detector!`): each entry
+//! names a module here, which exports `DETECTOR`, its [`Detector`]. Everything that lists
+//! detectors — attach, decode, config, CLI help, `check`, `event-dump`, metrics — iterates
+//! [`all`].
 
-pub mod fd;
-pub mod hung_task;
-pub mod oom;
-pub mod oops;
+use std::{fmt::Debug, path::PathBuf};
 
+use npd_common::RecordKind;
 use serde::Serialize;
 
-use crate::event::Source;
+use crate::{
+    decode::DecodeError,
+    event::{Event, Source},
+    kernel::{CgroupLayout, kallsyms::Symbolizer},
+    problem::{Catalog, ConditionType, EventReason},
+};
+
+macro_rules! registry {
+    ($($name:ident),+) => {
+        $(pub mod $name;)+
+
+        static REGISTRY: &[&dyn Detector] = &[$(&$name::DETECTOR),+];
+
+        /// Every detector, in registry order.
+        pub fn all() -> &'static [&'static dyn Detector] {
+            REGISTRY
+        }
+    };
+}
+npd_common::for_each_kernel_detector!(registry);
+
+/// One detector: its identity, what it reports, and how it attaches.
+pub trait Detector: Debug + Sync {
+    /// Its entry in npd-common's registry (name, counter row, record kinds).
+    fn id(&self) -> npd_common::counters::Detector;
+
+    /// The name in config, flags and metric labels.
+    fn name(&self) -> &'static str {
+        self.id().name()
+    }
+
+    /// One line for `--help` and docs.
+    fn about(&self) -> &'static str;
+
+    /// The NodeConditions it feeds.
+    fn conditions(&self) -> &'static [ConditionType] {
+        &[]
+    }
+
+    /// The Event reasons it reports.
+    fn reasons(&self) -> &'static [EventReason];
+
+    /// Extra read-only globals for its programs, set before the object is loaded: (name,
+    /// bytes). The shared `PROBE_CONFIG` is set by the loader.
+    fn globals(&self, _setup: &Setup<'_>) -> Vec<(&'static str, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// Attaches its programs, preferred hook first, and makes what decodes its records.
+    fn attach(&self, ebpf: &mut aya::Ebpf, ctx: &AttachContext<'_>) -> Attached;
+}
+
+/// What a detector keeps at run time: it turns its records into events and finds what no
+/// record brings (a storm's tail, a recovery, a counter that moved).
+pub trait Runtime: Debug + Send {
+    /// One record of one of the detector's kinds (the header already checked).
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        data: &[u8],
+        symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError>;
+
+    /// Called about once a second, after the ring buffer was drained.
+    fn poll(&mut self, _now_ns: u64) -> Vec<Event> {
+        Vec::new()
+    }
+}
+
+/// A detector attached: how (for `check`, logs and metrics) and its runtime.
+#[derive(Debug)]
+pub struct Attached {
+    pub status: DetectorStatus,
+    pub runtime: Box<dyn Runtime>,
+}
+
+/// The detector of a registry entry.
+pub fn by_id(id: npd_common::counters::Detector) -> &'static dyn Detector {
+    all()[id as usize]
+}
+
+/// A detector by its config name.
+pub fn by_name(name: &str) -> Option<&'static dyn Detector> {
+    all().iter().copied().find(|d| d.name() == name)
+}
+
+/// Every detector's name, for help texts and errors: `fd, hung_task, ...`.
+pub fn names() -> String {
+    all()
+        .iter()
+        .map(|d| d.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every detector's conditions and Event reasons, in registry order: what the engine, the
+/// config and the metrics know.
+pub fn catalog() -> &'static Catalog {
+    static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+    CATALOG.get_or_init(|| {
+        let mut catalog = Catalog::default();
+        for detector in all() {
+            catalog.conditions.extend(detector.conditions());
+            catalog.reasons.extend(detector.reasons());
+        }
+        catalog
+    })
+}
+
+// The registry's order is the counters' row order.
+const _: () = assert!(npd_common::counters::Detector::ALL.len() == REGISTRY_LEN);
+const REGISTRY_LEN: usize = {
+    macro_rules! count {
+        ($($name:ident),+) => { [$(stringify!($name)),+].len() };
+    }
+    npd_common::for_each_kernel_detector!(count)
+};
 
 /// One hook a detector tried.
 #[derive(Clone, Debug, Serialize)]
@@ -62,9 +181,26 @@ impl DetectorStatus {
     }
 }
 
+/// What setting globals needs: the resolved options.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    pub options: &'a crate::probes::LoadOptions,
+    pub tracefs: &'a crate::kernel::tracefs::Tracefs,
+}
+
+/// Where a detector's runtime reads the host.
+#[derive(Clone, Debug)]
+pub struct HostPaths {
+    pub proc_root: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub layout: CgroupLayout,
+}
+
 /// What attaching needs to know about the kernel.
 #[derive(Debug)]
 pub struct AttachContext<'a> {
+    pub options: &'a crate::probes::LoadOptions,
+    pub host: &'a HostPaths,
     /// aya's view of the kernel BTF, for loading tp_btf and fentry programs.
     pub aya_btf: &'a aya::Btf,
     /// What npd's own BTF reader found, for choosing between hooks.
@@ -78,7 +214,7 @@ pub struct AttachContext<'a> {
 /// The tracepoints whose typed arguments a detector inspects (see [`BtfFacts::gather`]).
 ///
 /// [`BtfFacts::gather`]: crate::kernel::btf::BtfFacts::gather
-pub const BTF_TRACEPOINTS: &[&str] = &["mark_victim"];
+pub const BTF_TRACEPOINTS: &[&str] = &[oom::MARK_VICTIM];
 
 const SKIPPED_FOR_FALLBACKS: &str = "skipped: --fallback-hooks-only";
 

@@ -1,8 +1,70 @@
-//! OOM kills: `oom:mark_victim`, with the victim's cgroup read in the kernel at the kill.
+//! OOM kills: `oom:mark_victim`, with the victim's cgroup read in the kernel at the kill, as
+//! OOMKilling Events.
 
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use npd_common::{RecordKind, oom::flags};
 use serde::Serialize;
 
-use crate::event::Task;
+use super::{
+    AttachContext, Attached, Detector, DetectorStatus, Runtime, Trampoline, attach_btf_tracepoint,
+    attach_tracepoint, attach_trampoline,
+};
+use crate::{
+    decode::{DecodeError, payload},
+    engine::describe_task,
+    event::{Attribution, Event, Source, Task, comm_string},
+    finding,
+    kernel::{
+        CgroupLayout,
+        btf::ArgType,
+        kallsyms::{Symbolizer, without_tracing_frames},
+        procfs,
+    },
+    problem::{Assessment, EventReason, Report},
+};
+
+pub const BTF_PROGRAM: &str = "oom_btf";
+pub const FENTRY_PROGRAM: &str = "oom_fentry";
+pub const TRACEPOINT_PROGRAM: &str = "oom_tp";
+/// The tracepoint whose typed arguments decide between tp_btf and the rest.
+pub const MARK_VICTIM: &str = "mark_victim";
+
+/// NPD's reason for an OOM kill.
+pub const OOM_KILLING: EventReason = EventReason::warning("OOMKilling");
+
+#[derive(Debug)]
+pub struct OomDetector;
+
+pub static DETECTOR: OomDetector = OomDetector;
+
+
+impl Detector for OomDetector {
+    fn id(&self) -> npd_common::counters::Detector {
+        npd_common::counters::Detector::Oom
+    }
+
+    fn about(&self) -> &'static str {
+        "OOM kills (oom:mark_victim), attributed to the victim's pod -> OOMKilling"
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[OOM_KILLING]
+    }
+
+    fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let host = ctx.host;
+        Attached {
+            status: attach(ebpf, ctx),
+            runtime: Box::new(OomDecoder::new(
+                &host.proc_root,
+                host.layout,
+                &host.cgroup_root,
+            )),
+        }
+    }
+}
 
 /// Whether the OOM killer acted for a memory cgroup at its limit or for the whole system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -33,8 +95,8 @@ pub struct OomKill {
     pub trigger_stack: Vec<String>,
 }
 
-impl OomKill {
-    pub fn summary(&self) -> String {
+finding!(OomKill, "oom_kill", {
+    fn summary(&self) -> String {
         let rss = self
             .anon_rss_kb
             .zip(self.file_rss_kb)
@@ -49,37 +111,47 @@ impl OomKill {
         };
         format!("killed by the OOM killer ({scope}{rss})")
     }
-}
 
-use std::path::{Path, PathBuf};
+    fn assess(&self, event: &Event) -> Assessment {
+        let trigger = if self.trigger.pid != 0 && self.trigger.pid != event.task.pid {
+            format!(
+                "; the allocation that ran it was by {} (pid {})",
+                self.trigger.comm, self.trigger.pid
+            )
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "process {} {}{trigger}",
+            describe_task(&event.task, event.attribution.as_ref()),
+            self.summary()
+        );
+        Assessment::report(Report {
+            reason: OOM_KILLING,
+            detail_key: event.task.comm.clone(),
+            message,
+            count: 1,
+            since_boot: false,
+        })
+    }
 
-use aya::Ebpf;
-use npd_common::oom::flags;
+    /// For a memory-cgroup OOM: which cgroup hit its limit (the victim's or an ancestor).
+    fn attributed(&mut self, attribution: Option<&Attribution>, cgroup_root: &Path) {
+        if self.scope == OomScope::Memcg
+            && let Some(path) = attribution.and_then(|a| a.cgroup.as_deref())
+        {
+            self.memcg = limiting_memcg(cgroup_root, path);
+        }
+    }
+});
 
-use super::{
-    AttachContext, DetectorStatus, Trampoline, attach_btf_tracepoint, attach_tracepoint,
-    attach_trampoline,
-};
-use crate::{
-    event::{Detail, Event, Source, comm_string},
-    kernel::{
-        CgroupLayout,
-        btf::ArgType,
-        kallsyms::{Symbolizer, without_tracing_frames},
-        procfs,
-    },
-};
-
-pub const BTF_PROGRAM: &str = "oom_btf";
-pub const FENTRY_PROGRAM: &str = "oom_fentry";
-pub const TRACEPOINT_PROGRAM: &str = "oom_tp";
 
 /// tp_btf where `mark_victim` passes the victim's `task_struct *` (6.5+); fentry on
 /// `mark_oom_victim` where the tracepoint passes only a pid and fentry is allowed; the
 /// classic tracepoint otherwise.
-pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
+fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> DetectorStatus {
     let mut status = DetectorStatus::new("oom");
-    let typed = match ctx.btf.tracepoint_args("mark_victim") {
+    let typed = match ctx.btf.tracepoint_args(MARK_VICTIM) {
         Ok(args) if args.first() == Some(&ArgType::StructPtr("task_struct".into())) => Ok(()),
         Ok(args) => Err(format!(
             "this kernel's mark_victim passes {args:?}, not the victim task"
@@ -201,7 +273,19 @@ impl OomDecoder {
         let source = Source::from_hook(
             npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
         );
-        Event::new(record.header.ts_ns, task, source, Detail::OomKill(detail))
+        Event::new(record.header.ts_ns, task, source, detail)
+    }
+}
+
+impl Runtime for OomDecoder {
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        data: &[u8],
+        symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        let record = payload(kind, npd_common::oom::OOM_KILL_VERSION, data)?;
+        Ok(self.on_record(&record, symbolizer))
     }
 }
 

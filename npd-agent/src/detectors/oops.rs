@@ -1,7 +1,190 @@
 //! Kernel oops (BUG, fatal fault) and WARN: fentry hooks where the kernel allows them,
 //! otherwise the kernel's own counters (`/sys/kernel/{oops,warn,softlockup}_count`, taint).
+//! An oops sets KernelOops until reboot; both are Events.
 
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use npd_common::RecordKind;
 use serde::Serialize;
+
+use super::{
+    AttachContext, Attached, Detector, DetectorStatus, Runtime, Trampoline, attach_trampoline,
+};
+use crate::{
+    decode::{DecodeError, payload},
+    engine::{describe_task, frame_function},
+    event::{Event, Source, Task},
+    finding,
+    kernel::kallsyms::{Symbolizer, without_tracing_frames},
+    problem::{
+        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
+    },
+};
+
+/// NPD's KernelOops: True from the first oops until the node reboots.
+pub const KERNEL_OOPS_CONDITION: ConditionType = ConditionType::new(&ConditionSpec {
+    config_key: "kernelOops",
+    type_name: "KernelOops",
+    problem_reason: "KernelOops",
+    healthy_reason: "NoKernelOops",
+    healthy_message: "no kernel oops this boot",
+    detector: "oops",
+    clearing: Clearing::Reboot {
+        after_reboot: "no kernel oops since the node rebooted",
+    },
+});
+
+pub const KERNEL_OOPS: EventReason = EventReason::warning("KernelOops");
+pub const KERNEL_WARNING: EventReason = EventReason::warning("KernelWarning");
+
+#[derive(Debug)]
+pub struct OopsDetector;
+
+pub static DETECTOR: OopsDetector = OopsDetector;
+
+
+impl Detector for OopsDetector {
+    fn id(&self) -> npd_common::counters::Detector {
+        npd_common::counters::Detector::Oops
+    }
+
+    fn about(&self) -> &'static str {
+        "kernel oops, WARN, soft/hard lockups, RCU stalls -> KernelOops, KernelWarning"
+    }
+
+    fn conditions(&self) -> &'static [ConditionType] {
+        &[KERNEL_OOPS_CONDITION]
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[KERNEL_OOPS, KERNEL_WARNING]
+    }
+
+    fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let (status, coverage) = attach(ebpf, ctx);
+        Attached {
+            status,
+            runtime: Box::new(OopsRuntime {
+                counters: CounterWatcher::new(Path::new("/"), coverage),
+            }),
+        }
+    }
+}
+
+/// fentry records, and the counters for what fentry does not cover.
+#[derive(Debug)]
+struct OopsRuntime {
+    counters: CounterWatcher,
+}
+
+impl Runtime for OopsRuntime {
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        data: &[u8],
+        symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        let record = payload(kind, npd_common::oops::KERNEL_PROBLEM_VERSION, data)?;
+        Ok(on_record(kind == RecordKind::KernelOops, &record, symbolizer))
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        self.counters.poll(now_ns)
+    }
+}
+
+/// A kernel oops (BUG, fatal fault).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct KernelOops(pub KernelProblem);
+
+/// A WARN, a soft or hard lockup, an RCU stall.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct KernelWarning(pub KernelProblem);
+
+finding!(KernelOops, "kernel_oops", {
+    fn summary(&self) -> String {
+        format!("kernel oops {}", self.0.summary())
+    }
+
+    /// KernelOops True until reboot, and an Event.
+    fn assess(&self, event: &Event) -> Assessment {
+        let description = describe_problem("kernel oops", event, &self.0);
+        report(KERNEL_OOPS, "kernel oops", event, &self.0).with_condition(
+            KERNEL_OOPS_CONDITION,
+            Change::Oops {
+                occurrences: self.0.occurrences,
+                description,
+                taint_flags: self.0.taint_flags.clone(),
+            },
+        )
+    }
+});
+
+finding!(KernelWarning, "kernel_warning", {
+    fn summary(&self) -> String {
+        format!("kernel warning {}", self.0.summary())
+    }
+
+    fn assess(&self, event: &Event) -> Assessment {
+        report(KERNEL_WARNING, "kernel warning", event, &self.0)
+    }
+});
+
+/// The Event of an oops or warning, keyed by where it happened.
+fn report(reason: EventReason, what: &str, event: &Event, problem: &KernelProblem) -> Assessment {
+    let taint = problem
+        .taint_flags
+        .as_deref()
+        .filter(|flags| !flags.is_empty())
+        .map(|flags| format!("; kernel tainted {flags}"))
+        .unwrap_or_default();
+    let site = problem
+        .caller
+        .as_deref()
+        .map(frame_function)
+        .or(problem.counter)
+        .unwrap_or("?");
+    Assessment::report(Report {
+        reason,
+        detail_key: site.to_owned(),
+        message: format!("{}{taint}", describe_problem(what, event, problem)),
+        count: problem.occurrences,
+        since_boot: problem.since_boot,
+    })
+}
+
+/// `kernel oops at page_fault_oops+0x1/0x2 in task ...`: what the kernel reported, where.
+fn describe_problem(what: &str, event: &Event, problem: &KernelProblem) -> String {
+    let at = problem
+        .caller
+        .as_deref()
+        .map(|caller| format!(" at {caller}"))
+        .unwrap_or_default();
+    let task = describe_task(&event.task, event.attribution.as_ref());
+    let task = if task.is_empty() {
+        String::new()
+    } else {
+        format!(" in task {task}")
+    };
+    let counted = match (problem.counter, problem.count) {
+        (Some(counter), Some(count)) => format!(" ({counter} now {count})"),
+        _ => String::new(),
+    };
+    let boot = if problem.since_boot {
+        " before npd started"
+    } else {
+        ""
+    };
+    let times = if problem.occurrences > 1 {
+        format!(", {} times", problem.occurrences)
+    } else {
+        String::new()
+    };
+    format!("{what}{at}{task}{times}{counted}{boot}")
+}
 
 /// An oops or warning (the event kind says which).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -94,16 +277,6 @@ mod tests {
     }
 }
 
-use std::path::{Path, PathBuf};
-
-use aya::Ebpf;
-
-use super::{AttachContext, DetectorStatus, Trampoline, attach_trampoline};
-use crate::{
-    event::{Detail, Event, Source, Task},
-    kernel::kallsyms::{Symbolizer, without_tracing_frames},
-};
-
 pub const OOPS_PROGRAM: &str = "oops_fentry";
 pub const WARN_PROGRAM: &str = "warn_fentry";
 
@@ -116,7 +289,7 @@ pub struct FentryCoverage {
 
 /// fentry on `oops_enter` and `__warn`; where the kernel refuses fentry, the kernel's own
 /// counters (`/sys/kernel/*_count`, the taint mask) are watched instead.
-pub fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> (DetectorStatus, FentryCoverage) {
+fn attach(ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> (DetectorStatus, FentryCoverage) {
     let mut status = DetectorStatus::new("oops");
     let oops = attach_trampoline(ebpf, ctx, Trampoline::Fentry, OOPS_PROGRAM, "oops_enter");
     let warn = attach_trampoline(ebpf, ctx, Trampoline::Fentry, WARN_PROGRAM, "__warn");
@@ -167,7 +340,7 @@ pub fn oops_site(stack: &[String]) -> Option<String> {
 }
 
 /// Turns an fentry record into an event.
-pub fn on_record(
+fn on_record(
     kind_oops: bool,
     record: &npd_common::oops::KernelProblem,
     symbolizer: &mut Symbolizer,
@@ -190,17 +363,12 @@ pub fn on_record(
         occurrences: 1,
         since_boot: false,
     };
-    let detail = if kind_oops {
-        Detail::KernelOops(problem)
+    let (ts, task) = (record.header.ts_ns, Task::from_header(&record.header));
+    if kind_oops {
+        Event::new(ts, task, Source::Fentry, KernelOops(problem))
     } else {
-        Detail::KernelWarning(problem)
-    };
-    Event::new(
-        record.header.ts_ns,
-        Task::from_header(&record.header),
-        Source::Fentry,
-        detail,
-    )
+        Event::new(ts, task, Source::Fentry, KernelWarning(problem))
+    }
 }
 
 /// One of the kernel's problem counters.
@@ -339,17 +507,11 @@ impl CounterWatcher {
                 occurrences,
                 since_boot: lookback,
             };
-            let detail = if counter.oops {
-                Detail::KernelOops(problem)
+            events.push(if counter.oops {
+                Event::new(now_ns, Task::default(), Source::Counters, KernelOops(problem))
             } else {
-                Detail::KernelWarning(problem)
-            };
-            events.push(Event::new(
-                now_ns,
-                Task::default(),
-                Source::Counters,
-                detail,
-            ));
+                Event::new(now_ns, Task::default(), Source::Counters, KernelWarning(problem))
+            });
         }
         self.last_taint = taint;
         events
@@ -391,11 +553,13 @@ mod counter_tests {
     fn summary(events: &[Event]) -> Vec<(&'static str, Option<&'static str>, u64, bool)> {
         events
             .iter()
-            .map(|e| match &e.detail {
-                Detail::KernelOops(p) | Detail::KernelWarning(p) => {
-                    (e.kind, p.counter, p.occurrences, p.since_boot)
-                }
-                other => panic!("{other:?}"),
+            .map(|e| {
+                let p = e
+                    .detail_as::<KernelOops>()
+                    .map(|o| &o.0)
+                    .or_else(|| e.detail_as::<KernelWarning>().map(|w| &w.0))
+                    .unwrap_or_else(|| panic!("{e:?}"));
+                (e.kind, p.counter, p.occurrences, p.since_boot)
             })
             .collect()
     }
@@ -425,10 +589,8 @@ mod counter_tests {
             ]
         );
         assert!(events.iter().all(|e| e.source == Source::Counters));
-        match &events[0].detail {
-            Detail::KernelOops(p) => assert_eq!(p.taint_flags.as_deref(), Some("DW")),
-            other => panic!("{other:?}"),
-        }
+        let oops = events[0].detail_as::<KernelOops>().expect("an oops");
+        assert_eq!(oops.0.taint_flags.as_deref(), Some("DW"));
     }
 
     #[test]

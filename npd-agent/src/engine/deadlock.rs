@@ -4,19 +4,15 @@
 use std::{collections::BTreeMap, time::SystemTime};
 
 use super::{
-    condition::{NodeCondition, reason},
+    condition::NodeCondition,
     config::EngineConfig,
     subject::describe_task,
     time::{Timestamp, duration_ns, human_duration},
 };
 use crate::{
     clock::rfc3339,
-    detectors::hung_task::HungTask,
     event::{Event, Task},
 };
-
-/// Frames named in the condition's message.
-const STACK_FRAMES_SHOWN: usize = 3;
 
 #[derive(Debug)]
 struct HungTaskEntry {
@@ -63,28 +59,24 @@ impl DeadlockState {
     pub(crate) fn on_hung_task(
         &mut self,
         event: &Event,
-        hang: &HungTask,
+        first_seen_ns: u64,
+        stack_top: &[String],
+        first_report: bool,
         condition: &mut NodeCondition,
         now: Timestamp,
     ) -> bool {
-        let first_seen_ns = if hang.first_seen_ns != 0 {
-            hang.first_seen_ns
+        let first_seen_ns = if first_seen_ns != 0 {
+            first_seen_ns
         } else {
             event.ts_ns
         };
-        let stack_top: Vec<String> = hang
-            .stack
-            .iter()
-            .take(STACK_FRAMES_SHOWN)
-            .cloned()
-            .collect();
         let key = task_key(&event.task);
         let new_hang = match self.hung.get_mut(&key) {
             // A different first report under the same id is a new hang (or a reused id).
             Some(entry) if entry.first_seen_ns == first_seen_ns => {
                 entry.last_report_ns = now.monotonic_ns;
                 if entry.stack_top.is_empty() {
-                    entry.stack_top = stack_top;
+                    entry.stack_top = stack_top.to_vec();
                 }
                 false
             }
@@ -93,17 +85,17 @@ impl DeadlockState {
                     key,
                     HungTaskEntry {
                         description: describe_task(&event.task, event.attribution.as_ref()),
-                        stack_top,
+                        stack_top: stack_top.to_vec(),
                         first_seen_ns,
                         first_seen_wall: now.wall_at(first_seen_ns),
                         last_report_ns: now.monotonic_ns,
                     },
                 );
-                hang.first_seen
+                first_report
             }
         };
         self.quiet_since_ns = None;
-        condition.set_true(reason::TASK_HUNG, self.message(), now.wall);
+        condition.set_problem(self.message(), now.wall);
         new_hang
     }
 
@@ -178,7 +170,7 @@ impl DeadlockState {
             return;
         }
         if !self.hung.is_empty() {
-            condition.set_true(reason::TASK_HUNG, self.message(), now.wall);
+            condition.set_problem(self.message(), now.wall);
             return;
         }
         self.quiet_since_ns = Some(now.monotonic_ns);
@@ -188,7 +180,7 @@ impl DeadlockState {
             rfc3339(now.wall),
             rfc3339(clears_at)
         );
-        condition.set_true(reason::TASK_HUNG, message, now.wall);
+        condition.set_problem(message, now.wall);
     }
 
     fn message(&self) -> String {

@@ -2,84 +2,14 @@
 //! and bounded by a per-reason token bucket. Nothing is dropped silently: an occurrence that
 //! cannot be sent now stays in its series and is counted in the series' next Event.
 
-use std::{collections::HashMap, fmt, time::SystemTime};
+use std::{collections::HashMap, time::SystemTime};
 
 use super::{
     config::EngineConfig,
     time::{Timestamp, duration_ns},
 };
 
-/// An Event's reason, NPD's name where NPD has one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventReason {
-    OomKilling,
-    TaskHung,
-    TaskHungRecovered,
-    KernelOops,
-    KernelWarning,
-    FdExhausted,
-}
-
-impl EventReason {
-    pub const ALL: [Self; 6] = [
-        Self::OomKilling,
-        Self::TaskHung,
-        Self::TaskHungRecovered,
-        Self::KernelOops,
-        Self::KernelWarning,
-        Self::FdExhausted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OomKilling => "OOMKilling",
-            Self::TaskHung => "TaskHung",
-            Self::TaskHungRecovered => "TaskHungRecovered",
-            Self::KernelOops => "KernelOops",
-            Self::KernelWarning => "KernelWarning",
-            Self::FdExhausted => "FDExhausted",
-        }
-    }
-
-    pub fn event_type(self) -> EventType {
-        match self {
-            Self::TaskHungRecovered => EventType::Normal,
-            _ => EventType::Warning,
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Self::OomKilling => 0,
-            Self::TaskHung => 1,
-            Self::TaskHungRecovered => 2,
-            Self::KernelOops => 3,
-            Self::KernelWarning => 4,
-            Self::FdExhausted => 5,
-        }
-    }
-}
-
-impl fmt::Display for EventReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "Normal",
-            Self::Warning => "Warning",
-        }
-    }
-}
+pub use crate::problem::{EventReason, EventType};
 
 /// An object an Event is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -217,36 +147,46 @@ pub(crate) struct EventQueue {
     update_interval_ns: u64,
     max_series: usize,
     series: HashMap<String, Series>,
-    buckets: Vec<TokenBucket>,
-    stats: [EventStats; EventReason::ALL.len()],
+    /// Per reason; a reason first met later than [`EventQueue::new`] gets a full bucket then.
+    buckets: HashMap<EventReason, TokenBucket>,
+    stats: HashMap<EventReason, EventStats>,
+    burst: u32,
+    refill_ns: u64,
     next_seq: u64,
 }
 
 impl EventQueue {
-    pub(crate) fn new(config: &EngineConfig, now: Timestamp) -> Self {
+    pub(crate) fn new(config: &EngineConfig, reasons: &[EventReason], now: Timestamp) -> Self {
         let limit = config.event_rate_limit;
+        let refill_ns = duration_ns(limit.refill_every).max(1);
         Self {
             window_ns: duration_ns(config.event_aggregation_window),
             update_interval_ns: duration_ns(config.event_series_update_interval),
             max_series: config.max_event_series,
             series: HashMap::new(),
-            buckets: EventReason::ALL
+            buckets: reasons
                 .iter()
-                .map(|_| {
-                    TokenBucket::full(
-                        limit.burst,
-                        duration_ns(limit.refill_every).max(1),
-                        now.monotonic_ns,
-                    )
+                .map(|&reason| {
+                    let bucket = TokenBucket::full(limit.burst, refill_ns, now.monotonic_ns);
+                    (reason, bucket)
                 })
                 .collect(),
-            stats: [EventStats::default(); EventReason::ALL.len()],
+            stats: reasons
+                .iter()
+                .map(|&reason| (reason, EventStats::default()))
+                .collect(),
+            burst: limit.burst,
+            refill_ns,
             next_seq: 0,
         }
     }
 
     pub(crate) fn stats(&self, reason: EventReason) -> EventStats {
-        self.stats[reason.index()]
+        self.stats.get(&reason).copied().unwrap_or_default()
+    }
+
+    fn stats_mut(&mut self, reason: EventReason) -> &mut EventStats {
+        self.stats.entry(reason).or_default()
     }
 
     /// Adds an occurrence to its series and sends what is due.
@@ -256,7 +196,7 @@ impl EventQueue {
         now: Timestamp,
         out: &mut Vec<ProblemEvent>,
     ) {
-        self.stats[occurrence.reason.index()].occurrences += occurrence.count;
+        self.stats_mut(occurrence.reason).occurrences += occurrence.count;
         let window_ns = self.window_ns;
         let continues = self.series.get(&occurrence.key).is_some_and(|series| {
             // A series with unsent occurrences goes on whatever its age, so they are
@@ -329,19 +269,24 @@ impl EventQueue {
         if !self.is_due(series, now) {
             return;
         }
-        let reason = series.reason.index();
-        if !self.buckets[reason].try_take(now.monotonic_ns) {
-            self.stats[reason].rate_limited += 1;
+        let reason = series.reason;
+        let (burst, refill_ns) = (self.burst, self.refill_ns);
+        let bucket = self
+            .buckets
+            .entry(reason)
+            .or_insert_with(|| TokenBucket::full(burst, refill_ns, now.monotonic_ns));
+        if !bucket.try_take(now.monotonic_ns) {
+            self.stats_mut(reason).rate_limited += 1;
             return;
         }
-        let unreported_elsewhere = std::mem::take(&mut self.stats[reason].unreported);
+        let unreported_elsewhere = std::mem::take(&mut self.stats_mut(reason).unreported);
         let Some(series) = self.series.get_mut(key) else {
             return;
         };
         let series_update = series.sent_count > 0;
         series.sent_count = series.count;
         series.last_sent_ns = Some(now.monotonic_ns);
-        self.stats[reason].sent += 1;
+        self.stats.entry(reason).or_default().sent += 1;
         let mut message = series.message.clone();
         if unreported_elsewhere > 0 {
             message.push_str(&format!(
@@ -376,7 +321,7 @@ impl EventQueue {
                 .map(|(key, _)| key.clone());
             let Some(victim) = victim else { return };
             if let Some(series) = self.series.remove(&victim) {
-                self.stats[series.reason.index()].unreported += series.count - series.sent_count;
+                self.stats_mut(series.reason).unreported += series.count - series.sent_count;
             }
         }
     }

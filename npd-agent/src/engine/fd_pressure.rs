@@ -3,12 +3,12 @@
 //! sample may miss).
 
 use super::{
-    condition::{NodeCondition, reason},
+    condition::NodeCondition,
     config::EngineConfig,
     subject::describe_task,
     time::{Timestamp, duration_ns, human_duration},
 };
-use crate::{detectors::fd::FdExhausted, event::Event};
+use crate::event::Event;
 
 /// `/proc/sys/fs/file-nr`: file handles allocated and the system maximum (`fs.file-max`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl FdPressureState {
                     config.fd_pressure_high_percent,
                     config.fd_pressure_low_percent
                 );
-                condition.set_true(reason::FD_UNDER_PRESSURE, message, now.wall);
+                condition.set_problem(message, now.wall);
             }
             return;
         }
@@ -88,7 +88,7 @@ impl FdPressureState {
     pub(crate) fn on_enfile(
         &mut self,
         event: &Event,
-        failure: &FdExhausted,
+        syscall: &str,
         condition: &mut NodeCondition,
         config: &EngineConfig,
         now: Timestamp,
@@ -107,12 +107,12 @@ impl FdPressureState {
         let message = format!(
             "system file table full: {} failed with ENFILE in process {}{sampled}; clears below \
              {}% and not before {} after the last ENFILE",
-            failure.syscall,
+            syscall,
             describe_task(&event.task, event.attribution.as_ref()),
             config.fd_pressure_low_percent,
             human_duration(config.fd_pressure_min_hold)
         );
-        condition.set_true(reason::FD_UNDER_PRESSURE, message, now.wall);
+        condition.set_problem(message, now.wall);
     }
 
     /// A restored True is treated like one after ENFILE (its cause is unknown): it needs a

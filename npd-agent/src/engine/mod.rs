@@ -2,6 +2,10 @@
 //! go in; the NodeConditions npd owns and the Events to write come out. No IO, no clock
 //! reads, no Kubernetes types: the exporter maps its decisions onto the API.
 //!
+//! What each detector's events mean comes from the detectors themselves
+//! ([`crate::event::Finding::assess`]); the engine runs one state machine per condition, chosen
+//! by how the condition clears ([`Clearing`]).
+//!
 //! Use: [`Engine::new`], then [`Engine::restore`] with the conditions found on the Node, then
 //! feed [`Engine::observe`] (each event), [`Engine::sample_file_table`] (every few seconds)
 //! and [`Engine::tick`] (at least every few seconds: windows and holds end, and held-back
@@ -13,6 +17,7 @@ mod config;
 mod deadlock;
 mod events;
 mod fd_pressure;
+mod keyed;
 mod occurrence;
 mod oops;
 mod subject;
@@ -21,27 +26,50 @@ mod time;
 #[cfg(test)]
 mod tests;
 
-pub use condition::{Boot, ConditionStatus, ConditionType, NodeCondition, reason};
+pub use condition::{Boot, ConditionStatus, ConditionType, NodeCondition};
 pub use config::{ConfigError, EngineConfig, EventRateLimit};
 pub use events::{EventReason, EventStats, EventTarget, EventType, ProblemEvent};
 pub use fd_pressure::FileTableSample;
+pub(crate) use subject::{describe_task, frame_function};
 pub use time::Timestamp;
 
 use deadlock::DeadlockState;
 use events::EventQueue;
 use fd_pressure::FdPressureState;
+use keyed::KeyedState;
 use oops::OopsState;
 
-use crate::event::{Detail, Event};
+use crate::{
+    event::Event,
+    problem::{Catalog, Change, Clearing},
+};
+
+/// The state machine behind one condition, by how it clears.
+#[derive(Debug)]
+enum Machine {
+    HungTasks(DeadlockState),
+    Reboot(OopsState),
+    FileTable(FdPressureState),
+    Keyed(KeyedState),
+}
+
+impl Machine {
+    fn for_clearing(clearing: Clearing) -> Self {
+        match clearing {
+            Clearing::HungTasks => Self::HungTasks(DeadlockState::default()),
+            Clearing::Reboot { .. } => Self::Reboot(OopsState::default()),
+            Clearing::FileTable => Self::FileTable(FdPressureState::default()),
+            Clearing::Keyed => Self::Keyed(KeyedState::default()),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    /// Indexed by `ConditionType::index`.
-    conditions: [NodeCondition; 3],
-    deadlock: DeadlockState,
-    oops: OopsState,
-    fd_pressure: FdPressureState,
+    /// In catalog order; `machines[i]` drives `conditions[i]`.
+    conditions: Vec<NodeCondition>,
+    machines: Vec<Machine>,
     events: EventQueue,
     /// An agent already ran on this boot, so what the kernel counted before this one started
     /// was reported then: not again as Events.
@@ -49,16 +77,26 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// All conditions start False, transitioned at `now` (unless [`Engine::restore`] finds
-    /// them on the Node).
-    pub fn new(config: EngineConfig, now: Timestamp) -> Result<Self, ConfigError> {
+    /// Every condition of `catalog` starts False, transitioned at `now` (unless
+    /// [`Engine::restore`] finds it on the Node).
+    pub fn new(
+        config: EngineConfig,
+        catalog: &Catalog,
+        now: Timestamp,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            conditions: ConditionType::ALL.map(|t| NodeCondition::healthy(t, now.wall)),
-            deadlock: DeadlockState::default(),
-            oops: OopsState::default(),
-            fd_pressure: FdPressureState::default(),
-            events: EventQueue::new(&config, now),
+            conditions: catalog
+                .conditions
+                .iter()
+                .map(|&t| NodeCondition::healthy(t, now.wall))
+                .collect(),
+            machines: catalog
+                .conditions
+                .iter()
+                .map(|t| Machine::for_clearing(t.spec().clearing))
+                .collect(),
+            events: EventQueue::new(&config, &catalog.reasons, now),
             since_boot_reported: false,
             config,
         })
@@ -68,12 +106,19 @@ impl Engine {
         &self.config
     }
 
+    fn index(&self, condition_type: ConditionType) -> Option<usize> {
+        self.conditions
+            .iter()
+            .position(|c| c.condition_type == condition_type)
+    }
+
     /// Takes over the conditions found on the Node at start, so a restart neither resets a
     /// True condition nor moves a transition time. Call once, before the first observation.
     ///
-    /// - True stays True (reason, message, time as found): KernelDeadlock until the recovery
-    ///   window passes with no hung task seen, FDPressure until a low sample after the
-    ///   minimum hold, KernelOops until reboot; so on [`Boot::New`] KernelOops turns False.
+    /// - True stays True (reason, message, time as found) until its machine clears it:
+    ///   KernelDeadlock after the recovery window with no hung task seen, FDPressure after a
+    ///   low sample past the minimum hold, a keyed condition when its detector resyncs, one
+    ///   cleared by reboot only on [`Boot::New`].
     /// - False keeps its transition time.
     /// - Unknown, and types npd does not own (pass them or not), are ignored.
     pub fn restore(
@@ -83,15 +128,17 @@ impl Engine {
         now: Timestamp,
     ) {
         for found in found {
-            let slot = &mut self.conditions[found.condition_type.index()];
+            let Some(i) = self.index(found.condition_type) else {
+                continue;
+            };
+            let slot = &mut self.conditions[i];
             match found.status {
                 ConditionStatus::True => {
                     *slot = found;
-                    if slot.condition_type == ConditionType::KernelOops && boot == Boot::New {
-                        slot.set_healthy(
-                            Some("no kernel oops since the node rebooted".to_owned()),
-                            now.wall,
-                        );
+                    if let Clearing::Reboot { after_reboot } = slot.condition_type.spec().clearing
+                        && boot == Boot::New
+                    {
+                        slot.set_healthy(Some(after_reboot.to_owned()), now.wall);
                     }
                 }
                 ConditionStatus::False => {
@@ -100,13 +147,14 @@ impl Engine {
                 ConditionStatus::Unknown => {}
             }
         }
-        self.deadlock
-            .restore(&self.conditions[ConditionType::KernelDeadlock.index()], now);
-        self.fd_pressure.restore(
-            &self.conditions[ConditionType::FdPressure.index()],
-            &self.config,
-            now,
-        );
+        for (machine, condition) in self.machines.iter_mut().zip(&self.conditions) {
+            match machine {
+                Machine::HungTasks(state) => state.restore(condition, now),
+                Machine::FileTable(state) => state.restore(condition, &self.config, now),
+                Machine::Keyed(state) => state.restore(condition, now),
+                Machine::Reboot(_) => {}
+            }
+        }
         self.since_boot_reported = boot == Boot::Same;
     }
 
@@ -114,52 +162,99 @@ impl Engine {
     pub fn observe(&mut self, event: &Event, now: Timestamp) -> Vec<ProblemEvent> {
         let mut out = Vec::new();
         self.advance(now, &mut out);
-        let [deadlock, oops, fd_pressure] = &mut self.conditions;
-        match &event.detail {
-            Detail::HungTask(hang) => {
-                if self.deadlock.on_hung_task(event, hang, deadlock, now) {
-                    let occurrence = occurrence::task_hung(event, hang, now);
-                    self.events.record(occurrence, now, &mut out);
-                }
-            }
-            Detail::HungTaskRecovered(recovered) => {
-                self.deadlock
-                    .on_recovered(event, deadlock, &self.config, now);
-                let occurrence = occurrence::task_hung_recovered(event, recovered, now);
-                self.events.record(occurrence, now, &mut out);
-            }
-            Detail::OomKill(kill) => {
-                let occurrence = occurrence::oom_killing(event, kill, now);
-                self.events.record(occurrence, now, &mut out);
-            }
-            Detail::KernelOops(problem) => {
-                self.oops.on_oops(event, problem, oops, now);
-                if !(problem.since_boot && self.since_boot_reported) {
-                    let occurrence =
-                        occurrence::kernel_problem(EventReason::KernelOops, event, problem, now);
-                    self.events.record(occurrence, now, &mut out);
-                }
-            }
-            Detail::KernelWarning(problem) => {
-                if !(problem.since_boot && self.since_boot_reported) {
-                    let occurrence =
-                        occurrence::kernel_problem(EventReason::KernelWarning, event, problem, now);
-                    self.events.record(occurrence, now, &mut out);
-                }
-            }
-            Detail::FdExhausted(failure) => {
-                if failure.errno == "ENFILE" {
-                    self.fd_pressure
-                        .on_enfile(event, failure, fd_pressure, &self.config, now);
-                }
-                let occurrence = occurrence::fd_exhausted(event, failure, now);
-                self.events.record(occurrence, now, &mut out);
-            }
+        let assessment = event.assess();
+        let mut report_due = true;
+        if let Some((condition_type, change)) = &assessment.condition {
+            report_due = self.apply(*condition_type, change, event, now);
+        }
+        if let Some(report) = assessment.report
+            && report_due
+            && !(report.since_boot && self.since_boot_reported)
+        {
+            let occurrence = occurrence::occurrence(report, event, now);
+            self.events.record(occurrence, now, &mut out);
         }
         out
     }
 
-    /// A reading of `/proc/sys/fs/file-nr`.
+    /// Applies a change to a condition; false when it says the event is only a repeat and
+    /// needs no Event of its own (a hang reported again).
+    fn apply(
+        &mut self,
+        condition_type: ConditionType,
+        change: &Change,
+        event: &Event,
+        now: Timestamp,
+    ) -> bool {
+        let Some(i) = self.index(condition_type) else {
+            return true;
+        };
+        let condition = &mut self.conditions[i];
+        match (&mut self.machines[i], change) {
+            (
+                Machine::HungTasks(state),
+                Change::TaskHung {
+                    first_seen_ns,
+                    stack_top,
+                    first_report,
+                },
+            ) => state.on_hung_task(
+                event,
+                *first_seen_ns,
+                stack_top,
+                *first_report,
+                condition,
+                now,
+            ),
+            (Machine::HungTasks(state), Change::TaskRecovered) => {
+                state.on_recovered(event, condition, &self.config, now);
+                true
+            }
+            (
+                Machine::Reboot(state),
+                Change::Oops {
+                    occurrences,
+                    description,
+                    taint_flags,
+                },
+            ) => {
+                state.on_oops(
+                    *occurrences,
+                    description,
+                    taint_flags.as_deref(),
+                    condition,
+                    now,
+                );
+                true
+            }
+            (Machine::FileTable(state), Change::FileTableFull { syscall }) => {
+                state.on_enfile(event, syscall, condition, &self.config, now);
+                true
+            }
+            (Machine::Keyed(state), Change::Raise { key, message }) => {
+                state.raise(key, message.clone(), condition, now);
+                true
+            }
+            (Machine::Keyed(state), Change::Clear { key, message }) => {
+                state.clear(key, message.clone(), condition, now);
+                true
+            }
+            (Machine::Keyed(state), Change::Resync { current }) => {
+                state.resync(current, condition, now);
+                true
+            }
+            (machine, change) => {
+                // A detector asked a condition for a change its clearing does not take: a
+                // programming error, caught by the tests; a release agent ignores it.
+                if cfg!(debug_assertions) {
+                    panic!("{condition_type} is driven by {machine:?} and cannot take {change:?}");
+                }
+                true
+            }
+        }
+    }
+
+    /// A reading of `/proc/sys/fs/file-nr`, for every condition that follows the file table.
     pub fn sample_file_table(
         &mut self,
         sample: FileTableSample,
@@ -167,12 +262,11 @@ impl Engine {
     ) -> Vec<ProblemEvent> {
         let mut out = Vec::new();
         self.advance(now, &mut out);
-        self.fd_pressure.on_sample(
-            sample,
-            &mut self.conditions[ConditionType::FdPressure.index()],
-            &self.config,
-            now,
-        );
+        for (machine, condition) in self.machines.iter_mut().zip(&mut self.conditions) {
+            if let Machine::FileTable(state) = machine {
+                state.on_sample(sample, condition, &self.config, now);
+            }
+        }
         out
     }
 
@@ -184,13 +278,18 @@ impl Engine {
         out
     }
 
-    /// The desired state of every condition npd owns, in [`ConditionType::ALL`] order.
+    /// The desired state of every condition npd owns, in catalog order.
     pub fn conditions(&self) -> &[NodeCondition] {
         &self.conditions
     }
 
+    /// # Panics
+    /// If `condition_type` is not in the engine's catalog.
     pub fn condition(&self, condition_type: ConditionType) -> &NodeCondition {
-        &self.conditions[condition_type.index()]
+        let i = self
+            .index(condition_type)
+            .unwrap_or_else(|| panic!("{condition_type} is not in the engine's catalog"));
+        &self.conditions[i]
     }
 
     /// Counters of one Event reason, for metrics.
@@ -199,11 +298,11 @@ impl Engine {
     }
 
     fn advance(&mut self, now: Timestamp, out: &mut Vec<ProblemEvent>) {
-        self.deadlock.advance(
-            &mut self.conditions[ConditionType::KernelDeadlock.index()],
-            &self.config,
-            now,
-        );
+        for (machine, condition) in self.machines.iter_mut().zip(&mut self.conditions) {
+            if let Machine::HungTasks(state) = machine {
+                state.advance(condition, &self.config, now);
+            }
+        }
         self.events.flush(now, out);
     }
 }

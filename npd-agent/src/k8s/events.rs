@@ -309,11 +309,11 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::engine::{EventReason, EventType};
+    use crate::engine::EventType;
 
     fn event(key: &str, count: u64, update: bool) -> ProblemEvent {
         ProblemEvent {
-            reason: EventReason::OomKilling,
+            reason: crate::detectors::oom::OOM_KILLING,
             event_type: EventType::Warning,
             message: format!("{key} x{count}"),
             targets: vec![EventTarget::Node],

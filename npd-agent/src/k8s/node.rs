@@ -1,6 +1,6 @@
 //! This node's status: the conditions npd owns, read at start and patched since.
 
-use std::time::SystemTime;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{
@@ -16,31 +16,28 @@ use crate::engine::{Boot, ConditionStatus, ConditionType, NodeCondition};
 /// other names); the engine works with [`ConditionType`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConditionNames {
-    pub kernel_deadlock: String,
-    pub kernel_oops: String,
-    pub fd_pressure: String,
+    /// Every condition npd owns, with the type written for it.
+    pub types: BTreeMap<ConditionType, String>,
     /// Reason renames (npd's name -> the name written), for conditions and Events.
-    pub reasons: std::collections::BTreeMap<String, String>,
-}
-
-impl Default for ConditionNames {
-    fn default() -> Self {
-        Self {
-            kernel_deadlock: ConditionType::KernelDeadlock.as_str().to_owned(),
-            kernel_oops: ConditionType::KernelOops.as_str().to_owned(),
-            fd_pressure: ConditionType::FdPressure.as_str().to_owned(),
-            reasons: std::collections::BTreeMap::new(),
-        }
-    }
+    pub reasons: BTreeMap<String, String>,
 }
 
 impl ConditionNames {
-    pub fn name(&self, condition_type: ConditionType) -> &str {
-        match condition_type {
-            ConditionType::KernelDeadlock => &self.kernel_deadlock,
-            ConditionType::KernelOops => &self.kernel_oops,
-            ConditionType::FdPressure => &self.fd_pressure,
+    /// Each condition under its own type name, no reason renamed.
+    pub fn new(conditions: &[ConditionType]) -> Self {
+        Self {
+            types: conditions
+                .iter()
+                .map(|&t| (t, t.as_str().to_owned()))
+                .collect(),
+            reasons: BTreeMap::new(),
         }
+    }
+
+    pub fn name(&self, condition_type: ConditionType) -> &str {
+        self.types
+            .get(&condition_type)
+            .map_or(condition_type.as_str(), String::as_str)
     }
 
     /// The reason as written to the API server.
@@ -57,9 +54,10 @@ impl ConditionNames {
     }
 
     pub fn condition_type(&self, name: &str) -> Option<ConditionType> {
-        ConditionType::ALL
-            .into_iter()
-            .find(|&t| self.name(t) == name)
+        self.types
+            .iter()
+            .find(|(_, written)| *written == name)
+            .map(|(&t, _)| t)
     }
 }
 
@@ -171,18 +169,16 @@ pub async fn patch_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detectors::fd::FD_PRESSURE;
 
     #[test]
     fn the_patch_carries_only_npd_conditions_with_configured_names() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_739_557);
-        let names = ConditionNames {
-            kernel_deadlock: "KernelDeadlock".into(),
-            kernel_oops: "KernelOops".into(),
-            fd_pressure: "NodeFDPressure".into(),
-            reasons: [("FDUnderPressure".to_owned(), "TooManyFiles".to_owned())].into(),
-        };
+        let mut names = ConditionNames::new(&crate::detectors::catalog().conditions);
+        names.types.insert(FD_PRESSURE, "NodeFDPressure".into());
+        names.reasons = [("FDUnderPressure".to_owned(), "TooManyFiles".to_owned())].into();
         let conditions = vec![NodeCondition {
-            condition_type: ConditionType::FdPressure,
+            condition_type: FD_PRESSURE,
             status: ConditionStatus::True,
             reason: "FDUnderPressure".into(),
             message: "95% of the file table".into(),
@@ -200,10 +196,7 @@ mod tests {
                 "lastTransitionTime": "2026-11-27T00:32:37Z",
             }]}})
         );
-        assert_eq!(
-            names.condition_type("NodeFDPressure"),
-            Some(ConditionType::FdPressure)
-        );
+        assert_eq!(names.condition_type("NodeFDPressure"), Some(FD_PRESSURE));
         assert_eq!(names.condition_type("FDPressure"), None);
         assert_eq!(names.reason_in("TooManyFiles"), "FDUnderPressure");
         assert_eq!(names.reason_in("TaskHung"), "TaskHung");

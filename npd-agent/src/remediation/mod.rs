@@ -69,8 +69,8 @@ pub struct TaintConfig {
 }
 
 impl TaintConfig {
-    pub const DEFAULT_CONDITIONS: [ConditionType; 2] =
-        [ConditionType::KernelDeadlock, ConditionType::KernelOops];
+    /// By type name: the conditions that need the node drained or rebooted.
+    pub const DEFAULT_CONDITIONS: [&str; 2] = ["KernelDeadlock", "KernelOops"];
     pub const DEFAULT_MAX_UNHEALTHY: MaxUnhealthy = MaxUnhealthy::Percent(10);
     pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
     pub const DEFAULT_LEASE_NAME: &str = "npd-taint-budget";

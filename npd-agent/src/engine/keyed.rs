@@ -1,0 +1,91 @@
+//! Conditions raised and cleared by their detector under a key (a device, a mount): True while
+//! any key is raised. The message names the most recent problem and how many there are.
+
+use std::collections::BTreeMap;
+
+use super::{condition::NodeCondition, time::Timestamp};
+
+/// The key a True condition restored from the Node stands under until its detector says what
+/// is current ([`KeyedState::resync`]).
+const RESTORED: &str = "restored";
+
+#[derive(Debug, Default)]
+pub(crate) struct KeyedState {
+    /// Raised problems: key -> (message, raised at, monotonic ns).
+    raised: BTreeMap<String, (String, u64)>,
+}
+
+impl KeyedState {
+    pub(crate) fn raise(
+        &mut self,
+        key: &str,
+        message: String,
+        condition: &mut NodeCondition,
+        now: Timestamp,
+    ) {
+        self.raised
+            .insert(key.to_owned(), (message, now.monotonic_ns));
+        self.publish(None, condition, now);
+    }
+
+    pub(crate) fn clear(
+        &mut self,
+        key: &str,
+        message: String,
+        condition: &mut NodeCondition,
+        now: Timestamp,
+    ) {
+        if self.raised.remove(key).is_some() {
+            self.publish(Some(message), condition, now);
+        }
+    }
+
+    /// `current` is every problem there is now: the rest are cleared.
+    pub(crate) fn resync(
+        &mut self,
+        current: &[(String, String)],
+        condition: &mut NodeCondition,
+        now: Timestamp,
+    ) {
+        let before = self.raised.len();
+        self.raised
+            .retain(|key, _| current.iter().any(|(k, _)| k == key));
+        let mut changed = before != self.raised.len();
+        for (key, message) in current {
+            if !self.raised.contains_key(key) {
+                self.raised
+                    .insert(key.clone(), (message.clone(), now.monotonic_ns));
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish(None, condition, now);
+        }
+    }
+
+    /// A True condition found on the Node stays True until its detector resyncs or clears.
+    pub(crate) fn restore(&mut self, condition: &NodeCondition, now: Timestamp) {
+        if condition.is_true() {
+            self.raised.insert(
+                RESTORED.to_owned(),
+                (condition.message.clone(), now.monotonic_ns),
+            );
+        }
+    }
+
+    fn publish(&self, cleared: Option<String>, condition: &mut NodeCondition, now: Timestamp) {
+        let latest = self
+            .raised
+            .values()
+            .max_by_key(|(_, at)| *at)
+            .map(|(message, _)| message.clone());
+        match latest {
+            None => condition.set_healthy(cleared, now.wall),
+            Some(message) if self.raised.len() == 1 => condition.set_problem(message, now.wall),
+            Some(message) => condition.set_problem(
+                format!("{} problems; the latest: {message}", self.raised.len()),
+                now.wall,
+            ),
+        }
+    }
+}
