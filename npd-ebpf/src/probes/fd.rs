@@ -30,7 +30,7 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{Subject, count, header, reserve, submit},
+    emit::{self, Subject, count},
     task,
 };
 
@@ -182,26 +182,26 @@ fn emit(
     suppressed: u64,
     failures_total: u64,
     first_failure_ns: u64,
-) {
-    let Some(mut entry) = reserve::<FdExhausted>(Detector::Fd) else {
-        return;
-    };
-    let current = task::current_task();
-    let signal = task::read_ptr(current, config!(offsets.task_signal));
-    entry.write(FdExhausted {
-        header: header::<FdExhausted>(
-            RecordKind::FdExhausted,
-            FD_EXHAUSTED_VERSION,
-            hook,
-            Subject::current(),
-        ),
-        errno,
-        syscall_nr,
-        suppressed,
-        failures_total,
-        first_failure_ns,
-        nofile_limit: task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
-            .unwrap_or(u64::MAX),
-    });
-    submit(Detector::Fd, entry);
+) -> bool {
+    emit::record::<FdExhausted>(
+        Detector::Fd,
+        RecordKind::FdExhausted,
+        FD_EXHAUSTED_VERSION,
+        hook,
+        Subject::current(),
+        |record| {
+            let signal = task::read_ptr(task::current_task(), config!(offsets.task_signal));
+            let nofile_limit = task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
+                .unwrap_or(u64::MAX);
+            // SAFETY: `record` points into the reserved entry (see `emit::record`).
+            unsafe {
+                (*record).errno = errno;
+                (*record).syscall_nr = syscall_nr;
+                (*record).suppressed = suppressed;
+                (*record).failures_total = failures_total;
+                (*record).first_failure_ns = first_failure_ns;
+                (*record).nofile_limit = nofile_limit;
+            }
+        },
+    )
 }
