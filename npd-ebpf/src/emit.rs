@@ -59,8 +59,8 @@ pub(crate) fn record<T: Record>(
     unsafe {
         record
             .cast::<RecordHeader>()
-            .write(header::<T>(kind, version, hook, subject))
-    };
+            .write(header::<T>(kind, version, hook, subject));
+    }
     fill(record);
     entry.submit(0);
     count(detector, Counter::Submitted);
@@ -68,6 +68,7 @@ pub(crate) fn record<T: Record>(
 }
 
 /// The task a record is about.
+#[derive(Clone, Copy)]
 pub(crate) struct Subject {
     /// Process (tgid); 0 where the hook does not know it (the agent fills it in).
     pub(crate) pid: u32,

@@ -43,7 +43,8 @@ static FD_RATE_LIMIT: LruHashMap<u32, FdRateState> =
 const USUAL_RET_OFFSET: u32 = 16;
 
 #[tracepoint]
-pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn fd_sys_exit(ctx: TracePointContext) -> u32 {
     let ret_offset = config!(tracepoints.sys_exit_ret);
     let ret: i64 = if ret_offset == USUAL_RET_OFFSET {
         // SAFETY: the format file puts `long ret` at this offset of the tracepoint record,
@@ -60,7 +61,7 @@ pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
             Err(_) => return 0,
         }
     };
-    if ret != -(EMFILE as i64) && ret != -(ENFILE as i64) {
+    if ret != -i64::from(EMFILE) && ret != -i64::from(ENFILE) {
         return 0;
     }
     // SAFETY: the offset comes from the format file; the helper checks the read.
@@ -88,7 +89,7 @@ fn on_syscall_fexit(ctx: &FExitContext, slot: usize) {
 macro_rules! fd_fexit_slots {
     ($($slot:literal => $name:ident),* $(,)?) => {$(
         #[fexit]
-        pub fn $name(ctx: FExitContext) -> i32 {
+        fn $name(ctx: FExitContext) -> i32 {
             on_syscall_fexit(&ctx, $slot);
             0
         }

@@ -26,7 +26,8 @@ use crate::{
 };
 
 #[btf_tracepoint(function = "sched_process_hang")]
-pub fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {
         return 0;
@@ -54,7 +55,8 @@ pub fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn hung_task_tp(ctx: TracePointContext) -> u32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {
         return 0;

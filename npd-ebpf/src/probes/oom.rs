@@ -33,7 +33,8 @@ use crate::{
 };
 
 #[btf_tracepoint(function = "mark_victim")]
-pub fn oom_btf(ctx: BtfTracePointContext) -> i32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_btf(ctx: BtfTracePointContext) -> i32 {
     let victim: *mut task_struct = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
     from_task(&ctx, victim as *const u8, Hook::BtfTracepoint, Some(uid));
@@ -41,13 +42,15 @@ pub fn oom_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[fentry(function = "mark_oom_victim")]
-pub fn oom_fentry(ctx: FEntryContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_fentry(ctx: FEntryContext) -> u32 {
     let victim: *mut task_struct = ctx.arg(0);
     from_task(&ctx, victim as *const u8, Hook::Fentry, None);
     0
 }
 
 /// What a hook could learn about the victim; `None` where it could not.
+#[derive(Clone, Copy)]
 struct VictimFacts {
     /// total_vm, anon, file and shmem RSS, in KiB.
     memory_kb: Option<[u64; 4]>,
@@ -160,7 +163,8 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
 }
 
 #[tracepoint]
-pub fn oom_tp(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_tp(ctx: TracePointContext) -> u32 {
     count(Detector::Oom, Counter::Hits);
     let Some(pid) = field::<i32>(&ctx, config!(tracepoints.oom_pid)) else {
         return 0;
