@@ -63,5 +63,30 @@ pub const FD_FEXIT_SLOTS: usize = 48;
 /// The name of the global array the agent fills with each fexit slot's syscall number.
 pub const FD_FEXIT_SYSCALLS: &str = "FD_FEXIT_SYSCALLS";
 
+/// The `syscalls:sys_exit_*` tracepoint program (the fallback), attached to each fd syscall.
+pub const SYS_EXIT_PROGRAM: &str = "fd_sys_exit";
+
+/// `["fd_fexit_0", ...]`.
+macro_rules! fexit_programs {
+    ($($slot:literal)*) => {
+        [$(concat!("fd_fexit_", $slot)),*]
+    };
+}
+
+/// The fexit program of each slot (`FD_FEXIT_SYSCALLS[slot]` says which syscall it is for).
+pub const FEXIT_PROGRAMS: [&str; FD_FEXIT_SLOTS] = fexit_programs!(
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23
+    24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47
+);
+
+/// The per-process rate-limit map ([`FdRateState`] by tgid), which the agent sweeps.
+pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
+
+/// The names the agent looks this detector's pieces up by (see [`crate::names`]).
+pub const PROGRAMS: &[&str] =
+    &crate::names::concat::<{ 1 + FD_FEXIT_SLOTS }>(&[&[SYS_EXIT_PROGRAM], &FEXIT_PROGRAMS]);
+pub const MAPS: &[&str] = &[RATE_LIMIT_MAP];
+pub const GLOBALS: &[&str] = &[FD_FEXIT_SYSCALLS];
+
 /// Processes the rate limiter tracks at once (least recently failing evicted first).
 pub const FD_RATE_LIMIT_ENTRIES: u32 = 16384;

@@ -20,3 +20,13 @@ pub struct HungTask {
 
 assert_layout!(HungTask, 48 + 8 + 8 * MAX_STACK_DEPTH);
 impl_pod!(HungTask);
+
+/// tp_btf `sched_process_hang` (preferred: the blocked task's cgroup and stack).
+pub const BTF_PROGRAM: &str = "hung_task_btf";
+/// The classic `sched:sched_process_hang` tracepoint (fallback).
+pub const TRACEPOINT_PROGRAM: &str = "hung_task_tp";
+
+/// The names the agent looks this detector's pieces up by (see [`crate::names`]).
+pub const PROGRAMS: &[&str] = &[BTF_PROGRAM, TRACEPOINT_PROGRAM];
+pub const MAPS: &[&str] = &[];
+pub const GLOBALS: &[&str] = &[];

@@ -28,6 +28,9 @@ registry::registry! {
     oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
 }
 
+// After the registry: it uses `for_each_kernel_detector!`, which is in scope from here on.
+pub mod names;
+
 /// Size of `task_struct::comm` (TASK_COMM_LEN), fixed in the kernel's UAPI-visible ABI.
 pub const TASK_COMM_LEN: usize = 16;
 

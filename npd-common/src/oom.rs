@@ -46,3 +46,15 @@ assert_layout!(
     48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH
 );
 impl_pod!(OomKill);
+
+/// tp_btf `mark_victim` (6.5+: the victim's `task_struct *`).
+pub const BTF_PROGRAM: &str = "oom_btf";
+/// fentry `mark_oom_victim`, where the kernel allows fentry.
+pub const FENTRY_PROGRAM: &str = "oom_fentry";
+/// The classic `oom:mark_victim` tracepoint.
+pub const TRACEPOINT_PROGRAM: &str = "oom_tp";
+
+/// The names the agent looks this detector's pieces up by (see [`crate::names`]).
+pub const PROGRAMS: &[&str] = &[BTF_PROGRAM, FENTRY_PROGRAM, TRACEPOINT_PROGRAM];
+pub const MAPS: &[&str] = &[];
+pub const GLOBALS: &[&str] = &[];

@@ -24,3 +24,13 @@ pub struct KernelProblem {
 
 assert_layout!(KernelProblem, 48 + 8 + 8 + 8 + 8 * MAX_STACK_DEPTH);
 impl_pod!(KernelProblem);
+
+/// fentry `oops_enter`.
+pub const OOPS_FENTRY_PROGRAM: &str = "oops_fentry";
+/// fentry `__warn`.
+pub const WARN_FENTRY_PROGRAM: &str = "warn_fentry";
+
+/// The names the agent looks this detector's pieces up by (see [`crate::names`]).
+pub const PROGRAMS: &[&str] = &[OOPS_FENTRY_PROGRAM, WARN_FENTRY_PROGRAM];
+pub const MAPS: &[&str] = &[];
+pub const GLOBALS: &[&str] = &[];

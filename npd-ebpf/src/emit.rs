@@ -1,12 +1,13 @@
-//! Counting and record submission.
+//! Counting and record submission: every record goes out through [`record`].
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    maps::ring_buf::RingBufEntry,
-};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use npd_common::{
     Hook, RecordHeader, RecordKind, TASK_COMM_LEN,
     counters::{Counter, Detector, counter_index},
+    fd::FdExhausted,
+    hung_task::HungTask,
+    oom::OomKill,
+    oops::KernelProblem,
 };
 
 use crate::{
@@ -22,23 +23,52 @@ pub(crate) fn count(detector: Detector, counter: Counter) {
     }
 }
 
-/// Reserves a record of type `T` in the ring buffer, counting a drop if it is full.
-#[inline(always)]
-pub(crate) fn reserve<T: 'static>(detector: Detector) -> Option<RingBufEntry<T>> {
-    let entry = RECORDS.reserve::<T>(0);
-    if entry.is_none() {
-        count(detector, Counter::RingFull);
-    }
-    entry
+/// A record type: `#[repr(C)]`, starting with its [`RecordHeader`].
+pub(crate) trait Record: 'static {}
+
+/// Implements [`Record`], checking at compile time that the header comes first.
+macro_rules! records {
+    ($($ty:ty),* $(,)?) => {$(
+        const _: () = assert!(core::mem::offset_of!($ty, header) == 0);
+        impl Record for $ty {}
+    )*};
 }
 
+records!(FdExhausted, HungTask, OomKill, KernelProblem);
+
+/// Sends one record of type `T` about `subject`: reserves it in the ring buffer (counting a
+/// drop if it is full), writes its header stamped now, lets `fill` write every other field
+/// through the pointer it is given, then submits and counts it. Returns whether the record
+/// was reserved (and so will reach the agent).
 #[inline(always)]
-pub(crate) fn submit<T: 'static>(detector: Detector, entry: RingBufEntry<T>) {
+pub(crate) fn record<T: Record>(
+    detector: Detector,
+    kind: RecordKind,
+    version: u8,
+    hook: Hook,
+    subject: Subject,
+    fill: impl FnOnce(*mut T),
+) -> bool {
+    let Some(mut entry) = RECORDS.reserve::<T>(0) else {
+        count(detector, Counter::RingFull);
+        return false;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points into the reserved entry, exclusively ours until submit, and
+    // `T` starts with its header (checked by `records!`).
+    unsafe {
+        record
+            .cast::<RecordHeader>()
+            .write(header::<T>(kind, version, hook, subject));
+    }
+    fill(record);
     entry.submit(0);
     count(detector, Counter::Submitted);
+    true
 }
 
 /// The task a record is about.
+#[derive(Clone, Copy)]
 pub(crate) struct Subject {
     /// Process (tgid); 0 where the hook does not know it (the agent fills it in).
     pub(crate) pid: u32,
@@ -74,12 +104,7 @@ impl Subject {
 
 /// The header of a record of type `T` about `subject`, stamped now.
 #[inline(always)]
-pub(crate) fn header<T>(
-    kind: RecordKind,
-    version: u8,
-    hook: Hook,
-    subject: Subject,
-) -> RecordHeader {
+fn header<T>(kind: RecordKind, version: u8, hook: Hook, subject: Subject) -> RecordHeader {
     RecordHeader {
         kind: kind as u16,
         version,

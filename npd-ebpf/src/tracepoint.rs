@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use npd_common::{TASK_COMM_LEN, config::UNKNOWN};
 
-use crate::emit::Subject;
+use crate::{config::config, emit::Subject};
 
 /// Reads a field of `T` at `offset`, or `None` if the kernel does not have it.
 #[inline(always)]
@@ -20,19 +20,24 @@ pub(crate) fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 }
 
 /// The thread a classic tracepoint names by id (its `pid` field) and `comm`: the process
-/// and cgroup are not in the record; the agent fills them in from /proc.
+/// and cgroup are not in the record; the agent fills them in from /proc. `data_loc_flag` is
+/// the event's bit in `TracepointOffsets::comm_data_loc`.
 #[inline(always)]
 pub(crate) fn thread_subject(
     ctx: &TracePointContext,
     tid: i32,
     comm_offset: u32,
-    comm_is_data_loc: bool,
+    data_loc_flag: u32,
 ) -> Subject {
     Subject {
         pid: 0,
         tid: tid as u32,
         cgroup_id: 0,
-        comm: comm(ctx, comm_offset, comm_is_data_loc),
+        comm: comm(
+            ctx,
+            comm_offset,
+            config!(tracepoints.comm_data_loc) & data_loc_flag != 0,
+        ),
     }
 }
 

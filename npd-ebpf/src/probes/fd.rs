@@ -30,7 +30,7 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{Subject, count, header, reserve, submit},
+    emit::{self, Subject, count},
     task,
 };
 
@@ -43,7 +43,8 @@ static FD_RATE_LIMIT: LruHashMap<u32, FdRateState> =
 const USUAL_RET_OFFSET: u32 = 16;
 
 #[tracepoint]
-pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn fd_sys_exit(ctx: TracePointContext) -> u32 {
     let ret_offset = config!(tracepoints.sys_exit_ret);
     let ret: i64 = if ret_offset == USUAL_RET_OFFSET {
         // SAFETY: the format file puts `long ret` at this offset of the tracepoint record,
@@ -60,7 +61,7 @@ pub fn fd_sys_exit(ctx: TracePointContext) -> u32 {
             Err(_) => return 0,
         }
     };
-    if ret != -(EMFILE as i64) && ret != -(ENFILE as i64) {
+    if ret != -i64::from(EMFILE) && ret != -i64::from(ENFILE) {
         return 0;
     }
     // SAFETY: the offset comes from the format file; the helper checks the read.
@@ -88,7 +89,7 @@ fn on_syscall_fexit(ctx: &FExitContext, slot: usize) {
 macro_rules! fd_fexit_slots {
     ($($slot:literal => $name:ident),* $(,)?) => {$(
         #[fexit]
-        pub fn $name(ctx: FExitContext) -> i32 {
+        fn $name(ctx: FExitContext) -> i32 {
             on_syscall_fexit(&ctx, $slot);
             0
         }
@@ -182,26 +183,26 @@ fn emit(
     suppressed: u64,
     failures_total: u64,
     first_failure_ns: u64,
-) {
-    let Some(mut entry) = reserve::<FdExhausted>(Detector::Fd) else {
-        return;
-    };
-    let current = task::current_task();
-    let signal = task::read_ptr(current, config!(offsets.task_signal));
-    entry.write(FdExhausted {
-        header: header::<FdExhausted>(
-            RecordKind::FdExhausted,
-            FD_EXHAUSTED_VERSION,
-            hook,
-            Subject::current(),
-        ),
-        errno,
-        syscall_nr,
-        suppressed,
-        failures_total,
-        first_failure_ns,
-        nofile_limit: task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
-            .unwrap_or(u64::MAX),
-    });
-    submit(Detector::Fd, entry);
+) -> bool {
+    emit::record::<FdExhausted>(
+        Detector::Fd,
+        RecordKind::FdExhausted,
+        FD_EXHAUSTED_VERSION,
+        hook,
+        Subject::current(),
+        |record| {
+            let signal = task::read_ptr(task::current_task(), config!(offsets.task_signal));
+            let nofile_limit = task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
+                .unwrap_or(u64::MAX);
+            // SAFETY: `record` points into the reserved entry (see `emit::record`).
+            unsafe {
+                (*record).errno = errno;
+                (*record).syscall_nr = syscall_nr;
+                (*record).suppressed = suppressed;
+                (*record).failures_total = failures_total;
+                (*record).first_failure_ns = first_failure_ns;
+                (*record).nofile_limit = nofile_limit;
+            }
+        },
+    )
 }

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 
 #[btf_tracepoint(function = "sched_switch")]
-pub fn feature_tp_btf(_ctx: BtfTracePointContext) -> i32 {
+fn feature_tp_btf(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[fentry(function = "vfs_read")]
-pub fn feature_fentry(_ctx: FEntryContext) -> u32 {
+fn feature_fentry(_ctx: FEntryContext) -> u32 {
     0
 }

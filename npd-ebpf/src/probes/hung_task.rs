@@ -19,47 +19,44 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{Subject, count, header, reserve, submit},
+    emit::{self, Subject, count},
     ratelimit,
     stack::capture_task_stack,
     tracepoint::thread_subject,
 };
 
 #[btf_tracepoint(function = "sched_process_hang")]
-pub fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {
         return 0;
     }
     let task: *mut aya_ebpf::bindings::task_struct = ctx.arg(0);
-    let Some(mut entry) = reserve::<HungTask>(Detector::HungTask) else {
-        return 0;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points into the reserved ring-buffer entry, valid and exclusively ours
-    // until submit; every field is written before submission.
-    unsafe {
-        (*record).header = header::<HungTask>(
-            RecordKind::HungTask,
-            HUNG_TASK_VERSION,
-            Hook::BtfTracepoint,
-            Subject::task(task as *const u8),
-        );
-        (*record)._pad = 0;
-        (*record).stack_len = capture_task_stack(task, &mut (*record).stack);
-        debug!(
-            &ctx,
-            "hung task pid {} ({} frames)",
-            (*record).header.tid,
-            (*record).stack_len
-        );
-    }
-    submit(Detector::HungTask, entry);
+    emit::record::<HungTask>(
+        Detector::HungTask,
+        RecordKind::HungTask,
+        HUNG_TASK_VERSION,
+        Hook::BtfTracepoint,
+        Subject::task(task as *const u8),
+        // SAFETY: `record` points into the reserved entry (see `emit::record`).
+        |record| unsafe {
+            (*record)._pad = 0;
+            (*record).stack_len = capture_task_stack(task, &mut (*record).stack);
+            debug!(
+                &ctx,
+                "hung task pid {} ({} frames)",
+                (*record).header.tid,
+                (*record).stack_len
+            );
+        },
+    );
     0
 }
 
 #[tracepoint]
-pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn hung_task_tp(ctx: TracePointContext) -> u32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {
         return 0;
@@ -69,27 +66,23 @@ pub fn hung_task_tp(ctx: TracePointContext) -> u32 {
         Ok(pid) => pid,
         Err(_) => return 0,
     };
-    let Some(mut entry) = reserve::<HungTask>(Detector::HungTask) else {
-        return 0;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: as in hung_task_btf.
-    unsafe {
-        (*record).header = header::<HungTask>(
-            RecordKind::HungTask,
-            HUNG_TASK_VERSION,
-            Hook::Tracepoint,
-            thread_subject(
-                &ctx,
-                pid,
-                config!(tracepoints.hang_comm),
-                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_HANG != 0,
-            ),
-        );
-        (*record).stack_len = 0;
-        (*record)._pad = 0;
-        (*record).stack = [0; MAX_STACK_DEPTH];
-    }
-    submit(Detector::HungTask, entry);
+    emit::record::<HungTask>(
+        Detector::HungTask,
+        RecordKind::HungTask,
+        HUNG_TASK_VERSION,
+        Hook::Tracepoint,
+        thread_subject(
+            &ctx,
+            pid,
+            config!(tracepoints.hang_comm),
+            COMM_DATA_LOC_HANG,
+        ),
+        // SAFETY: `record` points into the reserved entry (see `emit::record`).
+        |record| unsafe {
+            (*record).stack_len = 0;
+            (*record)._pad = 0;
+            (*record).stack = [0; MAX_STACK_DEPTH];
+        },
+    );
     0
 }

@@ -26,14 +26,15 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{Subject, count, header, reserve, submit},
+    emit::{self, Subject, count},
     stack::capture_current_stack,
     task,
     tracepoint::{field, thread_subject},
 };
 
 #[btf_tracepoint(function = "mark_victim")]
-pub fn oom_btf(ctx: BtfTracePointContext) -> i32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_btf(ctx: BtfTracePointContext) -> i32 {
     let victim: *mut task_struct = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
     from_task(&ctx, victim as *const u8, Hook::BtfTracepoint, Some(uid));
@@ -41,13 +42,15 @@ pub fn oom_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[fentry(function = "mark_oom_victim")]
-pub fn oom_fentry(ctx: FEntryContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_fentry(ctx: FEntryContext) -> u32 {
     let victim: *mut task_struct = ctx.arg(0);
     from_task(&ctx, victim as *const u8, Hook::Fentry, None);
     0
 }
 
 /// What a hook could learn about the victim; `None` where it could not.
+#[derive(Clone, Copy)]
 struct VictimFacts {
     /// total_vm, anon, file and shmem RSS, in KiB.
     memory_kb: Option<[u64; 4]>,
@@ -87,12 +90,13 @@ fn write_facts(record: *mut OomKill, facts: VictimFacts) -> u16 {
     valid
 }
 
-/// The trigger (current task) part, shared by every hook.
+/// The validity flags and the trigger (current task) part, shared by every hook.
 #[inline(always)]
-fn fill_trigger<C: EbpfContext>(ctx: &C, record: *mut OomKill) {
+fn finish<C: EbpfContext>(ctx: &C, record: *mut OomKill, valid: u16) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `record` points into a reserved ring-buffer entry (see callers).
     unsafe {
+        (*record).flags = valid;
         (*record).trigger_pid = (pid_tgid >> 32) as u32;
         (*record).trigger_tid = pid_tgid as u32;
         (*record).trigger_cgroup_id = task::current_cgroup_id();
@@ -102,13 +106,9 @@ fn fill_trigger<C: EbpfContext>(ctx: &C, record: *mut OomKill) {
     }
 }
 
+/// What the victim's task, mm, signal and cred say; `uid` from the hook if it has it.
 #[inline(always)]
-fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option<u32>) {
-    count(Detector::Oom, Counter::Hits);
-    let Some(mut entry) = reserve::<OomKill>(Detector::Oom) else {
-        return;
-    };
-    let record = entry.as_mut_ptr();
+fn victim_facts(victim: *const u8, uid: Option<u32>) -> VictimFacts {
     let kib_per_page = config!(page_size) / 1024;
     let mm = task::read_ptr(victim, config!(offsets.task_mm));
     let total_vm = task::read::<u64>(mm, config!(offsets.mm_total_vm));
@@ -122,58 +122,82 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
         let cred = task::read_ptr(victim, config!(offsets.task_real_cred));
         task::read::<u32>(cred, config!(offsets.cred_uid))
     });
-    let header = header::<OomKill>(
-        RecordKind::OomKill,
-        OOM_KILL_VERSION,
-        hook,
-        Subject::task(victim),
-    );
-    // Per-CPU counters can fold to slightly negative values; the kernel clamps the same way.
-    let kib = |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
+    // Per-CPU counters can fold to slightly negative values; the kernel clamps the
+    // same way.
+    let kib =
+        |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
     let memory_kb = match (total_vm, kib(anon), kib(file), kib(shmem)) {
         (Some(total_vm), Some(anon), Some(file), Some(shmem)) => {
             Some([total_vm * kib_per_page, anon, file, shmem])
         }
         _ => None,
     };
-    let mut valid = write_facts(
-        record,
-        VictimFacts {
-            memory_kb,
-            pgtables_kb: pgtables.unwrap_or(0) / 1024,
-            uid,
-            oom_score_adj: score_adj,
+    VictimFacts {
+        memory_kb,
+        pgtables_kb: pgtables.unwrap_or(0) / 1024,
+        uid,
+        oom_score_adj: score_adj,
+    }
+}
+
+#[inline(always)]
+fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option<u32>) {
+    count(Detector::Oom, Counter::Hits);
+    let facts = victim_facts(victim, uid);
+    emit::record::<OomKill>(
+        Detector::Oom,
+        RecordKind::OomKill,
+        OOM_KILL_VERSION,
+        hook,
+        Subject::task(victim),
+        |record| {
+            let mut valid = write_facts(record, facts);
+            // SAFETY: `record` points into the reserved entry, its header already written
+            // (see `emit::record`).
+            if unsafe { (*record).header.cgroup_id } != 0 {
+                valid |= flags::VICTIM_CGROUP;
+            }
+            finish(ctx, record, valid);
         },
     );
-    if header.cgroup_id != 0 {
-        valid |= flags::VICTIM_CGROUP;
-    }
-    // SAFETY: `record` points into the reserved entry, exclusively ours until submit.
-    unsafe {
-        (*record).header = header;
-        (*record).flags = valid;
-    }
-    fill_trigger(ctx, record);
-    submit(Detector::Oom, entry);
 }
 
 #[tracepoint]
-pub fn oom_tp(ctx: TracePointContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oom_tp(ctx: TracePointContext) -> u32 {
     count(Detector::Oom, Counter::Hits);
     let Some(pid) = field::<i32>(&ctx, config!(tracepoints.oom_pid)) else {
         return 0;
     };
-    let Some(mut entry) = reserve::<OomKill>(Detector::Oom) else {
-        return 0;
-    };
-    let record = entry.as_mut_ptr();
-    let total_vm = field::<u64>(&ctx, config!(tracepoints.oom_total_vm));
-    let anon = field::<u64>(&ctx, config!(tracepoints.oom_anon_rss));
-    let file = field::<u64>(&ctx, config!(tracepoints.oom_file_rss));
-    let shmem = field::<u64>(&ctx, config!(tracepoints.oom_shmem_rss));
-    let pgtables = field::<u64>(&ctx, config!(tracepoints.oom_pgtables));
-    let uid = field::<u32>(&ctx, config!(tracepoints.oom_uid));
-    let score_adj = field::<i16>(&ctx, config!(tracepoints.oom_score_adj));
+    emit::record::<OomKill>(
+        Detector::Oom,
+        RecordKind::OomKill,
+        OOM_KILL_VERSION,
+        Hook::Tracepoint,
+        thread_subject(
+            &ctx,
+            pid,
+            config!(tracepoints.oom_comm),
+            COMM_DATA_LOC_OOM,
+        ),
+        |record| {
+            let valid = write_facts(record, tracepoint_facts(&ctx));
+            finish(&ctx, record, valid);
+        },
+    );
+    0
+}
+
+/// What the classic tracepoint's fields say (only the pid before 6.5).
+#[inline(always)]
+fn tracepoint_facts(ctx: &TracePointContext) -> VictimFacts {
+    let total_vm = field::<u64>(ctx, config!(tracepoints.oom_total_vm));
+    let anon = field::<u64>(ctx, config!(tracepoints.oom_anon_rss));
+    let file = field::<u64>(ctx, config!(tracepoints.oom_file_rss));
+    let shmem = field::<u64>(ctx, config!(tracepoints.oom_shmem_rss));
+    let pgtables = field::<u64>(ctx, config!(tracepoints.oom_pgtables));
+    let uid = field::<u32>(ctx, config!(tracepoints.oom_uid));
+    let score_adj = field::<i16>(ctx, config!(tracepoints.oom_score_adj));
     // The format file already gives KiB.
     let memory_kb = match (total_vm, anon, file, shmem) {
         (Some(total_vm), Some(anon), Some(file), Some(shmem)) => {
@@ -181,31 +205,10 @@ pub fn oom_tp(ctx: TracePointContext) -> u32 {
         }
         _ => None,
     };
-    let valid = write_facts(
-        record,
-        VictimFacts {
-            memory_kb,
-            pgtables_kb: pgtables.unwrap_or(0),
-            uid,
-            oom_score_adj: score_adj,
-        },
-    );
-    // SAFETY: `record` points into the reserved entry, exclusively ours until submit.
-    unsafe {
-        (*record).header = header::<OomKill>(
-            RecordKind::OomKill,
-            OOM_KILL_VERSION,
-            Hook::Tracepoint,
-            thread_subject(
-                &ctx,
-                pid,
-                config!(tracepoints.oom_comm),
-                config!(tracepoints.comm_data_loc) & COMM_DATA_LOC_OOM != 0,
-            ),
-        );
-        (*record).flags = valid;
+    VictimFacts {
+        memory_kb,
+        pgtables_kb: pgtables.unwrap_or(0),
+        uid,
+        oom_score_adj: score_adj,
     }
-    fill_trigger(&ctx, record);
-    submit(Detector::Oom, entry);
-    0
 }

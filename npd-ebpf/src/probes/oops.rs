@@ -14,13 +14,14 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{Subject, count, header, reserve, submit},
+    emit::{self, Subject, count},
     ratelimit,
     stack::capture_current_stack,
 };
 
 #[fentry(function = "oops_enter")]
-pub fn oops_fentry(ctx: FEntryContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn oops_fentry(ctx: FEntryContext) -> u32 {
     // An oops is rare and grave: never rate-limited.
     report(&ctx, RecordKind::KernelOops, 0, 0);
     0
@@ -29,7 +30,8 @@ pub fn oops_fentry(ctx: FEntryContext) -> u32 {
 /// `__warn(const char *file, int line, void *caller, unsigned taint, struct pt_regs *regs,
 /// struct warn_args *args)`.
 #[fentry(function = "__warn")]
-pub fn warn_fentry(ctx: FEntryContext) -> u32 {
+#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+fn warn_fentry(ctx: FEntryContext) -> u32 {
     count(Detector::Oops, Counter::Hits);
     if !ratelimit::allow(Detector::Oops) {
         return 0;
@@ -51,33 +53,33 @@ fn report<C: EbpfContext>(ctx: &C, kind: RecordKind, caller: u64, added_taint: u
     if kind == RecordKind::KernelOops {
         count(Detector::Oops, Counter::Hits);
     }
-    let Some(mut entry) = reserve::<KernelProblem>(Detector::Oops) else {
-        return;
-    };
+    emit::record::<KernelProblem>(
+        Detector::Oops,
+        kind,
+        KERNEL_PROBLEM_VERSION,
+        Hook::Fentry,
+        Subject::current(),
+        // SAFETY: `record` points into the reserved entry (see `emit::record`).
+        |record| unsafe {
+            (*record).caller = caller;
+            (*record).taint = current_taint(added_taint);
+            (*record)._pad = 0;
+            (*record).stack_len = capture_current_stack(ctx, &mut (*record).stack);
+        },
+    );
+}
+
+/// The kernel's taint mask with `added` set, `u64::MAX` if unknown.
+#[inline(always)]
+fn current_taint(added: u64) -> u64 {
     let tainted_mask = config!(tainted_mask_addr);
-    let taint = if tainted_mask == 0 {
+    if tainted_mask == 0 {
         u64::MAX
     } else {
         // SAFETY: the address of `tainted_mask` from /proc/kallsyms; the helper checks it.
         match unsafe { bpf_probe_read_kernel(tainted_mask as *const u64) } {
-            Ok(mask) => mask | added_taint,
+            Ok(mask) => mask | added,
             Err(_) => u64::MAX,
         }
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points into the reserved entry, exclusively ours until submit; every
-    // field is written.
-    unsafe {
-        (*record).header = header::<KernelProblem>(
-            kind,
-            KERNEL_PROBLEM_VERSION,
-            Hook::Fentry,
-            Subject::current(),
-        );
-        (*record).caller = caller;
-        (*record).taint = taint;
-        (*record)._pad = 0;
-        (*record).stack_len = capture_current_stack(ctx, &mut (*record).stack);
     }
-    submit(Detector::Oops, entry);
 }
