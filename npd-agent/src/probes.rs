@@ -31,8 +31,7 @@ const AYA_LOG_RING_BYTES: u32 = 128 * 1024;
 /// The object `cargo xtask build` compiled from npd-ebpf; empty in a plain `cargo build`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npd.bpf.o"));
 
-pub const RECORDS_MAP: &str = "RECORDS";
-pub const COUNTERS_MAP: &str = "COUNTERS";
+pub use npd_common::names::{COUNTERS_MAP, RECORDS_MAP};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -272,10 +271,10 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&aya_btf))
-        .override_global("PROBE_CONFIG", &config, true)
-        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .override_global(npd_common::names::PROBE_CONFIG_GLOBAL, &config, true)
+        .override_global(npd_common::names::AYA_LOG_LEVEL_GLOBAL, &log_level, false)
         .map_max_entries(RECORDS_MAP, options.ring_buffer_bytes)
-        .map_max_entries("AYA_LOGS", log_ring_bytes);
+        .map_max_entries(npd_common::names::AYA_LOGS_MAP, log_ring_bytes);
     for (name, bytes) in &globals {
         loader.override_global(name, bytes.as_slice(), true);
     }
@@ -441,14 +440,20 @@ pub fn probe_program_types(ebpf: &mut Ebpf) -> ProgramTypeSupport {
             .map(|()| "allowed".to_owned())
             .map_err(|err| describe(&err))
     };
-    let btf_tracepoint = try_load("feature_tp_btf", &|program, btf| {
-        let program: &mut aya::programs::BtfTracePoint = program.try_into()?;
-        program.load("sched_switch", btf)
-    });
-    let fentry = try_load("feature_fentry", &|program, btf| {
-        let program: &mut aya::programs::FEntry = program.try_into()?;
-        program.load("vfs_read", btf)
-    });
+    let btf_tracepoint = try_load(
+        npd_common::names::FEATURE_TP_BTF_PROGRAM,
+        &|program, btf| {
+            let program: &mut aya::programs::BtfTracePoint = program.try_into()?;
+            program.load("sched_switch", btf)
+        },
+    );
+    let fentry = try_load(
+        npd_common::names::FEATURE_FENTRY_PROGRAM,
+        &|program, btf| {
+            let program: &mut aya::programs::FEntry = program.try_into()?;
+            program.load("vfs_read", btf)
+        },
+    );
     ProgramTypeSupport {
         btf_tracepoint,
         fentry,

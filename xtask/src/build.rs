@@ -31,6 +31,8 @@ pub(crate) struct RunArgs {
 #[derive(Debug)]
 pub(crate) struct Artifacts {
     pub(crate) agent: PathBuf,
+    /// The eBPF object embedded in the agent.
+    pub(crate) ebpf_object: PathBuf,
 }
 
 pub(crate) fn build_ebpf() -> anyhow::Result<PathBuf> {
@@ -66,7 +68,7 @@ pub(crate) fn build(args: &BuildArgs) -> anyhow::Result<Artifacts> {
     sh(&mut cmd)?;
     let agent = root().join("target").join(profile).join("npd-agent");
     step(format!("built {}", agent.display()));
-    Ok(Artifacts { agent })
+    Ok(Artifacts { agent, ebpf_object })
 }
 
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {

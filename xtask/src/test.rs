@@ -59,6 +59,19 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     let control_plane = apiserver::ensure_built()?;
     let artifacts = build::build(&BuildArgs { debug: false })?;
+    step("the names the agent looks programs, maps and globals up by, against the object");
+    sh(util::cargo(None)
+        .current_dir(root())
+        .env("NPD_BPF_OBJECT", &artifacts.ebpf_object)
+        .args([
+            "test",
+            "--package",
+            "npd-common",
+            "--features",
+            "user",
+            "--",
+        ])
+        .args(["--ignored", "every_name_is_a_symbol_of_the_object"]))?;
     let machine = util::lock_machine("kernel tests")?;
     step("kernel and cluster tests (root, one at a time: they share global kernel state)");
     sh(util::cargo(None)

@@ -27,9 +27,7 @@ use crate::{
     },
 };
 
-pub const PROGRAM: &str = "fd_sys_exit";
-pub use npd_common::fd::FD_FEXIT_SYSCALLS;
-pub const RATE_LIMIT_MAP: &str = "FD_RATE_LIMIT";
+pub use npd_common::fd::{FD_FEXIT_SYSCALLS, RATE_LIMIT_MAP, SYS_EXIT_PROGRAM as PROGRAM};
 
 /// The system file table (nearly) full: from `/proc/sys/fs/file-nr` samples with
 /// hysteresis, and from ENFILE failures.
@@ -189,10 +187,6 @@ pub fn fexit_slots() -> [i32; FD_FEXIT_SLOTS] {
     slots
 }
 
-fn fexit_program(slot: usize) -> String {
-    format!("fd_fexit_{slot}")
-}
-
 /// Why an fd could not be created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Errno {
@@ -323,7 +317,7 @@ fn attach_fexits(
             absent.push(name);
             continue;
         }
-        let program = fexit_program(slot);
+        let program = npd_common::fd::FEXIT_PROGRAMS[slot].to_owned();
         loaded.push(program.clone());
         if let Err(err) =
             super::attach_trampoline(ebpf, ctx, Trampoline::Fexit, &program, &function)

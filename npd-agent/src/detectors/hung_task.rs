@@ -25,8 +25,7 @@ use crate::{
     },
 };
 
-pub const BTF_PROGRAM: &str = "hung_task_btf";
-pub const TRACEPOINT_PROGRAM: &str = "hung_task_tp";
+pub use npd_common::hung_task::{BTF_PROGRAM, TRACEPOINT_PROGRAM};
 
 /// NPD's KernelDeadlock: True while a task is hung, False once none has been for
 /// `hungTask.recoveryWindow`.

@@ -25,9 +25,7 @@ use crate::{
     problem::{Assessment, EventReason, Report},
 };
 
-pub const BTF_PROGRAM: &str = "oom_btf";
-pub const FENTRY_PROGRAM: &str = "oom_fentry";
-pub const TRACEPOINT_PROGRAM: &str = "oom_tp";
+pub use npd_common::oom::{BTF_PROGRAM, FENTRY_PROGRAM, TRACEPOINT_PROGRAM};
 /// The tracepoint whose typed arguments decide between tp_btf and the rest.
 pub const MARK_VICTIM: &str = "mark_victim";
 

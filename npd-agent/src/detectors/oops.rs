@@ -277,8 +277,7 @@ mod tests {
     }
 }
 
-pub const OOPS_PROGRAM: &str = "oops_fentry";
-pub const WARN_PROGRAM: &str = "warn_fentry";
+pub use npd_common::oops::{OOPS_FENTRY_PROGRAM as OOPS_PROGRAM, WARN_FENTRY_PROGRAM as WARN_PROGRAM};
 
 /// Which problems the fentry hooks cover; the counter watcher covers the rest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
