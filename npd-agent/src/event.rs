@@ -66,6 +66,37 @@ impl Task {
     }
 }
 
+/// Text a process or a pod controls (a process name, a cgroup or mount path), made safe to
+/// put in a message or a log line: control characters, backslashes and non-UTF-8 bytes are
+/// escaped (`\n`, `\x1b`, `\\`), and a name with spaces or quotes is quoted, so nothing
+/// it contains can start a new line, colour a terminal or pass for another word.
+pub fn escape_untrusted(text: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| !c.is_control() && c != '\\' && c != '"' && !c.is_whitespace();
+    if text.chars().all(plain) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 2);
+    let quote = text.chars().any(|c| c.is_whitespace() || c == '"');
+    if quote {
+        escaped.push('"');
+    }
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => escaped.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    if quote {
+        escaped.push('"');
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 pub fn comm_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -242,5 +273,27 @@ impl Event {
     /// What the event means to the problem engine.
     pub fn assess(&self) -> Assessment {
         self.detail.assess(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_untrusted;
+
+    #[test]
+    fn untrusted_text_cannot_break_a_line_or_pass_for_another_word() {
+        let cases = [
+            ("mysqld", "mysqld"),
+            ("kworker/0:1", "kworker/0:1"),
+            ("evil\nkubelet", "\"evil\\nkubelet\""),
+            ("\x1b[31mred", "\\x1b[31mred"),
+            ("a b", "\"a b\""),
+            ("say \"hi\"", "\"say \\\"hi\\\"\""),
+            ("back\\slash", "back\\\\slash"),
+            ("bad\u{fffd}utf8", "bad\u{fffd}utf8"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(escape_untrusted(raw), shown, "{raw:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use npd_agent::{
     agent,
     attribution::{Attributor, CgroupIndex},
-    event::Event,
+    event::{Event, escape_untrusted},
     probes,
     source::EventSource,
 };
@@ -48,7 +48,7 @@ fn table_row(event: &Event) -> String {
         event.kind,
         event.task.pid,
         event.task.tid,
-        event.task.comm,
+        escape_untrusted(&event.task.comm),
         event.task.cgroup_id,
         event.source.as_str(),
         event.summary()

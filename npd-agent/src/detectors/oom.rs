@@ -14,7 +14,7 @@ use super::{
 use crate::{
     decode::{DecodeError, payload},
     engine::describe_task,
-    event::{Attribution, Event, Source, Task, comm_string},
+    event::{Attribution, Event, Source, Task, comm_string, escape_untrusted},
     finding,
     kernel::{
         CgroupLayout,
@@ -114,7 +114,8 @@ finding!(OomKill, "oom_kill", {
         let trigger = if self.trigger.pid != 0 && self.trigger.pid != event.task.pid {
             format!(
                 "; the allocation that ran it was by {} (pid {})",
-                self.trigger.comm, self.trigger.pid
+                escape_untrusted(&self.trigger.comm),
+                self.trigger.pid
             )
         } else {
             String::new()

@@ -1,7 +1,7 @@
 //! Who a problem belongs to, in words (messages), as a key (aggregation) and as an Event
 //! target: a pod's container, a systemd unit, a bare cgroup, or just a process.
 
-use crate::event::{Attribution, PodRef, Task};
+use crate::event::{Attribution, PodRef, Task, escape_untrusted};
 
 use super::events::EventTarget;
 
@@ -30,12 +30,12 @@ pub(crate) fn placement(attribution: Option<&Attribution>) -> Option<String> {
         return Some(pod_placement(pod));
     }
     if let Some(unit) = &attribution.unit {
-        return Some(format!("unit {unit}"));
+        return Some(format!("unit {}", escape_untrusted(unit)));
     }
     attribution
         .cgroup
         .as_ref()
-        .map(|cgroup| format!("cgroup {cgroup}"))
+        .map(|cgroup| format!("cgroup {}", escape_untrusted(cgroup)))
 }
 
 /// `mysqld (pid 1234) in pod default/db-0, container mysql`; the thread is named when it is
@@ -52,7 +52,11 @@ pub(crate) fn describe_task(task: &Task, attribution: Option<&Attribution>) -> S
     let place = placement(attribution)
         .map(|p| format!(" in {p}"))
         .unwrap_or_default();
-    format!("{} (pid {}{thread}){place}", task.comm, task.pid)
+    format!(
+        "{} (pid {}{thread}){place}",
+        escape_untrusted(&task.comm),
+        task.pid
+    )
 }
 
 /// Part of an aggregation key: stable for one container across its restarts when the
@@ -237,6 +241,27 @@ mod tests {
                 name: "db-0".to_owned(),
                 uid: UID.to_owned()
             }
+        );
+    }
+
+    #[test]
+    fn names_a_process_controls_are_escaped() {
+        let task = Task {
+            pid: 66,
+            tid: 66,
+            comm: "x\nkubelet (pid 1)".to_owned(),
+            cgroup_id: 0,
+        };
+        let unit = Attribution {
+            cgroup: None,
+            pod: None,
+            unit: Some("evil\x1b[2J.service".to_owned()),
+        };
+        let text = describe_task(&task, Some(&unit));
+        assert!(!text.contains('\n') && !text.contains('\x1b'), "{text}");
+        assert_eq!(
+            text,
+            "\"x\\nkubelet (pid 1)\" (pid 66) in unit evil\\x1b[2J.service"
         );
     }
 
