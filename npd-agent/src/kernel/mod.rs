@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod kallsyms;
+pub mod mountinfo;
 pub mod offsets;
 pub mod procfs;
 pub mod tracefs;
