@@ -28,11 +28,14 @@ fn parse(line: &str) -> Option<((u32, u32), Mount)> {
     let (left, right) = line.split_once(" - ")?;
     let left: Vec<&str> = left.split(' ').collect();
     let right: Vec<&str> = right.split(' ').collect();
-    let options = |field: Option<&&str>| -> Vec<&str> {
-        field.map(|s| s.split(',').collect()).unwrap_or_default()
-    };
-    let mount_options = options(left.get(5));
-    let super_options = options(right.get(2));
+    let mount_options: Vec<&str> = left
+        .get(5)
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default();
+    let super_options: Vec<&str> = right
+        .get(2)
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default();
     let after_error = super_options.contains(&"emergency_ro");
     let read_only = after_error || mount_options.contains(&"ro") || super_options.contains(&"ro");
     Some((
