@@ -20,6 +20,16 @@ macro_rules! assert_layout_u32 {
 /// An offset the kernel does not provide.
 pub const UNKNOWN: u32 = u32::MAX;
 
+/// How a tracepoint stores a string field.
+pub mod string_kind {
+    /// A kernel `const char *` (read with `bpf_probe_read_kernel_str`).
+    pub const POINTER: u32 = 0;
+    /// A `__data_loc char[]`: a u32 whose low 16 bits are the string's offset in the record.
+    pub const DATA_LOC: u32 = 1;
+    /// A NUL-terminated `char[N]` in the record.
+    pub const ARRAY: u32 = 2;
+}
+
 /// How `RecordHeader::cgroup_id` is read.
 pub mod cgroup_mode {
     /// `bpf_get_current_cgroup_id()` / the task's default (v2) cgroup.

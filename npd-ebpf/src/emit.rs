@@ -30,10 +30,12 @@ pub(crate) trait Record: 'static {}
 macro_rules! records {
     ($($ty:ty),* $(,)?) => {$(
         const _: () = assert!(core::mem::offset_of!($ty, header) == 0);
-        impl Record for $ty {}
+        impl $crate::emit::Record for $ty {}
     )*};
 }
+pub(crate) use records;
 
+// A detector's own kinds are declared in its probe file.
 records!(FdExhausted, HungTask, OomKill, KernelProblem);
 
 /// Sends one record of type `T` about `subject`: reserves it in the ring buffer (counting a
@@ -78,6 +80,17 @@ pub(crate) struct Subject {
 }
 
 impl Subject {
+    /// No task (a block completion, in interrupt context): all zero.
+    #[inline(always)]
+    pub(crate) const fn none() -> Self {
+        Self {
+            pid: 0,
+            tid: 0,
+            cgroup_id: 0,
+            comm: [0; TASK_COMM_LEN],
+        }
+    }
+
     /// The current task.
     #[inline(always)]
     pub(crate) fn current() -> Self {

@@ -5,23 +5,21 @@
 //! then sends every syscall of every task through its slow path, which the benchmarks
 //! measure. Only EMFILE and ENFILE go further; the rest return after one compare.
 //!
-//! Rate limit per process: the first failure is reported at once, then at most one record per
-//! `fd_rate_limit_ns` carrying how many were folded into it. `FdRateState::failures` counts
-//! every failure, so the agent can account for the tail of a storm that stopped between
-//! records.
+//! Rate limit per process (`ratelimit::per_key`): the first failure is reported at once, then
+//! at most one record per `fd_rate_limit_ns` carrying how many were folded into it.
+//! `FdRateState::failures` counts every failure, so the agent can account for the tail of a
+//! storm that stopped between records; `reported` advances only when a record was reserved,
+//! so failures lost to a full ring buffer are accounted too.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{fexit, map, tracepoint},
     maps::LruHashMap,
     programs::{FExitContext, TracePointContext},
 };
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use npd_common::{
     Hook, RecordKind,
-    counters::{Counter, Detector},
+    counters::Detector,
     fd::{
         EMFILE, ENFILE, FD_EXHAUSTED_VERSION, FD_FEXIT_SLOTS, FD_RATE_LIMIT_ENTRIES, FdExhausted,
         FdRateState,
@@ -30,8 +28,10 @@ use npd_common::{
 
 use crate::{
     config::config,
-    emit::{self, Subject, count},
+    emit::{self, Subject},
+    ratelimit::{self, Tally},
     task,
+    tracepoint::hot_field,
 };
 
 #[map]
@@ -45,21 +45,10 @@ const USUAL_RET_OFFSET: u32 = 16;
 #[tracepoint]
 #[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
 fn fd_sys_exit(ctx: TracePointContext) -> u32 {
-    let ret_offset = config!(tracepoints.sys_exit_ret);
-    let ret: i64 = if ret_offset == USUAL_RET_OFFSET {
-        // SAFETY: the format file puts `long ret` at this offset of the tracepoint record,
-        // which the verifier allows reading directly.
-        unsafe {
-            *(ctx.as_ptr() as *const u8)
-                .add(USUAL_RET_OFFSET as usize)
-                .cast::<i64>()
-        }
-    } else {
-        // SAFETY: the offset comes from the format file; the helper checks the read.
-        match unsafe { ctx.read_at::<i64>(ret_offset as usize) } {
-            Ok(ret) => ret,
-            Err(_) => return 0,
-        }
+    let Some(ret) =
+        hot_field::<i64, USUAL_RET_OFFSET>(&ctx, config!(tracepoints.sys_exit_ret))
+    else {
+        return 0;
     };
     if ret != -i64::from(EMFILE) && ret != -i64::from(ENFILE) {
         return 0;
@@ -113,77 +102,39 @@ fd_fexit_slots! {
 
 #[inline(always)]
 fn on_failure(errno: i32, syscall_nr: i32, hook: Hook) {
-    count(Detector::Fd, Counter::Hits);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    let mut state = FD_RATE_LIMIT.get_ptr_mut(tgid);
-    if state.is_none() {
-        let fresh = FdRateState {
-            first_failure_ns: now,
-            last_record_ns: now,
-            failures: 1,
-            reported: 1,
+    ratelimit::per_key(
+        Detector::Fd,
+        &FD_RATE_LIMIT,
+        &tgid,
+        config!(fd_rate_limit_ns),
+        || FdRateState {
+            first_failure_ns: 0,
+            last_record_ns: 0,
+            failures: 0,
+            reported: 0,
             last_errno: errno,
             last_syscall_nr: syscall_nr,
             last_tid: tid,
             _pad: 0,
             cgroup_id: task::current_cgroup_id(),
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        };
-        if FD_RATE_LIMIT
-            .insert(tgid, fresh, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            emit(errno, syscall_nr, hook, 0, 1, now);
-            return;
-        }
-        // Another thread of the process created the entry first: count on it.
-        state = FD_RATE_LIMIT.get_ptr_mut(tgid);
-    }
-    let Some(state) = state else {
-        return;
-    };
-    // SAFETY: a pointer into the map value, valid for this program run; `failures` is only
-    // ever changed atomically, the other fields are last-writer-wins hints.
-    unsafe {
-        // bpfel has no atomic types; an xadd whose result is unused is BPF_XADD, which every
-        // kernel with ring buffers supports.
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).failures, 1);
-        (*state).last_errno = errno;
-        (*state).last_syscall_nr = syscall_nr;
-        (*state).last_tid = tid;
-        if now.wrapping_sub((*state).last_record_ns) < config!(fd_rate_limit_ns) {
-            count(Detector::Fd, Counter::RateLimited);
-            return;
-        }
-        (*state).last_record_ns = now;
-        let failures = core::ptr::read_volatile(&raw const (*state).failures);
-        let suppressed = failures.saturating_sub((*state).reported).saturating_sub(1);
-        (*state).reported = failures;
-        emit(
-            errno,
-            syscall_nr,
-            hook,
-            suppressed,
-            failures,
-            (*state).first_failure_ns,
-        );
-    }
+        },
+        // SAFETY: a pointer into the map value (see `ratelimit::per_key`); these fields are
+        // last-writer-wins hints.
+        |state| unsafe {
+            (*state).last_errno = errno;
+            (*state).last_syscall_nr = syscall_nr;
+            (*state).last_tid = tid;
+        },
+        |tally| emit(errno, syscall_nr, hook, &tally),
+    );
 }
 
 #[inline(always)]
-fn emit(
-    errno: i32,
-    syscall_nr: i32,
-    hook: Hook,
-    suppressed: u64,
-    failures_total: u64,
-    first_failure_ns: u64,
-) -> bool {
+fn emit(errno: i32, syscall_nr: i32, hook: Hook, tally: &Tally) -> bool {
     emit::record::<FdExhausted>(
         Detector::Fd,
         RecordKind::FdExhausted,
@@ -198,9 +149,9 @@ fn emit(
             unsafe {
                 (*record).errno = errno;
                 (*record).syscall_nr = syscall_nr;
-                (*record).suppressed = suppressed;
-                (*record).failures_total = failures_total;
-                (*record).first_failure_ns = first_failure_ns;
+                (*record).suppressed = tally.suppressed;
+                (*record).failures_total = tally.failures_total;
+                (*record).first_failure_ns = tally.first_failure_ns;
                 (*record).nofile_limit = nofile_limit;
             }
         },
