@@ -820,11 +820,7 @@ mod tests {
         let text = include_str!("../../deploy/base/config.yaml");
         let config = parse(text).expect("deploy/base/config.yaml is valid");
         assert_eq!(config.engine().unwrap(), EngineConfig::default());
-        let every: Vec<String> = detectors::all()
-            .iter()
-            .map(|d| d.name().to_owned())
-            .collect();
-        assert_eq!(config.detectors, Some(every), "it lists every detector");
+        assert_eq!(config.detectors, None, "every detector runs by default");
         assert_eq!(parse("").unwrap(), FileConfig::default());
         assert_eq!(config.remediation(), None, "remediation is opt-in");
         // Its documented values are the defaults once enabled.
