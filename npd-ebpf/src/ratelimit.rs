@@ -69,12 +69,12 @@ pub(crate) fn allow(detector: Detector) -> bool {
 /// The fields every per-key state starts with, in this order (checked by `windows!`).
 #[repr(C)]
 pub(crate) struct Window {
-    first_failure_ns: u64,
-    last_record_ns: u64,
+    pub(crate) first_failure_ns: u64,
+    pub(crate) last_record_ns: u64,
     /// Every failure of the key since `first_failure_ns` (atomically incremented).
-    failures: u64,
+    pub(crate) failures: u64,
     /// `failures` as of the last record that reached the ring buffer.
-    reported: u64,
+    pub(crate) reported: u64,
 }
 
 /// A per-key state: `#[repr(C)]`, starting with the fields of [`Window`].

@@ -58,6 +58,11 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         );
     }
     let control_plane = apiserver::ensure_built()?;
+    // The filesystem tests make real XFS images (ext4's tools are on every Debian).
+    if which("mkfs.xfs").is_none() {
+        step("installing xfsprogs (the filesystem tests shut down a real XFS)");
+        crate::prereqs::apt_install(&["xfsprogs".to_owned()])?;
+    }
     let artifacts = build::build(&BuildArgs { debug: false })?;
     step("the names the agent looks programs, maps and globals up by, against the object");
     sh(util::cargo(None)
@@ -108,4 +113,13 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
             ..BenchArgs::default()
         },
     )
+}
+
+/// The path of `program` on PATH, if any.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
 }
