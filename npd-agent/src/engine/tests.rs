@@ -292,7 +292,10 @@ fn conditions_start_false_and_present() {
     assert_eq!(conditions.len(), detectors::catalog().conditions.len());
     for condition in conditions {
         assert_eq!(condition.status, False);
-        assert_eq!(condition.reason, condition.condition_type.spec().healthy_reason);
+        assert_eq!(
+            condition.reason,
+            condition.condition_type.spec().healthy_reason
+        );
     }
     assert!(conditions.iter().all(|c| c.last_transition_time == wall(0)));
 }
@@ -1489,5 +1492,9 @@ fn condition_and_reason_names_are_npd_compatible() {
     let mut unique = reasons.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(unique.len(), reasons.len(), "two detectors declare one reason");
+    assert_eq!(
+        unique.len(),
+        reasons.len(),
+        "two detectors declare one reason"
+    );
 }
