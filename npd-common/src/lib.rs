@@ -26,6 +26,8 @@ registry::registry! {
     oom: Oom = 2 => [OomKill = 3],
     /// Kernel oops and WARN.
     oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
+    /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
+    fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
 }
 
 // After the registry: it uses `for_each_kernel_detector!`, which is in scope from here on.

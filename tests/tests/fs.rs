@@ -1,0 +1,233 @@
+//! Filesystems and disks, end to end, with real failures on loop devices: an ext4 error that
+//! makes the filesystem read-only (errors=remount-ro), an XFS shutdown, and block I/O errors
+//! from a loop device whose backing file lives on the shut-down XFS. Each must reach
+//! `event-dump` with its facts, the read-only state must be confirmed from the mount table and
+//! cleared on unmount. Every mount and loop device is removed again, also on failure.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use npd_tests::{
+    agent::EventDump,
+    machine::{command, require_root},
+};
+use serde_json::Value;
+
+/// A loop-mounted filesystem image. Drop unmounts it, detaches the loop device and removes
+/// the image, whatever state the test left them in.
+#[derive(Debug)]
+struct LoopFs {
+    dir: PathBuf,
+    device: String,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl LoopFs {
+    fn create(fs_type: &str, megabytes: u32, options: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("npd-fs-").tempdir()?.keep();
+        let image = dir.join("image");
+        command("truncate", &["-s", &format!("{megabytes}M"), path(&image)])?;
+        command(&format!("mkfs.{fs_type}"), &["-q", path(&image)])?;
+        let device = command("losetup", &["-f", "--show", path(&image)])?
+            .trim()
+            .to_owned();
+        let mountpoint = dir.join("mnt");
+        std::fs::create_dir(&mountpoint)?;
+        let mut fs = Self {
+            dir,
+            device,
+            mountpoint,
+            mounted: false,
+        };
+        command("mount", &["-o", options, &fs.device, path(&fs.mountpoint)])?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    /// `major:minor` of the loop device.
+    fn dev(&self) -> (u64, u64) {
+        loop_dev(&self.device)
+    }
+
+    fn unmount(&mut self) -> anyhow::Result<()> {
+        if self.mounted {
+            command("umount", &[path(&self.mountpoint)])?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = command("umount", &["-l", path(&self.mountpoint)]);
+        }
+        let _ = command("losetup", &["-d", &self.device]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loop device over a file; Drop detaches it.
+#[derive(Debug)]
+struct LoopDevice(String);
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = command("losetup", &["-d", &self.0]);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test paths")
+}
+
+fn loop_dev(device: &str) -> (u64, u64) {
+    let name = device.trim_start_matches("/dev/");
+    let text = std::fs::read_to_string(format!("/sys/block/{name}/dev")).expect("loop dev");
+    let (major, minor) = text.trim().split_once(':').expect("major:minor");
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
+/// Failures a block_io_error record stands for: itself and those folded into it, or for a
+/// sweep only the folded ones.
+fn failures(event: &Value) -> u64 {
+    let folded = event["suppressed"].as_u64().unwrap_or(0);
+    if event["flushed"] == true {
+        folded
+    } else {
+        folded + 1
+    }
+}
+
+fn on_device<'a>(seen: &'a [Value], kind: &str, dev: (u64, u64)) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|e| e["kind"] == kind && e["major"] == dev.0 && e["minor"] == dev.1)
+        .collect()
+}
+
+#[test]
+fn an_ext4_error_makes_the_filesystem_read_only_until_it_is_unmounted() {
+    require_root("loads eBPF programs, mounts loop devices");
+    let mut dump = EventDump::start(&["--detectors", "fs"]).expect("event-dump starts");
+    let mut fs = LoopFs::create("ext4", 64, "errors=remount-ro").expect("ext4 on a loop device");
+    let dev = fs.dev();
+    let name = fs.device.trim_start_matches("/dev/").to_owned();
+    // A real ext4 error, raised by ext4's own error path (ext4_error -> read-only).
+    std::fs::write(
+        format!("/sys/fs/ext4/{name}/trigger_fs_error"),
+        "npd test\n",
+    )
+    .expect("trigger an ext4 error");
+    dump.collect_until(Duration::from_secs(15), |seen| {
+        !on_device(seen, "fs_read_only", dev).is_empty()
+    });
+    let seen = &dump.seen;
+    let errors = on_device(seen, "fs_error", dev);
+    assert_eq!(errors.len(), 1, "one error record: {seen:#?}");
+    let error = errors[0];
+    assert_eq!(error["what"], "ext4_error");
+    assert_eq!(error["location"], "trigger_test_error");
+    assert_eq!(error["source"], "tracepoint");
+    let mounts = error["mounts"].as_array().expect("the device's mounts");
+    assert_eq!(mounts[0]["mount_point"], path(&fs.mountpoint));
+    let read_only = on_device(seen, "fs_read_only", dev);
+    assert_eq!(read_only[0]["state"], "read_only", "{read_only:#?}");
+    assert_eq!(read_only[0]["mounts"][0]["read_only"], true);
+
+    fs.unmount().expect("unmount");
+    dump.collect_until(Duration::from_secs(10), |seen| {
+        on_device(seen, "fs_read_only", dev)
+            .iter()
+            .any(|e| e["state"] == "unmounted")
+    });
+    let states: Vec<&Value> = on_device(&dump.seen, "fs_read_only", dev)
+        .into_iter()
+        .map(|e| &e["state"])
+        .collect();
+    assert_eq!(states, ["read_only", "unmounted"]);
+}
+
+#[test]
+fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
+    require_root("loads eBPF programs, mounts loop devices");
+    let mut dump = EventDump::start(&["--detectors", "fs"]).expect("event-dump starts");
+    let mut xfs = LoopFs::create("xfs", 320, "rw").expect("XFS on a loop device");
+    let dev = xfs.dev();
+    // A loop device whose backing file lives on the XFS: after the shutdown its reads fail
+    // with EIO in the block layer, a real block I/O error.
+    let backing = xfs.mountpoint.join("inner.img");
+    command(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", path(&backing)),
+            "bs=1M",
+            "count=16",
+            "status=none",
+        ],
+    )
+    .expect("backing file");
+    command("sync", &[]).expect("sync");
+    let inner = LoopDevice(
+        command("losetup", &["-f", "--show", path(&backing)])
+            .expect("inner loop device")
+            .trim()
+            .to_owned(),
+    );
+    let inner_dev = loop_dev(&inner.0);
+
+    command("xfs_io", &["-x", "-c", "shutdown", path(&xfs.mountpoint)]).expect("shutdown");
+    for skip in 0..50 {
+        // Each fails with EIO; the kernel folds them into one record a second per device.
+        let _ = command(
+            "dd",
+            &[
+                &format!("if={}", inner.0),
+                "of=/dev/null",
+                "iflag=direct",
+                "bs=4k",
+                "count=1",
+                &format!("skip={skip}"),
+                "status=none",
+            ],
+        );
+    }
+    dump.collect_until(Duration::from_secs(15), |seen| {
+        !on_device(seen, "fs_error", dev).is_empty()
+            && on_device(seen, "block_io_error", inner_dev)
+                .into_iter()
+                .map(failures)
+                .sum::<u64>()
+                >= 50
+    });
+    let seen = &dump.seen;
+    let shutdown = on_device(seen, "fs_error", dev);
+    assert_eq!(shutdown[0]["what"], "xfs_shutdown", "{seen:#?}");
+    assert!(
+        shutdown[0]["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("xfs")),
+        "the XFS source file: {shutdown:#?}"
+    );
+    let io = on_device(seen, "block_io_error", inner_dev);
+    assert_eq!(io[0]["error"], "EIO", "{io:#?}");
+    assert!(
+        io.len() < 50,
+        "a storm is folded in the kernel: {} records for 50 errors",
+        io.len()
+    );
+    let total: u64 = io.iter().map(|e| failures(e)).sum();
+    assert!(total >= 50, "every failed read accounted: {total}: {io:#?}");
+
+    drop(inner);
+    xfs.unmount().expect("unmount the shut-down XFS");
+    dump.collect_until(Duration::from_secs(10), |seen| {
+        on_device(seen, "fs_read_only", dev)
+            .iter()
+            .any(|e| e["state"] == "xfs_unmounted")
+    });
+}
