@@ -10,7 +10,6 @@ mod footprint;
 mod hooks;
 mod interrupt;
 mod latency;
-mod lock;
 mod metrics;
 mod procfs;
 mod report;
@@ -21,8 +20,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use lock::MachineLock;
-use npd_tests::{agent::agent_bin, cluster::ClusterBinaries, machine::require_root};
+use npd_tests::{
+    agent::agent_bin, cluster::ClusterBinaries, machine::require_root, machine_lock::MachineLock,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,7 +152,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         ClusterBinaries::from_env()?;
     }
     let settings = Settings::new(args.quick);
-    let _machine_lock = MachineLock::acquire("benchmarks")?;
+    let _machine_lock = MachineLock::acquire("npd-bench", "benchmarks")?;
     let machine = procfs::machine(&agent);
     eprintln!(
         "npd-bench: {} run of {} on {} ({} cores, {})",

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -25,6 +25,40 @@ pub fn agent_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `npd-agent check --format json`: its exit status (non-zero when a required feature is
+/// missing) and the report it printed.
+pub fn check_report() -> (ExitStatus, Value) {
+    let out = Command::new(agent_bin())
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("npd-agent check starts");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "npd-agent check printed no JSON report ({err}; {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status, report)
+}
+
+/// The hook `npd-agent check` reports active for `detector` (`fexit`, `tracepoint`, ...):
+/// the `source` of that detector's events from the kernel here, whichever hook this kernel
+/// allows. Fails the test if the detector attached nothing.
+pub fn active_hook(detector: &str) -> String {
+    let (_, report) = check_report();
+    report["detectors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["detector"] == detector)
+        .and_then(|d| d["active"].as_str())
+        .unwrap_or_else(|| {
+            panic!("check reports no active hook for the {detector} detector: {report:#}")
+        })
+        .to_owned()
 }
 
 /// A running `npd-agent event-dump --format json`, its output collected as it arrives.
@@ -272,11 +306,11 @@ impl AgentProcess {
     }
 
     /// SIGTERM, then waits (SIGKILL after 10 s). Returns the exit status.
-    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.terminate()
     }
 
-    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }

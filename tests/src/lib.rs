@@ -5,5 +5,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod machine;
+pub mod machine_lock;
 pub mod remediation;
 pub mod reporting;

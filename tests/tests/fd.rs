@@ -8,7 +8,7 @@ use std::{
 };
 
 use npd_tests::{
-    agent::{EventDump, run_json},
+    agent::{EventDump, active_hook, run_json},
     machine::{Sysctl, own_cgroup_id, require_root},
 };
 use serde_json::Value;
@@ -46,6 +46,7 @@ fn syscalls() -> Vec<&'static str> {
 #[test]
 fn emfile_is_reported_with_the_failing_syscall() {
     require_root("loads eBPF programs");
+    let hook = active_hook("fd");
     let mut dump = EventDump::start(&["--detectors", "fd"]).expect("event-dump starts");
     let cgroup_id = own_cgroup_id().expect("own cgroup id");
     let mut runs = Vec::new();
@@ -77,7 +78,10 @@ fn emfile_is_reported_with_the_failing_syscall() {
         assert_eq!(event["comm"], "npd-provoke");
         assert_eq!(event["nofile_limit"], 24);
         assert_eq!(event["suppressed"], 0);
-        assert_eq!(event["source"], "tracepoint");
+        assert_eq!(
+            event["source"], hook,
+            "the hook check reports for fd: {event}"
+        );
         assert_eq!(
             event["cgroup_id"], cgroup_id,
             "cgroup of the failing process"
@@ -91,6 +95,7 @@ fn emfile_is_reported_with_the_failing_syscall() {
 #[test]
 fn storm_is_rate_limited_and_fully_accounted() {
     require_root("loads eBPF programs");
+    let hook = active_hook("fd");
     let mut dump = EventDump::start(&["--detectors", "fd"]).expect("event-dump starts");
     // A million failures from two threads of one process, as fast as they go.
     let result = provoke(&[
@@ -125,10 +130,7 @@ fn storm_is_rate_limited_and_fully_accounted() {
     // The tail folded after the last record arrives by the agent's sweep within ~2 s.
     dump.collect_until(WAIT, |seen| accounted(seen) >= failures);
     let events = dump.for_pid(pid);
-    let records = events
-        .iter()
-        .filter(|e| e["source"] == "tracepoint")
-        .count();
+    let records = events.iter().filter(|e| e["source"] == hook).count();
     assert_eq!(
         accounted(&dump.seen),
         failures,

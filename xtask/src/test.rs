@@ -6,7 +6,7 @@
 
 use anyhow::bail;
 use clap::Args;
-use npd_tests::cluster;
+use npd_tests::{cluster, machine_lock::MachineLock};
 
 use crate::{
     apiserver,
@@ -77,7 +77,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
             "--",
         ])
         .args(["--ignored", "every_name_is_a_symbol_of_the_object"]))?;
-    let machine = util::lock_machine("kernel tests")?;
+    let machine = MachineLock::acquire("xtask", "kernel tests")?;
     step("kernel and cluster tests (root, one at a time: they share global kernel state)");
     sh(util::cargo(None)
         .current_dir(root())

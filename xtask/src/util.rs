@@ -111,35 +111,3 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
             .find(|path| path.is_file())
     })
 }
-
-/// Held while tests or benchmarks use the machine's kernel: they load programs, change
-/// sysctls and provoke problems, so two runs at once (two checkouts, a bench and a test)
-/// would disturb each other. Released when dropped (or when the process dies).
-#[derive(Debug)]
-pub(crate) struct MachineLock {
-    _file: std::fs::File,
-}
-
-pub(crate) fn lock_machine(purpose: &str) -> anyhow::Result<MachineLock> {
-    use std::os::fd::AsRawFd;
-    let path = std::env::temp_dir().join("npd-machine.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: a valid fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        step(format!(
-            "another npd test or benchmark is using this machine's kernel ({}): waiting for it \
-             before the {purpose}",
-            path.display()
-        ));
-        // SAFETY: as above; blocks until the other run ends.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("cannot lock {}", path.display());
-        }
-    }
-    Ok(MachineLock { _file: file })
-}

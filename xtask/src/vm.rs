@@ -3,13 +3,15 @@
 //! real problems there (fd exhaustion, OOM kill, hung task, WARN, soft lockup, oops), and
 //! checks which ones the agent saw and through which hook.
 
+mod console;
 mod cpio;
 mod debian;
+mod initramfs;
 mod report;
+mod scenarios;
 mod tools;
 
 use std::{
-    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
@@ -21,177 +23,14 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Args;
 
+use self::{
+    console::Console,
+    scenarios::{KERNELS, Kernel},
+};
 use crate::{
     build::{self, BuildArgs},
-    prereqs,
-    util::{self, output, root, sh, step},
+    util::{self, output, root, step},
 };
-
-/// A kernel to boot: the newest package apt knows whose name matches `image`.
-#[derive(Debug)]
-struct Kernel {
-    /// What `--kernel` selects.
-    name: &'static str,
-    /// A package name where `*` stands for a version (digits and dots).
-    image: &'static str,
-    /// Detectors that must see their problems on this kernel (when the agent offers them),
-    /// each with the hook `check` must report active for it.
-    expect: &'static [(&'static str, &'static str)],
-}
-
-/// Adding a kernel is one line. bookworm-backports (6.12) is not in this machine's apt
-/// sources and the test adds no repositories; where it is configured, add
-/// `Kernel { name: "6.12-bpo", image: "linux-image-*+bpo-amd64", expect: PREFERRED }`.
-const KERNELS: &[Kernel] = &[Kernel {
-    name: "6.1",
-    image: "linux-image-6.1.0-*-amd64",
-    expect: PREFERRED,
-}];
-
-/// Every detector on its preferred hook: what a kernel with BTF, tp_btf and fentry/fexit gives.
-/// (Debian's 6.1 passes the victim task to `mark_victim`, as mainline does from 6.5.)
-const PREFERRED: &[(&str, &str)] = &[
-    ("fd", "fexit"),
-    ("hung_task", "tp_btf"),
-    ("oom", "tp_btf"),
-    ("oops", "fentry"),
-];
-
-/// Where a problem's event must come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    /// The detector's hook (the `source` the kernel's `expect` names), naming the provoking
-    /// task: its comm and the step's pid.
-    Hook,
-    /// The kernel's counters or taint mask (`source` `counters`, no task).
-    Counters,
-}
-
-/// What an event must also carry to count (besides kind, task and source).
-#[derive(Clone, Copy, Debug)]
-enum Check {
-    /// Events from fentry: `caller` is this function (`name+0x..`).
-    Caller(&'static str),
-    /// `cgroup_id` is the step's `cgroup=` (the inode of the cgroup directory in the VM).
-    StepCgroup,
-    /// A string field has this value.
-    Field(&'static str, &'static str),
-    /// The first report of the task (`first_seen: true`).
-    FirstSeen,
-    /// A frame of `stack` is in this function.
-    StackHas(&'static str),
-    /// `counter` is this counter, or `tainted` with this taint letter in `taint_flags`
-    /// (kernels without the counter file).
-    CounterOrTaint(&'static str, char),
-}
-
-/// One problem tests/vm/init.sh provokes.
-#[derive(Debug)]
-struct Scenario {
-    /// The step's name in init.sh's `npd-vm: step NAME exit=N pid=P ...` lines.
-    step: &'static str,
-    problem: &'static str,
-    /// The agent detector (`--detectors` name) that should report it.
-    detector: &'static str,
-    /// The event kind that reports it.
-    kind: &'static str,
-    /// The provoking task's name.
-    comm: &'static str,
-    via: Via,
-    checks: &'static [Check],
-    /// An event kind that must follow for the same task (the recovery of a hung task).
-    then: Option<&'static str>,
-    /// The provoking process's exit status when the problem really happened.
-    exit: i32,
-}
-
-const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        step: "fd",
-        problem: "fd exhaustion (EMFILE)",
-        detector: "fd",
-        kind: "fd_exhausted",
-        comm: "npd-fd",
-        via: Via::Hook,
-        // glibc's open() is the openat syscall; with fexit the syscall comes from pt_regs.
-        checks: &[
-            Check::Field("errno", "EMFILE"),
-            Check::Field("syscall", "openat"),
-        ],
-        then: None,
-        exit: 0,
-    },
-    Scenario {
-        step: "oom",
-        problem: "OOM kill (cgroup v2 memory.max)",
-        detector: "oom",
-        kind: "oom_kill",
-        comm: "npd-oom",
-        via: Via::Hook,
-        checks: &[Check::StepCgroup, Check::Field("scope", "memcg")],
-        then: None,
-        exit: 128 + 9,
-    },
-    Scenario {
-        step: "hang_module",
-        problem: "hung task (module, D state)",
-        detector: "hung_task",
-        kind: "hung_task",
-        comm: "npd-hang",
-        via: Via::Hook,
-        checks: &[Check::FirstSeen, Check::StackHas("npd_test_hang_write")],
-        then: Some("hung_task_recovered"),
-        exit: 0,
-    },
-    Scenario {
-        step: "hang_fsfreeze",
-        problem: "hung task (fsfreeze, ext4)",
-        detector: "hung_task",
-        kind: "hung_task",
-        comm: "npd-frozen",
-        via: Via::Hook,
-        checks: &[Check::FirstSeen],
-        then: Some("hung_task_recovered"),
-        exit: 0,
-    },
-    Scenario {
-        step: "warn",
-        problem: "WARN()",
-        detector: "oops",
-        kind: "kernel_warning",
-        comm: "npd-warn",
-        via: Via::Hook,
-        checks: &[Check::Caller("npd_test_warn_write")],
-        then: None,
-        exit: 0,
-    },
-    Scenario {
-        step: "softlockup",
-        problem: "soft lockup",
-        detector: "oops",
-        kind: "kernel_warning",
-        comm: "npd-softlockup",
-        via: Via::Counters,
-        checks: &[Check::CounterOrTaint("softlockup_count", 'L')],
-        then: None,
-        exit: 0,
-    },
-    Scenario {
-        step: "oops",
-        problem: "oops (BUG())",
-        detector: "oops",
-        kind: "kernel_oops",
-        comm: "npd-bug",
-        via: Via::Hook,
-        checks: &[Check::Caller("npd_test_bug_write")],
-        then: None,
-        exit: 128 + 11,
-    },
-];
-
-/// Kernel modules the fsfreeze step needs (a loop-mounted ext4 with metadata checksums);
-/// their dependencies are found from the modules' own `depends=`.
-const FSFREEZE_MODULES: &[&str] = &["loop", "crc32c_generic", "ext4"];
 
 /// Guest settings: TCG (nested KVM hangs on this machine kind), as the notes verified.
 const QEMU_MEMORY: &str = "512";
@@ -202,7 +41,7 @@ const DEFAULT_TIMEOUT_SECS: u64 = 480;
 
 #[derive(Debug, Args)]
 pub(crate) struct VmTestArgs {
-    /// Only this kernel (a name from KERNELS in xtask/src/vm.rs, e.g. `6.1`).
+    /// Only this kernel (a name from KERNELS in xtask/src/vm/scenarios.rs, e.g. `6.1`).
     #[arg(long)]
     kernel: Option<String>,
     /// Keep the work directory (initramfs, module build, serial log) after a passing run;
@@ -312,63 +151,11 @@ fn detector_values(help: &str) -> Option<Vec<String>> {
     Some(values.split(", ").map(str::to_owned).collect())
 }
 
-/// The spelling used in this file and in the agent's reports (`hung-task` -> `hung_task`).
-fn normalize(detector: &str) -> String {
-    detector.replace('-', "_")
-}
-
 /// The private QEMU and busybox (see vm/tools.rs).
 #[derive(Debug)]
 struct VmTools {
     qemu: tools::Qemu,
     busybox: PathBuf,
-}
-
-/// Build tools the run needs on the host, and the Debian packages that provide them. These
-/// install without conflicts; QEMU and busybox are fetched privately instead (vm/tools.rs).
-fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
-    let mut missing = Vec::new();
-    let mut need = |program: &str, package: &str| {
-        if find_program(program).is_none() {
-            missing.push(package.to_owned());
-        }
-    };
-    need("make", "make");
-    need("mkfs.ext4", "e2fsprogs");
-    need("strip", "binutils");
-    need("gzip", "gzip");
-    need("gcc", "gcc");
-    if let Some(compiler) = compiler {
-        need(compiler, compiler);
-    }
-    // The helper is linked statically: the initramfs has only the agent's libraries.
-    if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").is_file() {
-        missing.push("libc6-dev".to_owned());
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    step(format!(
-        "installing {} (to build the test module, the helper and the initramfs)",
-        missing.join(" ")
-    ));
-    if !util::is_root() {
-        bail!(
-            "installing packages needs root: run `sudo apt-get install -y {}` and retry",
-            missing.join(" ")
-        );
-    }
-    prereqs::apt_install(&missing)
-}
-
-/// A program on PATH, or in the sbin directories a non-root PATH may lack.
-fn find_program(program: &str) -> Option<PathBuf> {
-    util::which(program).or_else(|| {
-        ["/usr/sbin", "/sbin"]
-            .iter()
-            .map(|dir| Path::new(dir).join(program))
-            .find(|path| path.is_file())
-    })
 }
 
 /// Timings of one kernel's run, for the report.
@@ -397,7 +184,7 @@ fn test_kernel(
     ));
     let clock = Instant::now();
     let packages = debian::resolve(kernel.image)?;
-    ensure_host_tools(packages.compiler.as_deref())?;
+    initramfs::ensure_host_tools(packages.compiler.as_deref())?;
     let (tree, downloaded) = debian::fetch(&packages, &cache.join("kernels"))?;
     timings.packages = clock.elapsed();
     timings.downloaded = downloaded;
@@ -408,7 +195,15 @@ fn test_kernel(
     }
     fs::create_dir_all(&work)?;
     let clock = Instant::now();
-    let initramfs = prepare(&tree, agent, &vm_tools.busybox, detectors, &work, args)?;
+    let initramfs = initramfs::prepare(
+        &tree,
+        agent,
+        &vm_tools.busybox,
+        detectors,
+        &work,
+        args.verbose,
+        args.hook_cost,
+    )?;
     timings.prepare = clock.elapsed();
 
     let clock = Instant::now();
@@ -445,135 +240,6 @@ fn test_kernel(
     Ok(passed)
 }
 
-/// Builds the test module, the helper, the fsfreeze image and the initramfs in `work`.
-fn prepare(
-    tree: &debian::KernelTree,
-    agent: &Path,
-    busybox: &Path,
-    detectors: &[String],
-    work: &Path,
-    args: &VmTestArgs,
-) -> anyhow::Result<PathBuf> {
-    let sources = root().join("tests/vm");
-
-    step("building the test module against the kernel's headers");
-    let module_dir = work.join("module");
-    fs::create_dir_all(&module_dir)?;
-    for file in ["npd_test.c", "Kbuild", "Makefile"] {
-        fs::copy(sources.join("module").join(file), module_dir.join(file))?;
-    }
-    sh(Command::new("make")
-        .arg("-C")
-        .arg(&tree.headers)
-        .arg(format!("M={}", module_dir.display()))
-        .arg("modules"))?;
-
-    step("building the static helper (npd-provoke)");
-    let helper = work.join("npd-provoke");
-    sh(Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-Wextra", "-o"])
-        .arg(&helper)
-        .arg(sources.join("provoke.c")))?;
-
-    let mut cpio = cpio::Cpio::default();
-    for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt",
-    ] {
-        cpio.dir(dir);
-    }
-    // The kernel opens /dev/console for init before anything mounts devtmpfs.
-    cpio.char_device("dev/console", 0o600, 5, 1);
-    cpio.file("init", 0o755, &fs::read(sources.join("init.sh"))?);
-    cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
-    cpio.symlink("bin/sh", "busybox");
-    cpio.file("usr/bin/npd-provoke", 0o755, &fs::read(&helper)?);
-    cpio.file(
-        "lib/modules/npd/npd_test.ko",
-        0o644,
-        &fs::read(module_dir.join("npd_test.ko"))?,
-    );
-
-    step("adding npd-agent (debug info stripped) and the shared libraries ldd names");
-    let stripped = work.join("npd-agent");
-    sh(Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(agent))?;
-    cpio.file("usr/bin/npd-agent", 0o755, &fs::read(&stripped)?);
-    for library in shared_libraries(agent)? {
-        let real = fs::canonicalize(&library)?;
-        cpio.file(&library.to_string_lossy(), 0o755, &fs::read(real)?);
-    }
-
-    let fs_modules = match fsfreeze_parts(tree, work) {
-        Ok((modules, image)) => {
-            for module in &modules {
-                cpio.file(
-                    &format!("lib/modules/npd/{}.ko", module.name),
-                    0o644,
-                    &module.image,
-                );
-            }
-            cpio.file("frozen.img", 0o644, &fs::read(image)?);
-            modules
-                .iter()
-                .map(|module| module.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-        Err(err) => {
-            step(format!("no fsfreeze step on this kernel: {err:#}"));
-            String::new()
-        }
-    };
-    let config = format!(
-        "DETECTORS={}\nFS_MODULES=\"{fs_modules}\"\nDMESG={}\nHOOK_COST={}\n",
-        detectors.join(","),
-        u8::from(args.verbose),
-        u8::from(args.hook_cost)
-    );
-    cpio.file("etc/npd-vm.conf", 0o644, config.as_bytes());
-
-    let archive = work.join("initramfs.cpio");
-    fs::write(&archive, cpio.finish())?;
-    sh(Command::new("gzip").args(["-f", "-n", "-6"]).arg(&archive))?;
-    let initramfs = work.join("initramfs.cpio.gz");
-    step(format!(
-        "initramfs {} ({} MiB)",
-        initramfs.display(),
-        fs::metadata(&initramfs)?.len() >> 20
-    ));
-    Ok(initramfs)
-}
-
-/// The loop and ext4 modules (with their dependencies) and a small ext4 image to freeze.
-fn fsfreeze_parts(
-    tree: &debian::KernelTree,
-    work: &Path,
-) -> anyhow::Result<(Vec<debian::KernelModule>, PathBuf)> {
-    let modules = debian::modules_for(tree, FSFREEZE_MODULES)?;
-    let image = work.join("frozen.img");
-    let mkfs = find_program("mkfs.ext4").context("mkfs.ext4 is missing")?;
-    sh(Command::new(mkfs).args(["-q", "-F"]).arg(&image).arg("8M"))?;
-    Ok((modules, image))
-}
-
-/// The libraries (and the dynamic loader) `ldd` says a binary needs.
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let listing = output(Command::new("ldd").arg(binary))?;
-    Ok(listing
-        .lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
-}
-
 /// Kills QEMU if the run ends early (timeout, error, panic).
 #[derive(Debug)]
 struct Vm(Child);
@@ -583,98 +249,6 @@ impl Drop for Vm {
         if matches!(self.0.try_wait(), Ok(None)) {
             let _ = self.0.kill();
             let _ = self.0.wait();
-        }
-    }
-}
-
-/// What came out of the serial console.
-#[derive(Debug, Default)]
-struct Console {
-    blocks: BTreeMap<String, Vec<String>>,
-    /// Step name -> `exit=N` or `skipped: why`.
-    steps: BTreeMap<String, String>,
-    /// The kernel's problem counters at the end (`tainted=N oops_count=N ...`).
-    counters: Option<String>,
-    /// `hook cost MODE loop=NS ...` lines: (mode, loop, ns per iteration).
-    hook_cost: Vec<(String, String, f64)>,
-    /// `npd-agent event-dump`'s exit status after SIGTERM (`early` if it died on its own).
-    agent_exit: Option<String>,
-    done: bool,
-    timed_out: bool,
-    marks: Vec<(&'static str, Duration)>,
-}
-
-/// Narration lines whose time the report shows, with their labels.
-const MARKS: &[(&str, &str)] = &[
-    ("npd-vm: init started", "init started"),
-    ("npd-vm: starting npd-agent event-dump", "check done"),
-    ("npd-vm: agent ready", "agent ready"),
-    ("npd-vm: tests done", "tests done"),
-    ("npd-vm: done", "results printed"),
-];
-
-fn is_kernel_line(line: &str) -> bool {
-    // `[   12.345678] message`, the console's printk format.
-    line.strip_prefix('[')
-        .and_then(|rest| rest.split_once(']'))
-        .is_some_and(|(stamp, _)| {
-            let stamp = stamp.trim();
-            !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
-        })
-}
-
-impl Console {
-    fn parse_line(&mut self, line: &str, at: Duration, open_block: &mut Option<String>) {
-        if let Some(name) = line
-            .strip_prefix("===npd-vm:begin ")
-            .and_then(|l| l.strip_suffix("==="))
-        {
-            *open_block = Some(name.to_owned());
-            self.blocks.entry(name.to_owned()).or_default();
-            return;
-        }
-        if line.starts_with("===npd-vm:end ") {
-            *open_block = None;
-            return;
-        }
-        if let Some(name) = open_block {
-            if !is_kernel_line(line) {
-                self.blocks
-                    .entry(name.clone())
-                    .or_default()
-                    .push(line.to_owned());
-            }
-            return;
-        }
-        if let Some(rest) = line.strip_prefix("npd-vm: step ")
-            && let Some((name, outcome)) = rest.split_once(' ')
-        {
-            self.steps.insert(name.to_owned(), outcome.to_owned());
-        }
-        if let Some(rest) = line.strip_prefix("npd-vm: hook cost ") {
-            let mut words = rest.split_whitespace();
-            let mode = words.next().unwrap_or_default();
-            for (name, ns) in words.filter_map(|w| w.split_once('=')) {
-                if let Ok(ns) = ns.parse() {
-                    self.hook_cost.push((mode.to_owned(), name.to_owned(), ns));
-                }
-            }
-        }
-        if let Some(counters) = line.strip_prefix("npd-vm: kernel counters: ") {
-            self.counters = Some(counters.to_owned());
-        }
-        if let Some(status) = line.strip_prefix("npd-vm: npd-agent event-dump exit=") {
-            self.agent_exit = Some(status.to_owned());
-        } else if line.starts_with("npd-vm: npd-agent event-dump exited early") {
-            self.agent_exit = Some("early".to_owned());
-        }
-        if line == "npd-vm: done" {
-            self.done = true;
-        }
-        for (prefix, label) in MARKS {
-            if line.starts_with(prefix) && !self.marks.iter().any(|(l, _)| l == label) {
-                self.marks.push((label, at));
-            }
         }
     }
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{Check, Console, Kernel, SCENARIOS, Scenario, Via, normalize};
+use super::{
+    console::Console,
+    scenarios::{Check, Kernel, SCENARIOS, Scenario, Via, normalize},
+};
 
 /// A `key=value` fact of a step's outcome (`exit=137 pid=122 cgroup=23`).
 fn fact<'a>(outcome: &'a str, key: &str) -> Option<&'a str> {
@@ -578,7 +581,7 @@ impl Row {
 mod tests {
     use std::time::Duration;
 
-    use super::{super::KERNELS, *};
+    use super::{super::scenarios::KERNELS, *};
 
     const CHECK: &str = r#"{"items":[{"name":"fentry","ok":true,"detail":"allowed"}],
         "detectors":[

@@ -1,6 +1,8 @@
-//! The machine lock: the same flock on `$TMPDIR/npd-machine.lock` that `cargo xtask test`
-//! takes (xtask/src/util.rs, `lock_machine`), so a benchmark never overlaps a kernel test run
-//! or another benchmark on this machine's kernel.
+//! The machine lock: an flock on `$TMPDIR/npd-machine.lock`, held while kernel tests or
+//! benchmarks use this machine's kernel. They load programs, change sysctls and provoke
+//! problems, so two runs at once (two checkouts, a bench and a test) would disturb each
+//! other. `cargo xtask test` takes it around the kernel tests, npd-bench around its
+//! benchmarks.
 
 use std::os::fd::AsRawFd;
 
@@ -8,12 +10,14 @@ use anyhow::{Context, bail};
 
 /// Held until dropped (or the process ends).
 #[derive(Debug)]
-pub(crate) struct MachineLock {
+pub struct MachineLock {
     _file: std::fs::File,
 }
 
 impl MachineLock {
-    pub(crate) fn acquire(purpose: &str) -> anyhow::Result<Self> {
+    /// Takes the lock, waiting for whoever holds it; `program` (`xtask`, `npd-bench`) and
+    /// `purpose` (`kernel tests`) name the waiter in the message printed while it waits.
+    pub fn acquire(program: &str, purpose: &str) -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join("npd-machine.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -24,7 +28,7 @@ impl MachineLock {
         // SAFETY: a valid fd owned by `file`.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             eprintln!(
-                "npd-bench: another npd test or benchmark is using this machine's kernel ({}): \
+                "{program}: another npd test or benchmark is using this machine's kernel ({}): \
                  waiting for it before the {purpose}",
                 path.display()
             );
