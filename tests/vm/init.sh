@@ -3,7 +3,7 @@
 # would run it (root), provokes one real kernel problem per step, then prints the agent's
 # output between markers on the serial console for the host to parse, and powers off.
 #
-# Protocol with the host (xtask/src/vm.rs):
+# Protocol with the host (xtask/src/vm/console.rs):
 #   npd-vm: ...                      narration
 #   npd-vm: step NAME exit=N pid=P [cgroup=I]
 #                                    a step ran: its provoking process P exited N (and ran
