@@ -197,6 +197,12 @@ pub fn enrich(attributor: &mut Attributor, event: &mut Event) {
     attributor.attribute_event(event, Instant::now());
     let root = attributor.index().root();
     event.detail.attributed(event.attribution.as_ref(), root);
+    event.affected_pods = event
+        .detail
+        .affected_pod_uids()
+        .iter()
+        .map(|uid| attributor.pod_by_uid(uid))
+        .collect();
 }
 
 fn read_file_table() -> Option<FileTableSample> {

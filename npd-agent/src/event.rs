@@ -150,6 +150,11 @@ pub trait Finding: Debug + Send + Sync + 'static {
     /// Fills in what needs the event's attribution (e.g. the memory cgroup that hit its
     /// limit), reading below `cgroup_root`.
     fn attributed(&mut self, _attribution: Option<&Attribution>, _cgroup_root: &Path) {}
+    /// Pods the problem affects besides the one its task runs in (e.g. the pods whose volumes
+    /// are on a failing disk), by uid: their Events go to them too.
+    fn affected_pod_uids(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn clone_box(&self) -> Box<dyn Finding>;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -199,6 +204,8 @@ pub struct Event {
     pub task: Task,
     pub source: Source,
     pub attribution: Option<Attribution>,
+    /// Other pods the problem affects ([`Finding::affected_pod_uids`], named by attribution).
+    pub affected_pods: Vec<PodRef>,
     pub detail: Box<dyn Finding>,
 }
 
@@ -211,6 +218,7 @@ impl Clone for Event {
             task: self.task.clone(),
             source: self.source,
             attribution: self.attribution.clone(),
+            affected_pods: self.affected_pods.clone(),
             detail: self.detail.clone_box(),
         }
     }
@@ -230,6 +238,9 @@ impl Serialize for Event {
         map.serialize_entry("source", &self.source)?;
         if let Some(attribution) = &self.attribution {
             map.serialize_entry("attribution", attribution)?;
+        }
+        if !self.affected_pods.is_empty() {
+            map.serialize_entry("affected_pods", &self.affected_pods)?;
         }
         for (key, value) in &fields {
             map.serialize_entry(key, value)?;
@@ -252,6 +263,7 @@ impl Event {
             task,
             source,
             attribution: None,
+            affected_pods: Vec::new(),
             detail,
         }
     }

@@ -10,8 +10,10 @@ use std::{
 };
 
 use npd_tests::{
-    agent::EventDump,
+    agent::{AgentProcess, EventDump, wait_for},
+    cluster::TestCluster,
     machine::{command, require_root},
+    reporting::{condition, create_node, events, grant_npd_cluster_role},
 };
 use serde_json::Value;
 
@@ -27,6 +29,16 @@ struct LoopFs {
 
 impl LoopFs {
     fn create(fs_type: &str, megabytes: u32, options: &str) -> anyhow::Result<Self> {
+        Self::create_at(fs_type, megabytes, options, None)
+    }
+
+    /// Mounted at `at` instead of a fresh directory (which must exist).
+    fn create_at(
+        fs_type: &str,
+        megabytes: u32,
+        options: &str,
+        at: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("npd-fs-").tempdir()?.keep();
         let image = dir.join("image");
         command("truncate", &["-s", &format!("{megabytes}M"), path(&image)])?;
@@ -34,8 +46,14 @@ impl LoopFs {
         let device = command("losetup", &["-f", "--show", path(&image)])?
             .trim()
             .to_owned();
-        let mountpoint = dir.join("mnt");
-        std::fs::create_dir(&mountpoint)?;
+        let mountpoint = match at {
+            Some(at) => at.to_owned(),
+            None => {
+                let mountpoint = dir.join("mnt");
+                std::fs::create_dir(&mountpoint)?;
+                mountpoint
+            }
+        };
         let mut fs = Self {
             dir,
             device,
@@ -230,4 +248,114 @@ fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
             .iter()
             .any(|e| e["state"] == "xfs_unmounted")
     });
+}
+
+const NODE: &str = "npd-fs-test-node";
+
+/// Directories created for a test (under /var/lib/kubelet), removed again on drop, outermost
+/// created first removed last.
+#[derive(Debug)]
+struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    fn create_all(path: &Path) -> anyhow::Result<Self> {
+        let mut created = Vec::new();
+        for ancestor in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+            if !ancestor.exists() {
+                std::fs::create_dir(ancestor)?;
+                created.push(ancestor.to_owned());
+            }
+        }
+        Ok(Self(created))
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
+    require_root("loads eBPF programs, mounts a loop device under /var/lib/kubelet");
+    let cluster = TestCluster::start().expect("a real kube-apiserver + etcd");
+    create_node(&cluster, NODE).expect("node");
+    grant_npd_cluster_role(&cluster).expect("RBAC from deploy/");
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "writer", "namespace": "default" },
+        "spec": { "nodeName": NODE, "containers": [{ "name": "app", "image": "busybox" }] },
+    });
+    let out = cluster.kubectl_with_input(&["create", "-f", "-", "-o", "json"], &pod.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The kubelet's layout of an emptyDir volume on its own filesystem.
+    let volume = PathBuf::from(format!(
+        "/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/data"
+    ));
+    let dirs = CreatedDirs::create_all(&volume).expect("the volume's directory");
+    let config = cluster.dir().join("npd-fs-test.yaml");
+    std::fs::write(&config, "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n").unwrap();
+    let mut agent = AgentProcess::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--kubeconfig",
+        cluster.user_kubeconfig().to_str().unwrap(),
+        "--node-name",
+        NODE,
+        "--detectors",
+        "fs",
+    ])
+    .expect("agent starts");
+    agent
+        .wait_ready(Duration::from_secs(60))
+        .expect("agent ready");
+    wait_for(Duration::from_secs(15), "ReadonlyFilesystem False", || {
+        condition(&cluster, NODE, "ReadonlyFilesystem").filter(|c| c["status"] == "False")
+    })
+    .unwrap();
+    let mut fs = LoopFs::create_at("ext4", 64, "errors=remount-ro", Some(&volume))
+        .expect("ext4 mounted as the pod's volume");
+    // Give the pod watch a moment to list the pod.
+    std::thread::sleep(Duration::from_secs(2));
+    let name = fs.device.trim_start_matches("/dev/").to_owned();
+    std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "npd test\n")
+        .expect("trigger an ext4 error");
+
+    let raised = wait_for(Duration::from_secs(20), "ReadonlyFilesystem True", || {
+        condition(&cluster, NODE, "ReadonlyFilesystem").filter(|c| c["status"] == "True")
+    })
+    .unwrap();
+    assert_eq!(raised["reason"], "FilesystemIsReadOnly");
+    let message = raised["message"].as_str().unwrap();
+    assert!(
+        message.contains(&fs.device) && message.contains(&format!("pod uid {uid}")),
+        "names the device and the pod whose volume it is: {message}"
+    );
+    for reason in ["Ext4Error", "FilesystemIsReadOnly"] {
+        for kind in ["Node", "Pod"] {
+            wait_for(Duration::from_secs(15), reason, || {
+                events(&cluster).ok()?.into_iter().find(|e| {
+                    e["reason"] == reason && e["involvedObject"]["kind"] == kind
+                })
+            })
+            .unwrap_or_else(|err| panic!("{reason} on the {kind}: {err}"));
+        }
+    }
+
+    fs.unmount().expect("unmount");
+    let cleared = wait_for(Duration::from_secs(20), "ReadonlyFilesystem False", || {
+        condition(&cluster, NODE, "ReadonlyFilesystem").filter(|c| c["status"] == "False")
+    })
+    .unwrap();
+    assert_eq!(cleared["reason"], "FilesystemIsNotReadOnly");
+    drop(fs);
+    drop(dirs);
+    let _ = agent.stop();
 }

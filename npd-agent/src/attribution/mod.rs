@@ -136,6 +136,17 @@ impl Attributor {
         }
     }
 
+    /// A pod known only by uid (e.g. from a volume's path), named if the pod directory knows it.
+    pub fn pod_by_uid(&self, uid: &str) -> PodRef {
+        let identity = self.pods.as_ref().and_then(|pods| pods.lookup(uid, None));
+        PodRef {
+            uid: uid.to_owned(),
+            namespace: identity.as_ref().map(|i| i.namespace.clone()),
+            name: identity.map(|i| i.name),
+            ..PodRef::default()
+        }
+    }
+
     /// The attribution of a cgroup path; no IO.
     pub fn attribute_path(&self, path: &str) -> Attribution {
         let mut attribution = Attribution {

@@ -266,6 +266,21 @@ fn what_lives_at(mount_point: &str) -> Option<String> {
     None
 }
 
+/// The uids of the pods with a volume on these mounts.
+fn pod_uids(mounts: &[Mount]) -> Vec<String> {
+    let mut uids: Vec<String> = mounts
+        .iter()
+        .filter_map(|m| {
+            let rest = m.mount_point.strip_prefix("/var/lib/kubelet/pods/")?;
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .filter(|uid| !uid.is_empty())
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
 fn affected(mounts: &[Mount]) -> String {
     let what: Vec<String> = mounts
         .iter()
@@ -296,6 +311,10 @@ pub struct FsError {
 }
 
 finding!(FsError, "fs_error", {
+    fn affected_pod_uids(&self) -> Vec<String> {
+        pod_uids(&self.mounts)
+    }
+
     fn summary(&self) -> String {
         let at = if self.location.is_empty() {
             String::new()
@@ -373,6 +392,10 @@ pub struct BlockIoError {
 }
 
 finding!(BlockIoError, "block_io_error", {
+    fn affected_pod_uids(&self) -> Vec<String> {
+        pod_uids(&self.mounts)
+    }
+
     fn summary(&self) -> String {
         let device = describe_device(self.major, self.minor, &self.mounts);
         if self.flushed {
@@ -424,6 +447,10 @@ pub struct FsReadOnly {
 }
 
 finding!(FsReadOnly, "fs_read_only", {
+    fn affected_pod_uids(&self) -> Vec<String> {
+        pod_uids(&self.mounts)
+    }
+
     fn summary(&self) -> String {
         format!(
             "{} {}",
@@ -726,6 +753,8 @@ mod tests {
             "; holds a volume of pod uid 1234"
         );
         assert_eq!(affected(&mounts_of(MOUNTINFO, 7, 4)), "");
+        assert_eq!(pod_uids(&mounts_of(MOUNTINFO, 7, 3)), ["1234"]);
+        assert!(pod_uids(&mounts_of(MOUNTINFO, 7, 4)).is_empty());
     }
 
     fn event(detail: impl crate::event::Finding) -> Event {

@@ -23,7 +23,7 @@ pub(crate) fn occurrence(report: Report, event: &Event, now: Timestamp) -> Occur
             report.detail_key
         ),
         message: report.message,
-        targets: targets(attribution),
+        targets: targets(attribution, &event.affected_pods),
         count: report.count.max(1),
         at: now.wall_at(event.ts_ns),
     }

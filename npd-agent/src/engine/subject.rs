@@ -82,21 +82,28 @@ pub(crate) fn subject_key(attribution: Option<&Attribution>) -> String {
     }
 }
 
-/// The Node always; the Pod too when it is known by name (an Event needs the namespace).
-pub(crate) fn targets(attribution: Option<&Attribution>) -> Vec<EventTarget> {
+/// The Node always; the Pod too when it is known by name (an Event needs the namespace), and
+/// every other affected pod known by name, each once.
+pub(crate) fn targets(attribution: Option<&Attribution>, affected: &[PodRef]) -> Vec<EventTarget> {
     let mut targets = vec![EventTarget::Node];
-    if let Some(PodRef {
-        uid,
-        namespace: Some(namespace),
-        name: Some(name),
-        ..
-    }) = attribution.and_then(|a| a.pod.as_ref())
-    {
-        targets.push(EventTarget::Pod {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            uid: uid.clone(),
-        });
+    let own = attribution.and_then(|a| a.pod.as_ref());
+    for pod in own.into_iter().chain(affected) {
+        if let PodRef {
+            uid,
+            namespace: Some(namespace),
+            name: Some(name),
+            ..
+        } = pod
+        {
+            let target = EventTarget::Pod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+            };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
     }
     targets
 }
@@ -230,16 +237,42 @@ mod tests {
         ];
         for (attribution, key, target_count) in cases {
             assert_eq!(subject_key(attribution.as_ref()), key);
-            let targets = targets(attribution.as_ref());
+            let targets = targets(attribution.as_ref(), &[]);
             assert_eq!(targets.len(), target_count, "{key}");
             assert_eq!(targets[0], EventTarget::Node);
         }
         assert_eq!(
-            targets(Some(&named_pod()))[1],
+            targets(Some(&named_pod()), &[])[1],
             EventTarget::Pod {
                 namespace: "shop".to_owned(),
                 name: "db-0".to_owned(),
                 uid: UID.to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn affected_pods_are_targets_once_when_named() {
+        let own = named_pod();
+        let same = own.pod.clone().unwrap();
+        let other = PodRef {
+            uid: "u2".to_owned(),
+            namespace: Some("ns".to_owned()),
+            name: Some("web".to_owned()),
+            ..PodRef::default()
+        };
+        let unnamed = PodRef {
+            uid: "u3".to_owned(),
+            ..PodRef::default()
+        };
+        let all = targets(Some(&own), &[same, other, unnamed]);
+        assert_eq!(all.len(), 3, "node, own pod, the other named pod: {all:?}");
+        assert_eq!(
+            all[2],
+            EventTarget::Pod {
+                namespace: "ns".into(),
+                name: "web".into(),
+                uid: "u2".into()
             }
         );
     }
