@@ -5,14 +5,16 @@
 //!
 //! Its own task, fed the same desired conditions as the reporter: the decisions are pure
 //! ([`plan`], [`budget`]); [`api`] holds the calls. Failures are classified like the
-//! reporter's and retried with backoff; every change is a Normal Event on the Node.
+//! reporter's and retried with backoff; every change is a Normal Event on the Node (`notices`:
+//! their reasons, words and queue). This file is the loop: a pass on each change of the
+//! conditions and every retry interval, the budget's slot taken and given back.
 
 pub mod api;
 pub mod budget;
+mod notices;
 pub mod plan;
 
 use std::{
-    collections::{BTreeSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -23,34 +25,24 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub use budget::MaxUnhealthy;
+pub use notices::reason;
 pub use plan::TaintEffect;
 
 use self::{
     api::RemediationApi,
     budget::{Reservation, reserve},
-    plan::{TaintPlan, WantedTaint, describe, is_own, taint_key},
+    notices::{Notice, NoticeQueue},
+    plan::{WantedTaint, is_own, taint_key},
 };
 use crate::{
     engine::{ConditionType, NodeCondition},
     health::Health,
     k8s::{ApiFailure, backoff::Backoff, node::ConditionNames},
-    metrics::{Metrics, TaintLabels},
+    metrics::Metrics,
 };
 
 /// Conflicting writes in a row before a pass gives up and backs off.
 const CONFLICTS_IN_A_ROW: u32 = 5;
-/// Events kept while the API server refuses them.
-const MAX_UNSENT_EVENTS: usize = 64;
-
-/// Event reasons, all on the Node.
-pub mod reason {
-    pub const TAINT_ADDED: &str = "TaintAdded";
-    pub const TAINT_REMOVED: &str = "TaintRemoved";
-    pub const BUDGET_EXHAUSTED: &str = "TaintBudgetExhausted";
-    pub const LEFT_ALONE: &str = "TaintLeftAlone";
-    pub const WOULD_ADD: &str = "TaintWouldBeAdded";
-    pub const WOULD_REMOVE: &str = "TaintWouldBeRemoved";
-}
 
 /// `remediation.taints`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,8 +162,7 @@ pub fn spawn(
             health: Arc::clone(&health),
             conditions,
             ledger_entry: None,
-            announced: BTreeSet::new(),
-            unsent: VecDeque::new(),
+            notices: NoticeQueue::default(),
         }
         .run(),
     );
@@ -183,19 +174,6 @@ pub fn spawn(
             health.task_ended("the remediation task panicked".to_owned());
         }
     });
-}
-
-/// An Event to write, and whether it repeats a situation already reported.
-#[derive(Clone, Debug)]
-struct Notice {
-    /// Set for notices about a lasting situation (budget refused, a taint left alone, a dry
-    /// run's would-be change): given once until the situation ends.
-    once_key: Option<String>,
-    warning: bool,
-    reason: &'static str,
-    message: String,
-    /// The taint change it reports, counted when the notice is given.
-    change: Option<TaintLabels>,
 }
 
 /// How a pass ended.
@@ -215,9 +193,7 @@ struct Remediator {
     /// Whether this node is in the budget's ledger, as last read or written (`None`: not
     /// known yet, so read before deciding).
     ledger_entry: Option<bool>,
-    /// `once_key`s of the notices given for the current situation.
-    announced: BTreeSet<String>,
-    unsent: VecDeque<(Notice, SystemTime)>,
+    notices: NoticeQueue,
 }
 
 impl Remediator {
@@ -269,7 +245,9 @@ impl Remediator {
                     last_wanted = Some(summary);
                     self.health.remediation_pass(true);
                     let result = self.pass(&wanted).await;
-                    self.send_notices().await;
+                    self.notices
+                        .send(&self.api, |err| failed(&self.metrics, err))
+                        .await;
                     self.health.remediation_pass(false);
                     next_pass = Some(match result {
                         Ok(_) => {
@@ -285,7 +263,7 @@ impl Remediator {
                         }
                         Err(err) => {
                             conflicts = 0;
-                            self.failed(&err);
+                            failed(&self.metrics, &err);
                             Instant::now() + backoff.next_delay()
                         }
                     });
@@ -308,33 +286,6 @@ impl Remediator {
         }
     }
 
-    fn failed(&self, err: &RemediationError) {
-        if let RemediationError::Api {
-            verb,
-            resource,
-            failure,
-        } = err
-        {
-            self.metrics
-                .api_error(verb, resource, &failure.code_label());
-        }
-        match err {
-            RemediationError::Api {
-                failure: ApiFailure::Forbidden { .. },
-                ..
-            } => tracing::error!(
-                "remediation: {err}; taints need the extra rights of \
-                 deploy/overlays/remediation"
-            ),
-            RemediationError::Api {
-                failure: ApiFailure::Invalid { .. },
-                ..
-            }
-            | RemediationError::CorruptLedger { .. } => tracing::error!("remediation: {err}"),
-            _ => tracing::warn!("remediation: {err}; retrying"),
-        }
-    }
-
     /// One look at the node: plan, ask the budget if a taint is to go on, change the taints
     /// (or, in a dry run, say what would change), and give back a slot no longer used.
     async fn pass(&mut self, wanted: &[WantedTaint]) -> Result<PassOutcome, RemediationError> {
@@ -347,7 +298,7 @@ impl Remediator {
         let plan = plan::plan(&current, wanted, self.config.effect);
         let mut notices = Vec::new();
         for foreign in &plan.left_alone {
-            notices.push(self.left_alone_notice(foreign, wanted));
+            notices.push(Notice::left_alone(foreign, wanted));
         }
         let keeps_own = plan.keeps_own(&current);
         let mut outcome = PassOutcome::Settled;
@@ -357,7 +308,13 @@ impl Remediator {
             match self.reserve(false, !self.config.dry_run).await? {
                 Reservation::Refused { holders, limit } => {
                     self.metrics.taint_budget_refusals.inc();
-                    notices.push(self.refused_notice(&plan, wanted, &holders, limit));
+                    notices.push(Notice::refused(
+                        &self.config,
+                        &plan,
+                        wanted,
+                        &holders,
+                        limit,
+                    ));
                     outcome = PassOutcome::BudgetRefused;
                 }
                 Reservation::Granted { used, limit, .. } => {
@@ -374,8 +331,14 @@ impl Remediator {
         }
         let with_additions = outcome == PassOutcome::Settled;
         if self.config.dry_run {
-            notices.extend(self.dry_run_notices(&plan, wanted, with_additions, &budget_note));
-            self.announce(notices);
+            notices.extend(Notice::dry_run(
+                &plan,
+                wanted,
+                self.config.effect,
+                with_additions,
+                &budget_note,
+            ));
+            self.notices.announce(notices, &self.metrics);
             return Ok(outcome);
         }
         if keeps_own && self.ledger_entry != Some(true) {
@@ -388,34 +351,14 @@ impl Remediator {
             self.api.set_taints(&resource_version, &after).await?;
             if with_additions {
                 for taint in &plan.add {
-                    notices.push(Notice {
-                        change: Some(change(taint, "added")),
-                        once_key: None,
-                        warning: false,
-                        reason: reason::TAINT_ADDED,
-                        message: format!(
-                            "npd tainted the node with {}: {}{budget_note}",
-                            describe(taint),
-                            why(wanted, taint)
-                        ),
-                    });
+                    notices.push(Notice::added(taint, wanted, &budget_note));
                 }
             }
             for taint in &plan.remove {
-                notices.push(Notice {
-                    change: Some(change(taint, "removed")),
-                    once_key: None,
-                    warning: false,
-                    reason: reason::TAINT_REMOVED,
-                    message: format!(
-                        "npd removed its taint {}: {}",
-                        describe(taint),
-                        why_removed(wanted, taint, self.config.effect)
-                    ),
-                });
+                notices.push(Notice::removed(taint, wanted, self.config.effect));
             }
         }
-        self.announce(notices);
+        self.notices.announce(notices, &self.metrics);
         if !after.iter().any(is_own) && self.ledger_entry != Some(false) {
             self.release().await?;
         }
@@ -501,169 +444,31 @@ impl Remediator {
             resource: self.api.lease_resource(),
         })
     }
-
-    fn left_alone_notice(&self, foreign: &Taint, wanted: &[WantedTaint]) -> Notice {
-        Notice {
-            change: None,
-            once_key: Some(format!("left-alone {}", describe(foreign))),
-            warning: false,
-            reason: reason::LEFT_ALONE,
-            message: format!(
-                "{}; the node already has {}, which npd did not add (its value is not `{}`): \
-                 npd leaves it alone and will not remove it",
-                why(wanted, foreign),
-                describe(foreign),
-                plan::OWN_TAINT_VALUE
-            ),
-        }
-    }
-
-    fn refused_notice(
-        &self,
-        plan: &TaintPlan,
-        wanted: &[WantedTaint],
-        holders: &[String],
-        limit: usize,
-    ) -> Notice {
-        let taints: Vec<String> = plan.add.iter().map(describe).collect();
-        let why: Vec<String> = plan.add.iter().map(|t| why(wanted, t)).collect();
-        Notice {
-            change: None,
-            once_key: Some("budget".to_owned()),
-            warning: true,
-            reason: reason::BUDGET_EXHAUSTED,
-            message: format!(
-                "{}npd does not taint the node with {} although {}: {} of at most {limit} \
-                 node(s) (maxUnhealthy {}) are tainted by npd already ({}); asking again \
-                 every {}s",
-                dry_run_prefix(self.config.dry_run),
-                taints.join(", "),
-                why.join("; "),
-                holders.len(),
-                self.config.max_unhealthy,
-                holders.join(", "),
-                self.config.retry_interval.as_secs()
-            ),
-        }
-    }
-
-    fn dry_run_notices(
-        &self,
-        plan: &TaintPlan,
-        wanted: &[WantedTaint],
-        with_additions: bool,
-        budget_note: &str,
-    ) -> Vec<Notice> {
-        let mut notices = Vec::new();
-        if with_additions {
-            for taint in &plan.add {
-                notices.push(Notice {
-                    change: Some(change(taint, "would_add")),
-                    once_key: Some(format!("would add {}", describe(taint))),
-                    warning: false,
-                    reason: reason::WOULD_ADD,
-                    message: format!(
-                        "dry run: npd would taint the node with {}: {}{}",
-                        describe(taint),
-                        why(wanted, taint),
-                        budget_note
-                    ),
-                });
-            }
-        }
-        for taint in &plan.remove {
-            notices.push(Notice {
-                change: Some(change(taint, "would_remove")),
-                once_key: Some(format!("would remove {}", describe(taint))),
-                warning: false,
-                reason: reason::WOULD_REMOVE,
-                message: format!(
-                    "dry run: npd would remove its taint {}: {}",
-                    describe(taint),
-                    why_removed(wanted, taint, self.config.effect)
-                ),
-            });
-        }
-        notices
-    }
-
-    /// Logs and queues this pass's notices; a lasting situation's notice only the first time.
-    fn announce(&mut self, notices: Vec<Notice>) {
-        let current: BTreeSet<String> = notices.iter().filter_map(|n| n.once_key.clone()).collect();
-        for notice in notices {
-            if notice
-                .once_key
-                .as_ref()
-                .is_some_and(|k| self.announced.contains(k))
-            {
-                continue;
-            }
-            if let Some(labels) = &notice.change {
-                self.metrics.taint_changes.get_or_create(labels).inc();
-            }
-            if notice.warning {
-                tracing::warn!(reason = notice.reason, "remediation: {}", notice.message);
-            } else {
-                tracing::info!(reason = notice.reason, "remediation: {}", notice.message);
-            }
-            if self.unsent.len() >= MAX_UNSENT_EVENTS {
-                self.unsent.pop_front();
-            }
-            self.unsent.push_back((notice, SystemTime::now()));
-        }
-        self.announced = current;
-    }
-
-    /// Writes the queued Events; what fails waits for the next pass.
-    async fn send_notices(&mut self) {
-        while let Some((notice, at)) = self.unsent.front() {
-            match self
-                .api
-                .event(notice.warning, notice.reason, &notice.message, *at)
-                .await
-            {
-                Ok(()) => {
-                    self.unsent.pop_front();
-                }
-                Err(err) => {
-                    self.failed(&err);
-                    if err.is_retryable() {
-                        return;
-                    }
-                    // The API server will never take it: drop it, said above.
-                    self.unsent.pop_front();
-                }
-            }
-        }
-    }
 }
 
-fn change(taint: &Taint, action: &str) -> TaintLabels {
-    TaintLabels {
-        key: taint.key.clone(),
-        action: action.to_owned(),
+/// Counts and logs a failed call, by what can be done about it.
+fn failed(metrics: &Metrics, err: &RemediationError) {
+    if let RemediationError::Api {
+        verb,
+        resource,
+        failure,
+    } = err
+    {
+        metrics.api_error(verb, resource, &failure.code_label());
     }
-}
-
-fn dry_run_prefix(dry_run: bool) -> &'static str {
-    if dry_run { "dry run: " } else { "" }
-}
-
-/// The condition behind a taint's key, in words.
-fn why(wanted: &[WantedTaint], taint: &Taint) -> String {
-    wanted
-        .iter()
-        .find(|w| w.key == taint.key)
-        .map_or_else(|| format!("{} is wanted", taint.key), |w| w.why.clone())
-}
-
-fn why_removed(wanted: &[WantedTaint], taint: &Taint, effect: TaintEffect) -> String {
-    match wanted.iter().find(|w| w.key == taint.key) {
-        Some(w) if w.wanted => format!("the configured effect is now {effect}"),
-        Some(w) => w.why.clone(),
-        None => format!(
-            "its condition is no longer in remediation.taints.conditions ({})",
-            taint.key
+    match err {
+        RemediationError::Api {
+            failure: ApiFailure::Forbidden { .. },
+            ..
+        } => tracing::error!(
+            "remediation: {err}; taints need the extra rights of \
+             deploy/overlays/remediation"
         ),
+        RemediationError::Api {
+            failure: ApiFailure::Invalid { .. },
+            ..
+        }
+        | RemediationError::CorruptLedger { .. } => tracing::error!("remediation: {err}"),
+        _ => tracing::warn!("remediation: {err}; retrying"),
     }
 }

@@ -1,0 +1,192 @@
+//! The shipped configs parse to the defaults; settings, durations, and errors that name the key.
+
+use std::path::Path;
+
+use super::*;
+use crate::{
+    detectors::{fd::FD_PRESSURE, hung_task::KERNEL_DEADLOCK, oops::KERNEL_OOPS_CONDITION},
+    engine::EngineConfig,
+    remediation::TaintConfig,
+};
+
+fn parse(text: &str) -> Result<FileConfig, String> {
+    let config = FileConfig::parse(Path::new("npd.yaml"), text).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+#[test]
+fn the_shipped_default_config_parses_and_equals_the_defaults() {
+    let text = include_str!("../../../deploy/base/config.yaml");
+    let config = parse(text).expect("deploy/base/config.yaml is valid");
+    assert_eq!(config.engine().unwrap(), EngineConfig::default());
+    assert_eq!(config.detectors, None, "every detector runs by default");
+    assert_eq!(parse("").unwrap(), FileConfig::default());
+    assert_eq!(config.remediation(), None, "remediation is opt-in");
+    // Its documented values are the defaults once enabled.
+    let mut enabled = config.clone();
+    enabled.remediation.taints.enabled = Some(true);
+    let mut defaults = FileConfig::default();
+    defaults.remediation.taints.enabled = Some(true);
+    assert_eq!(enabled.remediation(), defaults.remediation());
+    assert_eq!(
+        defaults.remediation(),
+        Some(TaintConfig {
+            conditions: vec![KERNEL_DEADLOCK, KERNEL_OOPS_CONDITION],
+            effect: TaintEffect::NoSchedule,
+            max_unhealthy: MaxUnhealthy::Percent(10),
+            dry_run: false,
+            lease_namespace: "kube-system".into(),
+            lease_name: "npd-taint-budget".into(),
+            retry_interval: Duration::from_secs(30),
+        })
+    );
+}
+
+#[test]
+fn the_remediation_overlay_config_parses_and_enables_a_dry_run() {
+    let text = include_str!("../../../deploy/overlays/remediation/config.yaml");
+    let config = parse(text).expect("the overlay's config.yaml is valid");
+    let taints = config.remediation().expect("enabled");
+    assert!(taints.dry_run, "the overlay starts in dry-run mode");
+    assert_eq!(config.engine().unwrap(), EngineConfig::default());
+}
+
+#[test]
+fn remediation_settings() {
+    let config = parse(
+        "remediation:\n  taints:\n    enabled: true\n    conditions: [FDPressure, \
+         KernelDeadlock, FDPressure]\n    effect: NoExecute\n    maxUnhealthy: 3\n\
+         kubernetes:\n  conditions:\n    fdPressure: NodeFDPressure\n",
+    )
+    .unwrap();
+    let taints = config.remediation().unwrap();
+    assert_eq!(taints.conditions, [FD_PRESSURE, KERNEL_DEADLOCK]);
+    assert_eq!(taints.effect, TaintEffect::NoExecute);
+    assert_eq!(taints.max_unhealthy, MaxUnhealthy::Nodes(3));
+    assert_eq!(config.condition_name(FD_PRESSURE), "NodeFDPressure");
+    let percent = parse("remediation:\n  taints:\n    maxUnhealthy: 25%\n").unwrap();
+    assert_eq!(
+        percent.remediation.taints.max_unhealthy,
+        Some(MaxUnhealthy::Percent(25))
+    );
+    // A condition name that cannot be a taint key only matters once remediation is on.
+    let spaced = "kubernetes:\n  conditions:\n    kernelDeadlock: Kernel Deadlock\n";
+    assert!(parse(spaced).is_ok());
+}
+
+#[test]
+fn durations() {
+    assert_eq!(duration::parse("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(duration::parse("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(duration::parse("45s"), Ok(Duration::from_secs(45)));
+    for bad in ["", "5", "m", "5x", "1.5m", "-3s"] {
+        assert!(duration::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn errors_name_the_key_and_what_is_allowed() {
+    let cases = [
+        ("hungTask:\n  recoverWindow: 5m\n", "recoverWindow"),
+        ("kubernetes:\n  heartbeat: 5\n", "kubernetes.heartbeat"),
+        ("kubernetes:\n  heartbeat: fast\n", "kubernetes.heartbeat"),
+        ("detectors: [fd, disk]\n", "detectors"),
+        ("listen: not-an-address\n", "listen"),
+        (
+            "fdPressure:\n  lowWatermarkPercent: 95\n",
+            "fdPressure.lowWatermarkPercent",
+        ),
+        (
+            "fdPressure:\n  highWatermarkPercent: 120\n",
+            "fdPressure.highWatermarkPercent",
+        ),
+        (
+            "events:\n  rateLimit:\n    burst: 0\n",
+            "events.rateLimit.burst",
+        ),
+        (
+            "hungTask:\n  recoveryWindow: 0s\n",
+            "hungTask.recoveryWindow",
+        ),
+        ("ringBufferBytes: 1000\n", "ringBufferBytes"),
+        ("detectors: []\n", "detectors"),
+        (
+            "kubernetes:\n  reasons:\n    Oops: X\n",
+            "kubernetes.reasons",
+        ),
+        (
+            "kubernetes:\n  maxPendingEvents: 0\n",
+            "kubernetes.maxPendingEvents",
+        ),
+        (
+            "remediation:\n  taints:\n    maxUnhealthy: 0\n",
+            "remediation.taints.maxUnhealthy",
+        ),
+        (
+            "remediation:\n  taints:\n    maxUnhealthy: -2\n",
+            "remediation.taints.maxUnhealthy",
+        ),
+        (
+            "remediation:\n  taints:\n    maxUnhealthy: 150%\n",
+            "remediation.taints.maxUnhealthy",
+        ),
+        (
+            "remediation:\n  taints:\n    maxUnhealthy: 0.5\n",
+            "remediation.taints.maxUnhealthy",
+        ),
+        (
+            "remediation:\n  taints:\n    conditions: [Disk]\n",
+            "remediation.taints.conditions",
+        ),
+        (
+            "remediation:\n  taints:\n    conditions: []\n",
+            "remediation.taints.conditions",
+        ),
+        (
+            "remediation:\n  taints:\n    effect: Evict\n",
+            "remediation.taints.effect",
+        ),
+        (
+            "remediation:\n  taints:\n    retryInterval: 0s\n",
+            "remediation.taints.retryInterval",
+        ),
+        (
+            "remediation:\n  taints:\n    leaseName: Bad_Name\n",
+            "remediation.taints.leaseName",
+        ),
+        (
+            "remediation:\n  taints:\n    enable: true\n",
+            "remediation.taints",
+        ),
+        (
+            "remediation:\n  taints:\n    enabled: true\n\
+             kubernetes:\n  conditions:\n    kernelDeadlock: Kernel Deadlock\n",
+            "kubernetes.conditions.kernelDeadlock",
+        ),
+        (
+            "kubernetes:\n  conditions:\n    kernelDeadlock: Ready\n",
+            "kubernetes.conditions.kernelDeadlock",
+        ),
+        (
+            "kubernetes:\n  conditions:\n    fdPressure: KernelOops\n",
+            "kubernetes.conditions",
+        ),
+        (
+            "kubernetes:\n  conditions:\n    diskPressure: Disk\n",
+            "kubernetes.conditions.diskPressure",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(text).expect_err(text);
+        assert!(
+            err.contains(key),
+            "{text:?}: the error should name `{key}`: {err}"
+        );
+    }
+    // The unknown-key error lists what is allowed.
+    let err = parse("hungTask:\n  recoverWindow: 5m\n").unwrap_err();
+    assert!(err.contains("recoveryWindow"), "{err}");
+    let err = parse("detectors: [fd, disk]\n").unwrap_err();
+    assert!(err.contains("hung_task"), "{err}");
+}
