@@ -22,6 +22,8 @@ pub enum Source {
     Counters,
     /// The agent's accounting of rate-limited kernel records (a storm's tail).
     Sweep,
+    /// The agent read the kernel's state (a detector with no kernel programs).
+    Sampled,
 }
 
 impl Source {
@@ -42,6 +44,7 @@ impl Source {
             Self::Fexit => "fexit",
             Self::Counters => "counters",
             Self::Sweep => "sweep",
+            Self::Sampled => "sampled",
         }
     }
 }

@@ -62,7 +62,7 @@ pub enum LoadError {
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// In registry order.
-    pub detectors: Vec<Detector>,
+    pub detectors: Vec<&'static dyn detectors::Detector>,
     pub ring_buffer_bytes: u32,
     pub fd_rate_limit: Duration,
     /// Forward the programs' aya-log debug messages to the agent's log.
@@ -77,7 +77,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            detectors: Detector::ALL.to_vec(),
+            detectors: detectors::all().to_vec(),
             ring_buffer_bytes: 256 * 1024,
             fd_rate_limit: Duration::from_secs(1),
             bpf_log: false,
@@ -94,8 +94,8 @@ pub struct Probes {
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     pub statuses: Vec<DetectorStatus>,
-    /// What decodes each attached detector's records, by registry entry.
-    pub runtimes: Vec<(Detector, Box<dyn Runtime>)>,
+    /// Each running detector's runtime, by its kernel entry (`None`: agent-only).
+    pub runtimes: Vec<(Option<Detector>, Box<dyn Runtime>)>,
     pub config: ProbeConfig,
     pub cgroup_layout: CgroupLayout,
     pub host_root: std::path::PathBuf,
@@ -297,10 +297,10 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
     };
     let mut statuses = Vec::new();
     let mut runtimes = Vec::new();
-    for &id in &options.detectors {
-        let attached = detectors::by_id(id).attach(&mut ebpf, &ctx);
+    for &detector in &options.detectors {
+        let attached = detector.attach(&mut ebpf, &ctx);
         statuses.push(attached.status);
-        runtimes.push((id, attached.runtime));
+        runtimes.push((detector.kernel(), attached.runtime));
     }
     if statuses.iter().all(|s| s.active.is_none()) {
         return Err(LoadError::NothingAttached(

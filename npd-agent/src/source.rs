@@ -41,8 +41,8 @@ impl std::fmt::Debug for EventSource {
 /// Turns ring-buffer records into events, each through its detector's runtime.
 #[derive(Debug)]
 pub struct Decoder {
-    /// By registry entry; only the detectors that run.
-    runtimes: Vec<(Detector, Box<dyn Runtime>)>,
+    /// By kernel entry (`None`: agent-only); only the detectors that run.
+    runtimes: Vec<(Option<Detector>, Box<dyn Runtime>)>,
     symbolizer: Symbolizer,
     pub stats: DecodeStats,
     /// Records read from the ring buffer, valid or not.
@@ -50,7 +50,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(runtimes: Vec<(Detector, Box<dyn Runtime>)>) -> Self {
+    pub fn new(runtimes: Vec<(Option<Detector>, Box<dyn Runtime>)>) -> Self {
         Self {
             runtimes,
             symbolizer: Symbolizer::default(),
@@ -78,7 +78,7 @@ impl Decoder {
         let runtime = self
             .runtimes
             .iter_mut()
-            .find(|(id, _)| *id == detector)
+            .find(|(id, _)| *id == Some(detector))
             .map(|(_, runtime)| runtime)
             // A record of a detector that is not running: its programs are not attached.
             .ok_or(DecodeError::UnknownKind(kind as u16))?;

@@ -13,21 +13,25 @@ mod registry;
 
 pub use record::{Hook, RecordHeader, RecordKind};
 
-// The detector registry: every detector with kernel programs, once. A new detector adds its
-// line here and its ABI file beside this one; the eBPF crate and the agent pick it up
+// The detector registry: every detector, once. A new detector with kernel programs adds its
+// line under `kernel` and its ABI file beside this one; one that runs in the agent alone adds
+// its name under `agent`. The eBPF crate and the agent pick them up from here
 // (docs/adding-a-detector.md).
 registry::registry! {
     $
-    /// fd exhaustion (EMFILE, ENFILE) from fd-creating syscalls.
-    fd: Fd = 0 => [FdExhausted = 1],
-    /// Tasks blocked in D state (khungtaskd).
-    hung_task: HungTask = 1 => [HungTask = 2],
-    /// OOM kills.
-    oom: Oom = 2 => [OomKill = 3],
-    /// Kernel oops and WARN.
-    oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
-    /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
-    fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
+    kernel {
+        /// fd exhaustion (EMFILE, ENFILE) from fd-creating syscalls.
+        fd: Fd = 0 => [FdExhausted = 1],
+        /// Tasks blocked in D state (khungtaskd).
+        hung_task: HungTask = 1 => [HungTask = 2],
+        /// OOM kills.
+        oom: Oom = 2 => [OomKill = 3],
+        /// Kernel oops and WARN.
+        oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
+        /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
+        fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
+    }
+    agent {}
 }
 
 // After the registry: it uses `for_each_kernel_detector!`, which is in scope from here on.

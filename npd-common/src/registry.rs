@@ -1,7 +1,8 @@
 //! The macro behind npd's one detector registry (the table itself is in `lib.rs`).
 //!
 //! One line per detector declares its config name, its row in the counters array and the
-//! record kinds its programs emit. From it come the ABI enums ([`Detector`], [`RecordKind`])
+//! record kinds its programs emit (`kernel { ... }`), or just its name for a detector that
+//! runs in the agent alone (`agent { ... }`). From it come the ABI enums ([`Detector`], [`RecordKind`])
 //! with `ALL`, `name` and `from_*`, the detectors' ABI modules, and
 //! `for_each_kernel_detector!`, which the eBPF crate and the agent use to declare their own
 //! per-detector modules, so a new detector is registered in exactly one place.
@@ -13,10 +14,18 @@
 macro_rules! registry {
     (
         $d:tt
-        $(
-            $(#[$meta:meta])*
-            $name:ident: $Detector:ident = $row:literal => [$($Kind:ident = $number:literal),+ $(,)?]
-        ),+ $(,)?
+        kernel {
+            $(
+                $(#[$meta:meta])*
+                $name:ident: $Detector:ident = $row:literal => [$($Kind:ident = $number:literal),+ $(,)?]
+            ),+ $(,)?
+        }
+        agent {
+            $(
+                $(#[$agent_meta:meta])*
+                $agent:ident
+            ),* $(,)?
+        }
     ) => {
         $( $(#[$meta])* pub mod $name; )+
 
@@ -101,6 +110,18 @@ macro_rules! registry {
                 $d callback!($($name),+);
             };
         }
+
+        /// Calls `$callback!(name, ...)` with every detector that runs in the agent alone
+        /// (it samples kernel state or asks a daemon; no programs, no records).
+        #[macro_export]
+        macro_rules! for_each_agent_detector {
+            ($d callback:ident) => {
+                $d callback!($($agent),*);
+            };
+        }
+
+        /// The agent-only detectors' names, in registry order.
+        pub const AGENT_DETECTORS: &[&str] = &[$(stringify!($agent)),*];
     };
 }
 pub(crate) use registry;

@@ -115,7 +115,7 @@ impl FileConfig {
                 Some(names) => detectors::all()
                     .iter()
                     .filter(|d| names.iter().any(|n| n == d.name()))
-                    .map(|d| d.id())
+                    .copied()
                     .collect(),
                 None => defaults.detectors,
             },

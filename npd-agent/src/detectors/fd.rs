@@ -50,8 +50,12 @@ pub static DETECTOR: FdDetector = FdDetector;
 
 
 impl Detector for FdDetector {
-    fn id(&self) -> npd_common::counters::Detector {
-        npd_common::counters::Detector::Fd
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        Some(npd_common::counters::Detector::Fd)
+    }
+
+    fn name(&self) -> &'static str {
+        "fd"
     }
 
     fn about(&self) -> &'static str {

@@ -80,8 +80,12 @@ pub struct FsDetector;
 pub static DETECTOR: FsDetector = FsDetector;
 
 impl Detector for FsDetector {
-    fn id(&self) -> npd_common::counters::Detector {
-        npd_common::counters::Detector::Fs
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        Some(npd_common::counters::Detector::Fs)
+    }
+
+    fn name(&self) -> &'static str {
+        "fs"
     }
 
     fn about(&self) -> &'static str {

@@ -51,8 +51,12 @@ pub struct HungTaskDetector;
 pub static DETECTOR: HungTaskDetector = HungTaskDetector;
 
 impl Detector for HungTaskDetector {
-    fn id(&self) -> npd_common::counters::Detector {
-        npd_common::counters::Detector::HungTask
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        Some(npd_common::counters::Detector::HungTask)
+    }
+
+    fn name(&self) -> &'static str {
+        "hung_task"
     }
 
     fn about(&self) -> &'static str {

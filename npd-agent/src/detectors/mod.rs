@@ -18,29 +18,40 @@ use crate::{
     problem::{Catalog, ConditionType, EventReason},
 };
 
-macro_rules! registry {
+macro_rules! kernel_detectors {
     ($($name:ident),+) => {
         $(pub mod $name;)+
 
-        static REGISTRY: &[&dyn Detector] = &[$(&$name::DETECTOR),+];
-
-        /// Every detector, in registry order.
-        pub fn all() -> &'static [&'static dyn Detector] {
-            REGISTRY
-        }
+        /// The detectors with kernel programs, in counter-row order.
+        static KERNEL: &[&dyn Detector] = &[$(&$name::DETECTOR),+];
     };
 }
-npd_common::for_each_kernel_detector!(registry);
+npd_common::for_each_kernel_detector!(kernel_detectors);
+
+macro_rules! agent_detectors {
+    ($($name:ident),*) => {
+        $(pub mod $name;)*
+
+        /// The detectors that run in the agent alone.
+        static AGENT: &[&dyn Detector] = &[$(&$name::DETECTOR),*];
+    };
+}
+npd_common::for_each_agent_detector!(agent_detectors);
+
+/// Every detector, in registry order: those with kernel programs, then the agent's own.
+pub fn all() -> &'static [&'static dyn Detector] {
+    static ALL: std::sync::OnceLock<Vec<&'static dyn Detector>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| KERNEL.iter().chain(AGENT).copied().collect())
+}
 
 /// One detector: its identity, what it reports, and how it attaches.
 pub trait Detector: Debug + Sync {
-    /// Its entry in npd-common's registry (name, counter row, record kinds).
-    fn id(&self) -> npd_common::counters::Detector;
+    /// Its kernel entry in npd-common's registry (counter row, record kinds); `None` for a
+    /// detector that runs in the agent alone.
+    fn kernel(&self) -> Option<npd_common::counters::Detector>;
 
     /// The name in config, flags and metric labels.
-    fn name(&self) -> &'static str {
-        self.id().name()
-    }
+    fn name(&self) -> &'static str;
 
     /// One line for `--help` and docs.
     fn about(&self) -> &'static str;
@@ -87,11 +98,6 @@ pub struct Attached {
     pub runtime: Box<dyn Runtime>,
 }
 
-/// The detector of a registry entry.
-pub fn by_id(id: npd_common::counters::Detector) -> &'static dyn Detector {
-    all()[id as usize]
-}
-
 /// A detector by its config name.
 pub fn by_name(name: &str) -> Option<&'static dyn Detector> {
     all().iter().copied().find(|d| d.name() == name)
@@ -119,15 +125,6 @@ pub fn catalog() -> &'static Catalog {
         catalog
     })
 }
-
-// The registry's order is the counters' row order.
-const _: () = assert!(npd_common::counters::Detector::ALL.len() == REGISTRY_LEN);
-const REGISTRY_LEN: usize = {
-    macro_rules! count {
-        ($($name:ident),+) => { [$(stringify!($name)),+].len() };
-    }
-    npd_common::for_each_kernel_detector!(count)
-};
 
 /// One hook a detector tried.
 #[derive(Clone, Debug, Serialize)]

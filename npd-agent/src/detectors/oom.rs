@@ -39,8 +39,12 @@ pub static DETECTOR: OomDetector = OomDetector;
 
 
 impl Detector for OomDetector {
-    fn id(&self) -> npd_common::counters::Detector {
-        npd_common::counters::Detector::Oom
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        Some(npd_common::counters::Detector::Oom)
+    }
+
+    fn name(&self) -> &'static str {
+        "oom"
     }
 
     fn about(&self) -> &'static str {

@@ -45,8 +45,12 @@ pub static DETECTOR: OopsDetector = OopsDetector;
 
 
 impl Detector for OopsDetector {
-    fn id(&self) -> npd_common::counters::Detector {
-        npd_common::counters::Detector::Oops
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        Some(npd_common::counters::Detector::Oops)
+    }
+
+    fn name(&self) -> &'static str {
+        "oops"
     }
 
     fn about(&self) -> &'static str {
