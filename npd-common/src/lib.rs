@@ -31,7 +31,10 @@ registry::registry! {
         /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
         fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
     }
-    agent {}
+    agent {
+        /// Clock synchronisation (adjtimex).
+        clock,
+    }
 }
 
 // After the registry: it uses `for_each_kernel_detector!`, which is in scope from here on.
