@@ -290,7 +290,11 @@ fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
         "spec": { "nodeName": NODE, "containers": [{ "name": "app", "image": "busybox" }] },
     });
     let out = cluster.kubectl_with_input(&["create", "-f", "-", "-o", "json"], &pod.to_string());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let uid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()
@@ -301,7 +305,11 @@ fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
     ));
     let dirs = CreatedDirs::create_all(&volume).expect("the volume's directory");
     let config = cluster.dir().join("npd-fs-test.yaml");
-    std::fs::write(&config, "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n").unwrap();
+    std::fs::write(
+        &config,
+        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n",
+    )
+    .unwrap();
     let mut agent = AgentProcess::start(&[
         "--config",
         config.to_str().unwrap(),
@@ -325,8 +333,11 @@ fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
     // Give the pod watch a moment to list the pod.
     std::thread::sleep(Duration::from_secs(2));
     let name = fs.device.trim_start_matches("/dev/").to_owned();
-    std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "npd test\n")
-        .expect("trigger an ext4 error");
+    std::fs::write(
+        format!("/sys/fs/ext4/{name}/trigger_fs_error"),
+        "npd test\n",
+    )
+    .expect("trigger an ext4 error");
 
     let raised = wait_for(Duration::from_secs(20), "ReadonlyFilesystem True", || {
         condition(&cluster, NODE, "ReadonlyFilesystem").filter(|c| c["status"] == "True")
@@ -341,9 +352,10 @@ fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
     for reason in ["Ext4Error", "FilesystemIsReadOnly"] {
         for kind in ["Node", "Pod"] {
             wait_for(Duration::from_secs(15), reason, || {
-                events(&cluster).ok()?.into_iter().find(|e| {
-                    e["reason"] == reason && e["involvedObject"]["kind"] == kind
-                })
+                events(&cluster)
+                    .ok()?
+                    .into_iter()
+                    .find(|e| e["reason"] == reason && e["involvedObject"]["kind"] == kind)
             })
             .unwrap_or_else(|err| panic!("{reason} on the {kind}: {err}"));
         }
