@@ -23,14 +23,22 @@ pub(crate) enum Op {
     DupClose,
     /// getppid: a syscall npd does not watch.
     Getppid,
+    /// pread of 4 KiB with O_DIRECT from a file on the root filesystem: a real block I/O
+    /// each, completed through the block layer (the fs detector's hooks are on its error
+    /// path, or, on kernels without block_rq_error, on every completion).
+    DirectRead,
+    /// pwrite of 4 KiB + fdatasync: a write and a flush to the disk each.
+    WriteFsync,
 }
 
 impl Op {
-    pub(crate) const ALL: [Self; 4] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::OpenClose,
         Self::SocketClose,
         Self::DupClose,
         Self::Getppid,
+        Self::DirectRead,
+        Self::WriteFsync,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -39,12 +47,78 @@ impl Op {
             Self::SocketClose => "socket + close",
             Self::DupClose => "dup + close",
             Self::Getppid => "getppid (not watched)",
+            Self::DirectRead => "4 KiB O_DIRECT read (block I/O)",
+            Self::WriteFsync => "4 KiB write + fdatasync (block I/O)",
         }
     }
 
+    /// npd's hook runs on every iteration (the fd syscalls); the other loops must show no
+    /// cost beyond the noise.
     pub(crate) fn is_watched(self) -> bool {
-        self != Self::Getppid
+        matches!(self, Self::OpenClose | Self::SocketClose | Self::DupClose)
     }
+
+    /// Block I/O waits for the disk: its cost (including completion interrupts on any CPU)
+    /// is only seen by the wall clock, not by the loop's own CPU time.
+    fn is_io(self) -> bool {
+        matches!(self, Self::DirectRead | Self::WriteFsync)
+    }
+}
+
+/// A 1 MiB file on the root filesystem for the I/O loops, removed on drop.
+struct IoFile {
+    path: std::path::PathBuf,
+    fd: i32,
+}
+
+impl IoFile {
+    fn create(op: Op) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("npd-bench-io-{}", std::process::id()));
+        let data = vec![0x5au8; 1 << 20];
+        std::fs::write(&path, &data).context("the I/O loop's file")?;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        let flags = if op == Op::DirectRead {
+            libc::O_RDONLY | libc::O_DIRECT
+        } else {
+            libc::O_WRONLY
+        };
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c_path.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            bail!("cannot open {}: errno {}", path.display(), errno());
+        }
+        Ok(Self { path, fd })
+    }
+}
+
+impl Drop for IoFile {
+    fn drop(&mut self) {
+        // SAFETY: the fd this struct opened.
+        unsafe { libc::close(self.fd) };
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One block I/O of `op` at block `i` of the file.
+fn io_iteration(op: Op, fd: i32, buffer: *mut libc::c_void, i: u64) -> anyhow::Result<()> {
+    let offset = ((i % 256) * 4096) as libc::off_t;
+    // SAFETY: `buffer` is 4 KiB, 4 KiB-aligned, and lives for the loop; `fd` is open.
+    let done = unsafe {
+        if op == Op::DirectRead {
+            libc::pread(fd, buffer, 4096, offset)
+        } else {
+            let written = libc::pwrite(fd, buffer, 4096, offset);
+            if written == 4096 && libc::fdatasync(fd) != 0 {
+                -1
+            } else {
+                written
+            }
+        }
+    };
+    if done != 4096 {
+        bail!("{} failed: errno {}", op.label(), errno());
+    }
+    Ok(())
 }
 
 fn errno() -> i32 {
@@ -53,6 +127,16 @@ fn errno() -> i32 {
 
 /// Runs `iterations` iterations of `op` with raw syscalls (no libc wrapper, no allocation).
 fn run_op(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<()> {
+    if op.is_io() {
+        let file = IoFile::create(op)?;
+        let layout = std::alloc::Layout::from_size_align(4096, 4096)?;
+        // SAFETY: a non-zero size; freed below.
+        let buffer = unsafe { std::alloc::alloc_zeroed(layout) };
+        let result = (0..iterations).try_for_each(|i| io_iteration(op, file.fd, buffer.cast(), i));
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(buffer, layout) };
+        return result;
+    }
     let path = c"/dev/null";
     for _ in 0..iterations {
         // SAFETY: plain syscalls on valid arguments; every fd made is closed at once.
@@ -75,6 +159,7 @@ fn run_op(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<()> {
                     std::hint::black_box(libc::syscall(libc::SYS_getppid));
                     continue;
                 }
+                Op::DirectRead | Op::WriteFsync => unreachable!("handled above"),
             }
         };
         if fd < 0 {
@@ -98,8 +183,14 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs `iterations` and returns the CPU time they took, in ns.
+/// Runs `iterations` and returns the time they took, in ns: the thread's CPU time, or for
+/// block I/O the wall clock.
 fn timed(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<u64> {
+    if op.is_io() {
+        let started = std::time::Instant::now();
+        run_op(op, iterations, dup_source)?;
+        return Ok((started.elapsed().as_nanos() as u64).max(1));
+    }
     let started = thread_cpu_ns();
     run_op(op, iterations, dup_source)?;
     Ok(thread_cpu_ns().saturating_sub(started).max(1))
@@ -343,6 +434,23 @@ pub(crate) fn run(settings: HookSettings) -> anyhow::Result<HookOverhead> {
             },
         )?,
     }];
+    controls.push(Control {
+        label: "the fs detector alone on its fallback hooks (block_rq_complete on every I/O, \
+                filtered to errors in the kernel)",
+        ops: alternate(
+            "control: fs on block_rq_complete",
+            control_rounds,
+            cpu,
+            &settings,
+            &|| {
+                Ok(Box::new(start_agent(&[
+                    "--detectors",
+                    "fs",
+                    "--fallback-hooks-only",
+                ])?))
+            },
+        )?,
+    });
     // tracefs is mounted by now: the agent mounts it when it is not.
     if std::path::Path::new(FTRACE_SYS_EXIT).exists() {
         controls.push(Control {

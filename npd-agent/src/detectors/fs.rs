@@ -129,7 +129,12 @@ impl Detector for FsDetector {
         }
         // block_rq_error is the error path; block_rq_complete fires on every I/O, filtered to
         // errors in the kernel: only where the first is missing.
-        match attach_tracepoint(ebpf, ctx, BLOCK_RQ_ERROR_PROGRAM, "block", "block_rq_error") {
+        let error_path = if ctx.fallback_hooks_only {
+            Err("skipped: --fallback-hooks-only".to_owned())
+        } else {
+            attach_tracepoint(ebpf, ctx, BLOCK_RQ_ERROR_PROGRAM, "block", "block_rq_error")
+        };
+        match error_path {
             Ok(()) => attached.push("block:block_rq_error".to_owned()),
             Err(err) => {
                 absent.push(format!("block:block_rq_error ({err})"));
