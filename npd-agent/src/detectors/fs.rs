@@ -36,7 +36,7 @@ use crate::{
     finding,
     kernel::{
         kallsyms::Symbolizer,
-        mountinfo::{Mount, mounts_of, read_only_after_error},
+        mountinfo::{Mount, devices_of_type, mounts_of, read_only_after_error},
         tracefs::TracepointFormat,
     },
     problem::{
@@ -182,6 +182,7 @@ impl Detector for FsDetector {
                 read_only: BTreeMap::new(),
                 shut_down: BTreeMap::new(),
                 resynced: false,
+                xfs_at_start: None,
             }),
         }
     }
@@ -447,8 +448,9 @@ pub struct FsReadOnly {
     pub major: u32,
     pub minor: u32,
     pub mounts: Vec<Mount>,
-    /// `read_only`: made read-only after an error; `read_write`: mounted read-write again;
-    /// `unmounted`; `resync`: every read-only-after-error device at start.
+    /// `read_only`: made read-only after an error; `mounted_read_write_again`; `unmounted`;
+    /// `resync`: every read-only-after-error device at start; `xfs_unmounted`: a shut-down
+    /// XFS is gone; `xfs_resync`: every XFS mounted at start is gone.
     pub state: &'static str,
     /// For `resync`: (device, message) of each.
     #[serde(skip)]
@@ -486,6 +488,12 @@ finding!(FsReadOnly, "fs_read_only", {
                     current: self.current.clone(),
                 },
             ),
+            "xfs_resync" => Assessment::default().with_condition(
+                XFS_SHUTDOWN,
+                Change::Resync {
+                    current: self.current.clone(),
+                },
+            ),
             "xfs_unmounted" => Assessment::default().with_condition(
                 XFS_SHUTDOWN,
                 Change::Clear {
@@ -518,6 +526,9 @@ struct FsRuntime {
     /// Devices npd raised XfsShutdown for.
     shut_down: BTreeMap<(u32, u32), ()>,
     resynced: bool,
+    /// The XFS devices mounted when the agent started, until all of them are gone: a
+    /// restored XfsShutdown (the kernel shows no mark of a shut-down XFS) clears then.
+    xfs_at_start: Option<Vec<(u32, u32)>>,
 }
 
 impl FsRuntime {
@@ -534,6 +545,16 @@ impl FsRuntime {
         let new = tally.failures_total.saturating_sub(*accounted);
         *accounted = (*accounted).max(tally.failures_total);
         new
+    }
+
+    /// The current set of problems of one condition (`resync`: read-only after an error;
+    /// `xfs_resync`: XFS shut down).
+    fn resync_event(now_ns: u64, state: &'static str, current: Vec<(String, String)>) -> Event {
+        let mut event = Self::state_event(now_ns, (0, 0), Vec::new(), state);
+        if let Some(detail) = event.detail_as_mut::<FsReadOnly>() {
+            detail.current = current;
+        }
+        event
     }
 
     fn state_event(now_ns: u64, dev: (u32, u32), mounts: Vec<Mount>, state: &'static str) -> Event {
@@ -634,6 +655,7 @@ impl Runtime for FsRuntime {
         let mut events = Vec::new();
         // The mount table is read only while there is something to confirm or to clear.
         let busy = !self.resynced
+            || self.xfs_at_start.is_some()
             || !self.watch.is_empty()
             || !self.read_only.is_empty()
             || !self.shut_down.is_empty();
@@ -655,11 +677,28 @@ impl Runtime for FsRuntime {
                     ),
                 ));
             }
-            let mut event = Self::state_event(now_ns, (0, 0), Vec::new(), "resync");
-            if let Some(detail) = event.detail_as_mut::<FsReadOnly>() {
-                detail.current = current;
-            }
-            events.push(event);
+            events.push(Self::resync_event(now_ns, "resync", current));
+            self.xfs_at_start = Some(devices_of_type(&table, "xfs"));
+        }
+        if let Some(at_start) = &self.xfs_at_start
+            && at_start
+                .iter()
+                .all(|dev| mounts_of(&table, dev.0, dev.1).is_empty())
+        {
+            // Every XFS that could have been the shut-down one is gone: XfsShutdown is what
+            // npd saw shut down since it started.
+            self.xfs_at_start = None;
+            let current = self
+                .shut_down
+                .keys()
+                .map(|(major, minor)| {
+                    (
+                        format!("{major}:{minor}"),
+                        format!("XFS on {major}:{minor} shut down"),
+                    )
+                })
+                .collect();
+            events.push(Self::resync_event(now_ns, "xfs_resync", current));
         }
         let watched: Vec<((u32, u32), u64)> =
             self.watch.iter().map(|(dev, until)| (*dev, *until)).collect();
@@ -748,6 +787,8 @@ impl FsRuntime {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const MOUNTINFO: &str = "\
@@ -816,6 +857,50 @@ mod tests {
         let report = block.report.unwrap();
         assert_eq!((report.reason, report.count), (IO_ERROR, 100));
         assert!(block.condition.is_none());
+    }
+
+    fn runtime(mountinfo: &Path) -> FsRuntime {
+        FsRuntime {
+            mountinfo: mountinfo.to_owned(),
+            rate_limits: None,
+            accounted: HashMap::new(),
+            watch: BTreeMap::new(),
+            read_only: BTreeMap::new(),
+            shut_down: BTreeMap::new(),
+            resynced: false,
+            xfs_at_start: None,
+        }
+    }
+
+    fn states(events: &[Event]) -> Vec<(&'static str, usize)> {
+        events
+            .iter()
+            .filter_map(|e| e.detail_as::<FsReadOnly>())
+            .map(|d| (d.state, d.current.len()))
+            .collect()
+    }
+
+    #[test]
+    fn at_start_the_mount_table_resyncs_both_conditions() {
+        let dir = std::env::temp_dir().join(format!("npd-fs-resync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = dir.join("mountinfo");
+        std::fs::write(&table, MOUNTINFO).unwrap();
+        let mut fs = runtime(&table);
+        // loop3 is emergency_ro: current; an XFS (loop4) is mounted: XfsShutdown waits.
+        assert_eq!(states(&fs.poll(1)), [("resync", 1)]);
+        assert!(states(&fs.poll(2)).is_empty());
+        // The XFS and the read-only ext4 are unmounted: both clear.
+        std::fs::write(&table, "").unwrap();
+        let mut later = states(&fs.poll(3));
+        later.sort_unstable();
+        assert_eq!(later, [("unmounted", 0), ("xfs_resync", 0)]);
+        // No XFS at start: XfsShutdown resyncs (clears) at once.
+        let mut fresh = runtime(&table);
+        let mut first = states(&fresh.poll(1));
+        first.sort_unstable();
+        assert_eq!(first, [("resync", 0), ("xfs_resync", 0)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -73,6 +73,19 @@ pub fn read_only_after_error(mountinfo: &str) -> Vec<(u32, u32)> {
     devices
 }
 
+/// Every device with a filesystem of `fs_type` mounted.
+pub fn devices_of_type(mountinfo: &str, fs_type: &str) -> Vec<(u32, u32)> {
+    let mut devices: Vec<(u32, u32)> = mountinfo
+        .lines()
+        .filter_map(parse)
+        .filter(|(_, mount)| mount.fs_type == fs_type)
+        .map(|(dev, _)| dev)
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    devices
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +114,6 @@ garbage line
         assert!(loop5[0].read_only && !loop5[0].after_error, "ro by choice");
         assert!(mounts_of(MOUNTINFO, 8, 0).is_empty());
         assert_eq!(read_only_after_error(MOUNTINFO), vec![(7, 3)]);
+        assert_eq!(devices_of_type(MOUNTINFO, "xfs"), vec![(7, 4)]);
     }
 }
