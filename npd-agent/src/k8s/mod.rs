@@ -4,6 +4,8 @@
 
 pub mod backoff;
 pub mod events;
+#[cfg(test)]
+mod fake;
 pub mod node;
 pub mod pods;
 pub mod reporter;
