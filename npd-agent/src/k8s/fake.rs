@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 
 /// One request as the server saw it, and what it answered.
 #[derive(Clone, Debug)]
-#[allow(dead_code, reason = "parts are for the tests of later fixes")]
 pub(super) struct Seen {
     pub(super) method: String,
     pub(super) path: String,

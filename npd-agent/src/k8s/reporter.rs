@@ -466,7 +466,6 @@ mod tests {
         }
     }
 
-    #[allow(dead_code, reason = "parts are for the tests of later fixes")]
     struct Run {
         api: FakeApi,
         handle: ReporterHandle,
@@ -587,5 +586,46 @@ mod tests {
             written_to(w, "default", "one") && written_to(w, "default", "two")
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_long_drain_stays_live_and_keeps_the_heartbeat() {
+        let api = FakeApi::start("uid-1").await;
+        // Every request takes 100 ms: 40 writes take 4 s, ten times the stall limit.
+        api.script(|_, _| {
+            Some(Reply {
+                delay: Duration::from_millis(100),
+                ..Reply::default()
+            })
+        });
+        let run = start(api, Duration::from_millis(500), Duration::from_millis(400)).await;
+        let events: Vec<_> = (0..20)
+            .map(|i| event(&format!("e{i:02}"), vec![EventTarget::Node, pod("a")]))
+            .collect();
+        run.handle.push_events(events);
+        let until = Instant::now() + Duration::from_secs(10);
+        while run.api.events_written().len() < 40 {
+            let live = run.health.check_live();
+            assert!(live.is_empty(), "during the drain: {live:?}");
+            assert!(Instant::now() < until, "not drained");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The Node's heartbeat went on between the Events.
+        let seen = run.api.seen();
+        let event_times: Vec<_> = seen
+            .iter()
+            .filter(|s| s.path.contains("/events"))
+            .map(|s| s.at)
+            .collect();
+        let (first, last) = (event_times[0], event_times[event_times.len() - 1]);
+        let heartbeats = seen
+            .iter()
+            .filter(|s| s.method == "PATCH" && s.path.ends_with("/status"))
+            .filter(|s| s.at > first && s.at < last)
+            .count();
+        assert!(
+            heartbeats >= 3,
+            "{heartbeats} status patches during a 4 s drain"
+        );
     }
 }
