@@ -71,6 +71,15 @@ impl EventWriter {
         }
     }
 
+    pub fn node_uid(&self) -> &str {
+        &self.node.uid
+    }
+
+    /// The Node was recreated under the same name: Events name the new one.
+    pub fn set_node_uid(&mut self, uid: String) {
+        self.node.uid = uid;
+    }
+
     /// Writes `event` to `target`. Each target is written and judged on its own: the
     /// reporter drops a target the API server refuses for good and retries one that failed
     /// for the moment, without holding back the other targets and Events.

@@ -53,7 +53,6 @@ struct State {
 }
 
 #[derive(Clone)]
-#[allow(dead_code, reason = "parts are for the tests of later fixes")]
 pub(super) struct FakeApi {
     state: Arc<Mutex<State>>,
     pub(super) url: String,
@@ -70,7 +69,6 @@ fn status_body(code: u16) -> Value {
            "message": format!("injected {code}"), "reason": "Injected", "code": code})
 }
 
-#[allow(dead_code, reason = "parts are for the tests of later fixes")]
 impl FakeApi {
     pub(super) async fn start(node_uid: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -136,7 +134,7 @@ impl FakeApi {
     pub(super) fn client(&self) -> kube::Client {
         let mut config = kube::Config::new(self.url.parse().unwrap());
         config.read_timeout = Some(Duration::from_secs(5));
-        kube::Client::try_from(config).unwrap()
+        crate::k8s::client(config).unwrap()
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {

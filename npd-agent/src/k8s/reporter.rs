@@ -149,18 +149,23 @@ impl Reporter {
         let resource = format!("nodes/{}", self.config.node_name);
         loop {
             self.health.reporter_progressed();
-            match node::read(
+            let result = node::read(
                 nodes,
                 &self.config.node_name,
                 &self.config.names,
                 node::boot_time(),
             )
-            .await
-            {
+            .await;
+            let asked = match result {
                 Ok(state) => return Some(state),
-                Err(err) => self.failed("get", &resource, &ApiFailure::classify(&err)),
-            }
-            let delay = backoff.next_delay();
+                Err(err) => {
+                    let failure = ApiFailure::classify(&err);
+                    self.failed("get", &resource, &failure);
+                    failure.retry_after()
+                }
+            };
+            let asked = asked.unwrap_or_default().min(self.config.max_backoff);
+            let delay = backoff.next_delay().max(asked);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 // The main loop is gone: stop.
@@ -188,7 +193,7 @@ impl Reporter {
             state.conditions.len()
         );
         self.health.set_node_read();
-        let writer = EventWriter::new(
+        let mut writer = EventWriter::new(
             self.client.clone(),
             NodeRef {
                 name: self.config.node_name.clone(),
@@ -243,6 +248,8 @@ impl Reporter {
             more = false;
             let mut failed = false;
             let mut server_failed = false;
+            // What the server asked to wait (Retry-After), if it did.
+            let mut asked: Option<Duration> = None;
             if conditions_due {
                 let desired = self.conditions.borrow().clone();
                 if let Some(desired) = desired {
@@ -257,7 +264,18 @@ impl Reporter {
                     .await;
                     self.health.reporter_progressed();
                     match result {
-                        Ok(()) => {
+                        Ok(uid) => {
+                            if !uid.is_empty() && uid != writer.node_uid() {
+                                // Deleted and created again under the same name: Events
+                                // must name the Node that exists now.
+                                tracing::warn!(
+                                    node = %self.config.node_name,
+                                    "the Node was recreated (uid {} -> {uid}); Events name the \
+                                     new one",
+                                    writer.node_uid()
+                                );
+                                writer.set_node_uid(uid);
+                            }
                             self.metrics
                                 .condition_patch_seconds
                                 .observe(started.elapsed().as_secs_f64());
@@ -270,6 +288,7 @@ impl Reporter {
                             // Refused (RBAC, the Node gone) is about the Node only: the
                             // Events still go, the patch is retried after the backoff.
                             server_failed = is_server_wide(&failure);
+                            asked = failure.retry_after();
                         }
                     }
                 }
@@ -278,11 +297,18 @@ impl Reporter {
                 match self.drain(&writer).await {
                     Pass::Done => {}
                     Pass::Bounded => more = true,
-                    Pass::ServerFailed => failed = true,
+                    Pass::ServerFailed(retry_after) => {
+                        failed = true;
+                        asked = asked.max(retry_after);
+                    }
                 }
             }
             if failed {
-                retry_at = Some(Instant::now() + backoff.next_delay());
+                // Honour Retry-After, but never past the backoff ceiling: a server (or a
+                // proxy) asking for an hour must not silence the node for an hour.
+                let asked = asked.unwrap_or_default().min(self.config.max_backoff);
+                let delay = backoff.next_delay().max(asked);
+                retry_at = Some(Instant::now() + delay);
             } else {
                 backoff.reset();
             }
@@ -357,7 +383,7 @@ impl Reporter {
                 Verdict::Server => {
                     self.lock_events()
                         .park(&key, Instant::now(), true, |n| self.item_delay(n));
-                    return Pass::ServerFailed;
+                    return Pass::ServerFailed(write.failure.retry_after());
                 }
             }
         }
@@ -385,8 +411,9 @@ enum Pass {
     Done,
     /// It reached its time bound; more is due.
     Bounded,
-    /// The API server itself failed: back off before the next pass.
-    ServerFailed,
+    /// The API server itself failed: back off before the next pass, at least as long as it
+    /// asked (Retry-After).
+    ServerFailed(Option<Duration>),
 }
 
 /// What to do with an item the API server did not take.
@@ -474,6 +501,15 @@ mod tests {
     }
 
     async fn start(api: FakeApi, heartbeat: Duration, reporter_stall: Duration) -> Run {
+        start_with(api, heartbeat, reporter_stall, Duration::from_millis(400)).await
+    }
+
+    async fn start_with(
+        api: FakeApi,
+        heartbeat: Duration,
+        reporter_stall: Duration,
+        max_backoff: Duration,
+    ) -> Run {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(Duration::from_secs(3600), reporter_stall));
         let mut handle = spawn(
@@ -485,7 +521,7 @@ mod tests {
                 node_event_namespace: "default".to_owned(),
                 max_pending_events: 1024,
                 initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(400),
+                max_backoff,
             },
             Arc::clone(&metrics),
             Arc::clone(&health),
@@ -627,5 +663,159 @@ mod tests {
             heartbeats >= 3,
             "{heartbeats} status patches during a 4 s drain"
         );
+    }
+
+    /// Answers the first `n` requests matching `filter` with `reply`, then as usual.
+    fn first(
+        n: usize,
+        filter: fn(&str, &str) -> bool,
+        reply: Reply,
+    ) -> impl FnMut(&str, &str) -> Option<Reply> + Send + 'static {
+        let mut left = n;
+        move |method, path| {
+            (filter(method, path) && left > 0).then(|| {
+                left -= 1;
+                reply.clone()
+            })
+        }
+    }
+
+    fn creates(method: &str, path: &str) -> bool {
+        method == "POST" && path.ends_with("/events")
+    }
+
+    fn retry_after(status: u16, secs: u64) -> Reply {
+        Reply {
+            status,
+            retry_after: Some(secs),
+            ..Reply::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured_and_bounded() {
+        // 1 s asked, backoff would retry after 50 ms: the next try waits the second.
+        let api = FakeApi::start("uid-1").await;
+        api.script(first(1, creates, retry_after(429, 1)));
+        let run = start_with(
+            api,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        )
+        .await;
+        run.handle
+            .push_events(vec![event("asked", vec![EventTarget::Node])]);
+        wait_written(&run.api, Duration::from_secs(5), |w| {
+            written_to(w, "default", "asked")
+        })
+        .await;
+        let seen = run.api.seen();
+        let tries: Vec<_> = seen
+            .iter()
+            .filter(|s| s.path.ends_with("/events"))
+            .collect();
+        assert_eq!(tries.len(), 2, "{tries:#?}");
+        let waited = tries[1].at - tries[0].at;
+        assert!(
+            waited >= Duration::from_millis(950),
+            "retried after {waited:?}"
+        );
+
+        // An hour asked (429, then 503): bounded by the backoff ceiling (400 ms here), not
+        // slept inside the client for an hour.
+        let api = FakeApi::start("uid-1").await;
+        api.script(first(2, creates, retry_after(429, 3600)));
+        let run = start(api, Duration::from_secs(60), Duration::from_secs(60)).await;
+        run.handle
+            .push_events(vec![event("hour", vec![EventTarget::Node])]);
+        wait_written(&run.api, Duration::from_secs(3), |w| {
+            written_to(w, "default", "hour")
+        })
+        .await;
+        assert!(run.health.check_live().is_empty());
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_nothing_is_written_twice() {
+        for status in [500, 503, 504] {
+            let api = FakeApi::start("uid-1").await;
+            api.script(first(
+                5,
+                |_, path| path.contains("/events"),
+                Reply::status(status),
+            ));
+            let run = start(api, Duration::from_secs(60), Duration::from_secs(60)).await;
+            let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+            run.handle.push_events(
+                keys.iter()
+                    .map(|k| event(k, vec![EventTarget::Node, pod("a")]))
+                    .collect(),
+            );
+            wait_written(&run.api, Duration::from_secs(10), |w| w.len() >= 8).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let written = run.api.events_written();
+            assert_eq!(
+                written.len(),
+                8,
+                "{status}: each Event once to each target: {written:#?}"
+            );
+            for key in &keys {
+                assert!(written_to(&written, "default", key) && written_to(&written, "a", key));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_create_updates_the_existing_event() {
+        let api = FakeApi::start("uid-1").await;
+        api.script(first(1, creates, Reply::status(409)));
+        let run = start(api, Duration::from_secs(60), Duration::from_secs(60)).await;
+        run.handle
+            .push_events(vec![event("exists", vec![EventTarget::Node])]);
+        wait_written(&run.api, Duration::from_secs(3), |w| !w.is_empty()).await;
+        let seen = run.api.seen();
+        let calls: Vec<_> = seen
+            .iter()
+            .filter(|s| s.path.contains("/events"))
+            .map(|s| (s.method.as_str(), s.status))
+            .collect();
+        assert_eq!(calls, [("POST", 409), ("PATCH", 200)]);
+    }
+
+    #[tokio::test]
+    async fn events_name_the_node_that_exists_now() {
+        let api = FakeApi::start("uid-old").await;
+        let run = start(api, Duration::from_millis(200), Duration::from_secs(60)).await;
+        run.handle
+            .push_events(vec![event("before", vec![EventTarget::Node])]);
+        wait_written(&run.api, Duration::from_secs(3), |w| {
+            written_to(w, "default", "before")
+        })
+        .await;
+        // The Node is deleted (status patches 404) and created again with a new uid.
+        run.api.set_node_uid("uid-new");
+        run.api.script(first(
+            2,
+            |m, p| m == "PATCH" && p.ends_with("/status"),
+            Reply::status(404),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        run.handle
+            .push_events(vec![event("after", vec![EventTarget::Node])]);
+        wait_written(&run.api, Duration::from_secs(3), |w| {
+            written_to(w, "default", "after")
+        })
+        .await;
+        let uid = |key: &str| {
+            run.api
+                .events_written()
+                .into_iter()
+                .find(|(_, b)| b["message"].as_str().is_some_and(|m| m.starts_with(key)))
+                .map(|(_, b)| b["involvedObject"]["uid"].clone())
+                .unwrap()
+        };
+        assert_eq!(uid("before"), "uid-old");
+        assert_eq!(uid("after"), "uid-new");
     }
 }
