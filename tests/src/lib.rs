@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod faults;
 pub mod machine;
 pub mod remediation;
 pub mod reporting;
