@@ -237,20 +237,127 @@ mod tests {
         assert_eq!(stats.total(), 8);
     }
 
+    /// What decoding `data` on the fd detector's path must give, from the ABI's rules
+    /// alone: the oracle the fuzz test checks the decoder against.
+    fn expected(data: &[u8]) -> Result<(), DecodeError> {
+        if data.len() < RecordHeader::SIZE {
+            return Err(DecodeError::Short { len: data.len() });
+        }
+        let kind = u16::from_le_bytes([data[0], data[1]]);
+        let (version, hook) = (data[2], data[3]);
+        let size = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
+        if size as usize != data.len() {
+            return Err(DecodeError::SizeMismatch {
+                header: size,
+                len: data.len(),
+            });
+        }
+        let Some(kind) = RecordKind::from_u16(kind) else {
+            return Err(DecodeError::UnknownKind(kind));
+        };
+        if Hook::from_u8(hook).is_none() {
+            return Err(DecodeError::UnknownHook(hook));
+        }
+        if version != fd::FD_EXHAUSTED_VERSION {
+            return Err(DecodeError::Version {
+                kind,
+                version,
+                expected: fd::FD_EXHAUSTED_VERSION,
+            });
+        }
+        if data.len() != size_of::<fd::FdExhausted>() {
+            return Err(DecodeError::Length {
+                kind,
+                len: data.len(),
+                expected: size_of::<fd::FdExhausted>(),
+            });
+        }
+        Ok(())
+    }
+
     #[test]
-    fn random_bytes_never_panic() {
-        // A cheap deterministic generator; decode must return, never panic.
+    fn fuzzed_records_with_valid_headers_decode_or_fail_as_the_abi_says() {
+        // xorshift64: deterministic, so a failure names a reproducible case.
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for len in 0..600 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            let _ = decode(&bytes);
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let record_len = size_of::<fd::FdExhausted>();
+        let mut outcomes: std::collections::BTreeMap<&str, u32> = Default::default();
+        for case in 0..20_000 {
+            // Mostly the right size and a header that says so, sometimes anything.
+            let len = match next() % 8 {
+                0 => (next() % 600) as usize,
+                1 => (next() % (RecordHeader::SIZE as u64 + 1)) as usize,
+                2 => record_len + (next() % 16) as usize - 8,
+                _ => record_len,
+            };
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= RecordHeader::SIZE {
+                let kinds = RecordKind::ALL;
+                let kind = if next() % 8 == 0 {
+                    next() as u16
+                } else {
+                    kinds[(next() % kinds.len() as u64) as usize] as u16
+                };
+                let version = if next() % 4 == 0 {
+                    next() as u8
+                } else {
+                    fd::FD_EXHAUSTED_VERSION
+                };
+                let hook = if next() % 8 == 0 {
+                    next() as u8
+                } else {
+                    1 + (next() % 4) as u8
+                };
+                let size = if next() % 8 == 0 {
+                    next() as u32
+                } else {
+                    len as u32
+                };
+                data[0..2].copy_from_slice(&kind.to_le_bytes());
+                data[2] = version;
+                data[3] = hook;
+                data[4..8].copy_from_slice(&size.to_le_bytes());
+            }
+            let got = decode(&data);
+            let want = expected(&data);
+            match (&got, want) {
+                (Ok(record), Ok(())) => {
+                    // A valid record is read whole: every body byte where the ABI puts it.
+                    assert_eq!(bytes_of(record), data, "case {case}");
+                    *outcomes.entry("ok").or_default() += 1;
+                }
+                (Err(err), Err(want)) => {
+                    assert_eq!(*err, want, "case {case}: {data:02x?}");
+                    let name = match err {
+                        DecodeError::Short { .. } => "short",
+                        DecodeError::SizeMismatch { .. } => "size_mismatch",
+                        DecodeError::UnknownKind(_) => "unknown_kind",
+                        DecodeError::UnknownHook(_) => "unknown_hook",
+                        DecodeError::Version { .. } => "version",
+                        DecodeError::Length { .. } => "length",
+                    };
+                    *outcomes.entry(name).or_default() += 1;
+                }
+                (got, want) => panic!("case {case}: got {got:?}, want {want:?}: {data:02x?}"),
+            }
+        }
+        // Every outcome was reached often, the valid records included.
+        for outcome in [
+            "ok",
+            "short",
+            "size_mismatch",
+            "unknown_kind",
+            "unknown_hook",
+            "version",
+            "length",
+        ] {
+            let n = outcomes.get(outcome).copied().unwrap_or(0);
+            assert!(n >= 100, "{outcome} reached {n} times: {outcomes:?}");
         }
     }
 }

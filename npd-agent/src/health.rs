@@ -15,8 +15,10 @@ use crate::clock;
 pub struct Health {
     /// When the ring-buffer consumer last came round its loop (it does at least every tick).
     consumer_progress_ns: AtomicU64,
-    /// When the reporter last came round its loop (it does at least every heartbeat, also
-    /// while backing off from a failing API server).
+    /// When the reporter last made progress: it comes round its loop at least every
+    /// heartbeat (also while backing off from a failing API server) and stamps after every
+    /// request, so a long drain of queued Events (512 x 2 requests of up to 20 s) is progress,
+    /// not a stall; only one request hung past the stall limit is.
     reporter_progress_ns: AtomicU64,
     /// Whether there is a reporter (a cluster) at all.
     reporting: AtomicBool,

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod faults;
 pub mod machine;
 pub mod machine_lock;
 pub mod remediation;

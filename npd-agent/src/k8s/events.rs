@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -70,45 +71,48 @@ impl EventWriter {
         }
     }
 
-    /// Writes `event` for every target. A target that is gone (the Pod was deleted) is
-    /// skipped; any other failure stops and is returned, to be retried.
-    pub async fn write(&self, event: &ProblemEvent) -> Result<(), WriteFailure> {
-        for target in &event.targets {
-            let (namespace, reference) = self.reference(target);
-            let name = event_name(&reference, event);
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-            let resource = format!("events (namespace {namespace})");
-            let message = full_message(event);
-            let object = self.object(&name, &namespace, reference, event, &message);
-            let result = if event.series_update {
-                match self.update(&api, &name, event, &message).await {
-                    // Never created (lost, or written by an earlier agent run): create it.
-                    Err(err) if is_not_found(&err) => {
-                        self.create_or_update(&api, &object, event, &message).await
-                    }
-                    other => other,
+    pub fn node_uid(&self) -> &str {
+        &self.node.uid
+    }
+
+    /// The Node was recreated under the same name: Events name the new one.
+    pub fn set_node_uid(&mut self, uid: String) {
+        self.node.uid = uid;
+    }
+
+    /// Writes `event` to `target`. Each target is written and judged on its own: the
+    /// reporter drops a target the API server refuses for good and retries one that failed
+    /// for the moment, without holding back the other targets and Events.
+    pub async fn write(
+        &self,
+        event: &ProblemEvent,
+        target: &EventTarget,
+    ) -> Result<(), WriteFailure> {
+        let (namespace, reference) = self.reference(target);
+        let name = event_name(&reference, event);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let message = full_message(event);
+        let object = self.object(&name, &namespace, reference, event, &message);
+        let result = if event.series_update {
+            match self.update(&api, &name, event, &message).await {
+                // Never created (lost, or written by an earlier agent run): create it.
+                Err(err) if is_not_found(&err) => {
+                    self.create_or_update(&api, &object, event, &message).await
                 }
-            } else {
-                self.create_or_update(&api, &object, event, &message).await
-            };
-            match result.map_err(|err| ApiFailure::classify(&err)) {
-                Ok(()) => {}
-                // The involved object's namespace is gone (a deleted pod's namespace): skip.
-                Err(ApiFailure::NotFound) => {}
-                Err(failure) => {
-                    return Err(WriteFailure {
-                        verb: if event.series_update {
-                            "patch"
-                        } else {
-                            "create"
-                        },
-                        resource,
-                        failure,
-                    });
-                }
+                other => other,
             }
-        }
-        Ok(())
+        } else {
+            self.create_or_update(&api, &object, event, &message).await
+        };
+        result.map_err(|err| WriteFailure {
+            verb: if event.series_update {
+                "patch"
+            } else {
+                "create"
+            },
+            resource: format!("events (namespace {namespace})"),
+            failure: ApiFailure::classify(&err),
+        })
     }
 
     /// Creates the Event; if it exists (our own earlier create succeeded after all), updates.
@@ -239,18 +243,53 @@ pub fn event_name(reference: &ObjectReference, event: &ProblemEvent) -> String {
     format!("{object}.{:016x}", hasher.finish())
 }
 
-/// Events waiting for the API server, bounded: a storm or a long outage collapses into
-/// counts instead of growing a queue.
+/// One queued Event to one target: the unit the reporter writes and judges.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ItemKey {
+    pub aggregation_key: String,
+    pub target: EventTarget,
+}
+
+#[derive(Debug)]
+struct Item {
+    /// The Event, with `targets` holding only this item's target.
+    event: ProblemEvent,
+    /// Not to be tried before this (after a failure of this item).
+    not_before: Option<Instant>,
+    failures: u32,
+    /// Parked for a failure that may have been the server's, not this item's: a later
+    /// successful write makes it due again at once.
+    parked_transient: bool,
+}
+
+impl Item {
+    fn key(&self) -> ItemKey {
+        ItemKey {
+            aggregation_key: self.event.aggregation_key.clone(),
+            target: self.event.targets[0].clone(),
+        }
+    }
+
+    fn is(&self, key: &ItemKey) -> bool {
+        self.event.aggregation_key == key.aggregation_key && self.event.targets[0] == key.target
+    }
+}
+
+/// Events waiting for the API server, one item per Event and target, bounded: a storm or a
+/// long outage collapses into counts instead of growing a queue. Items are written in
+/// order, but none waits for another: an item that failed is parked on its own backoff and
+/// the next one is written meanwhile.
 #[derive(Debug)]
 pub struct PendingEvents {
-    queue: VecDeque<ProblemEvent>,
+    queue: VecDeque<Item>,
     capacity: usize,
-    /// Occurrences of events pushed out by the bound, by reason, to be folded into the next
-    /// event of that reason.
-    overflow: HashMap<&'static str, u64>,
+    /// Occurrences of items pushed out by the bound, by reason and whether they were about
+    /// the Node, to be folded into the next item of that reason and kind of target.
+    overflow: HashMap<(&'static str, bool), u64>,
 }
 
 impl PendingEvents {
+    /// `capacity` items (an Event on the Node and its Pod is two).
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: VecDeque::new(),
@@ -267,40 +306,109 @@ impl PendingEvents {
         self.queue.is_empty()
     }
 
-    /// Queues an event; a later state of a series already queued replaces it in place (an
-    /// unsent create stays a create).
+    /// Queues an event, one item per target; a later state of a series already queued
+    /// replaces it in place (an unsent create stays a create).
     pub fn push(&mut self, mut event: ProblemEvent) {
-        if let Some(queued) = self
-            .queue
-            .iter_mut()
-            .find(|q| q.aggregation_key == event.aggregation_key)
-        {
-            event.series_update = queued.series_update && event.series_update;
-            event.first_timestamp = queued.first_timestamp;
-            event.unreported_elsewhere += queued.unreported_elsewhere;
-            *queued = event;
+        for target in std::mem::take(&mut event.targets) {
+            let mut one = event.clone();
+            one.targets = vec![target];
+            self.push_one(one);
+        }
+    }
+
+    fn push_one(&mut self, mut event: ProblemEvent) {
+        if let Some(queued) = self.queue.iter_mut().find(|q| {
+            q.event.aggregation_key == event.aggregation_key
+                && q.event.targets[0] == event.targets[0]
+        }) {
+            event.series_update = queued.event.series_update && event.series_update;
+            event.first_timestamp = queued.event.first_timestamp;
+            event.unreported_elsewhere += queued.event.unreported_elsewhere;
+            queued.event = event;
             return;
         }
         if self.queue.len() >= self.capacity
             && let Some(dropped) = self.queue.pop_front()
         {
-            *self.overflow.entry(dropped.reason.as_str()).or_default() +=
-                dropped.count + dropped.unreported_elsewhere;
+            let node = dropped.event.targets[0] == EventTarget::Node;
+            *self
+                .overflow
+                .entry((dropped.event.reason.as_str(), node))
+                .or_default() += dropped.event.count + dropped.event.unreported_elsewhere;
         }
-        self.queue.push_back(event);
+        self.queue.push_back(Item {
+            event,
+            not_before: None,
+            failures: 0,
+            parked_transient: false,
+        });
     }
 
-    /// The next event to write, with any overflow of its reason folded in.
-    pub fn front(&mut self) -> Option<&ProblemEvent> {
-        let front = self.queue.front_mut()?;
-        if let Some(lost) = self.overflow.remove(front.reason.as_str()) {
-            front.unreported_elsewhere += lost;
-        }
-        self.queue.front()
+    /// The items due at `now`, in queue order.
+    pub fn due(&self, now: Instant) -> Vec<ItemKey> {
+        self.queue
+            .iter()
+            .filter(|item| item.not_before.is_none_or(|at| at <= now))
+            .map(Item::key)
+            .collect()
     }
 
-    pub fn pop_front(&mut self) -> Option<ProblemEvent> {
-        self.queue.pop_front()
+    /// When the next item is due (now if one is), if any is queued.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        self.queue
+            .iter()
+            .map(|item| item.not_before.unwrap_or(now))
+            .min()
+    }
+
+    /// The item to write now, with any overflow of its reason folded in.
+    pub fn get(&mut self, key: &ItemKey) -> Option<ProblemEvent> {
+        let item = self.queue.iter_mut().find(|item| item.is(key))?;
+        let node = key.target == EventTarget::Node;
+        if let Some(lost) = self.overflow.remove(&(item.event.reason.as_str(), node)) {
+            item.event.unreported_elsewhere += lost;
+        }
+        Some(item.event.clone())
+    }
+
+    /// `written` went out: removes the item if it is still that state (a newer state of
+    /// the series may have replaced it meanwhile; then that one is written next).
+    pub fn written(&mut self, key: &ItemKey, written: &ProblemEvent) {
+        self.queue
+            .retain(|item| !(item.is(key) && item.event == *written));
+    }
+
+    /// The API server refused the item for good: forget it, whatever its state.
+    pub fn remove(&mut self, key: &ItemKey) {
+        self.queue.retain(|item| !item.is(key));
+    }
+
+    /// The item failed: it waits `backoff(failures so far)` before its next try, while the
+    /// others go on. Returns the wait.
+    pub fn park(
+        &mut self,
+        key: &ItemKey,
+        now: Instant,
+        transient: bool,
+        backoff: impl FnOnce(u32) -> Duration,
+    ) -> Option<Duration> {
+        let item = self.queue.iter_mut().find(|item| item.is(key))?;
+        let wait = backoff(item.failures);
+        item.failures = item.failures.saturating_add(1);
+        item.not_before = Some(now + wait);
+        item.parked_transient = transient;
+        Some(wait)
+    }
+
+    /// A write went through, so the server is answering again: items parked only because
+    /// it was not are due again.
+    pub fn unpark_transient(&mut self) {
+        for item in &mut self.queue {
+            if item.parked_transient {
+                item.not_before = None;
+                item.parked_transient = false;
+            }
+        }
     }
 }
 
@@ -329,10 +437,14 @@ mod tests {
     #[test]
     fn a_series_collapses_in_place_and_the_bound_keeps_counts() {
         let mut pending = PendingEvents::new(2);
+        let first = |p: &mut PendingEvents| {
+            let key = p.due(Instant::now()).into_iter().next().unwrap();
+            p.get(&key).unwrap()
+        };
         pending.push(event("a", 1, false));
         pending.push(event("a", 5, true));
         assert_eq!(pending.len(), 1);
-        let front = pending.front().unwrap();
+        let front = first(&mut pending);
         assert_eq!(front.count, 5);
         assert!(!front.series_update, "never sent: still a create");
         assert_eq!(
@@ -344,8 +456,9 @@ mod tests {
         pending.push(event("c", 3, false));
         assert_eq!(pending.len(), 2, "bounded");
         // "a" (5 occurrences) was pushed out: its count rides on the next OOMKilling event.
-        assert_eq!(pending.front().unwrap().aggregation_key, "b");
-        assert_eq!(pending.front().unwrap().unreported_elsewhere, 5);
+        let front = first(&mut pending);
+        assert_eq!(front.aggregation_key, "b");
+        assert_eq!(front.unreported_elsewhere, 5);
     }
 
     #[test]

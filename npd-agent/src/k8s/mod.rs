@@ -4,6 +4,8 @@
 
 pub mod backoff;
 pub mod events;
+#[cfg(test)]
+mod fake;
 pub mod node;
 pub mod pods;
 pub mod reporter;
@@ -89,9 +91,57 @@ pub async fn connect(
     timed.read_timeout = Some(REQUEST_TIMEOUT);
     // Time each request from when it is sent, not from when its pooled connection idled.
     timed.reset_reader_on_write = true;
-    let requests = kube::Client::try_from(timed).map_err(KubeError::Client)?;
+    let requests = client(timed).map_err(KubeError::Client)?;
     let watches = kube::Client::try_from(config).map_err(KubeError::Client)?;
     Ok(Some((Clients { requests, watches }, source)))
+}
+
+/// The longest wait a `Retry-After` can impose on its own; the reporter bounds it again by
+/// its backoff ceiling.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+
+/// The client for requests that expect an answer, without kube's own retries: they would
+/// retry 429/503/504 inside one request up to 15 times, sleeping up to 1000 s between tries
+/// and as long as any `Retry-After` says, out of the reporter's sight (no backoff ceiling, no
+/// liveness). npd retries in its own loops instead. A `Retry-After` header, which kube drops
+/// with the rest of the headers, is carried into the error's `details.retryAfterSeconds`
+/// (where the API server's own JSON 429s put it), for [`ApiFailure::classify`].
+pub(crate) fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    let layer = tower::util::MapResponseLayer::new(retry_after_into_status);
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
+}
+
+/// A 429 or 503 with a `Retry-After` of seconds becomes a `Status` error that says so.
+fn retry_after_into_status(
+    response: hyper::Response<Box<kube::client::DynBody>>,
+) -> hyper::Response<Box<kube::client::DynBody>> {
+    use http_body_util::BodyExt;
+    let code = response.status().as_u16();
+    if !matches!(code, 429 | 503) {
+        return response;
+    }
+    let Some(seconds) = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+        "reason": if code == 429 { "TooManyRequests" } else { "ServiceUnavailable" },
+        "message": format!("the API server asks to retry after {seconds}s"),
+        "details": { "retryAfterSeconds": seconds },
+    });
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let body = http_body_util::Full::new(bytes::Bytes::from(status.to_string()))
+        .map_err(|never| match never {});
+    hyper::Response::from_parts(parts, Box::new(body))
 }
 
 /// This node's name: `--node-name`, else `NODE_NAME` (the DaemonSet sets it from the downward
@@ -125,8 +175,13 @@ pub enum ApiFailure {
     Conflict,
     /// 422/400: the request itself is wrong (a bug); not retried.
     Invalid { code: u16, message: String },
-    /// 429, 5xx, timeouts, connection errors: retried with backoff.
-    Transient { code: Option<u16>, message: String },
+    /// 429, 5xx, timeouts, connection errors: retried with backoff, not sooner than the
+    /// server's `Retry-After` when it sent one (bounded by [`RETRY_AFTER_MAX`]).
+    Transient {
+        code: Option<u16>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ApiFailure {
@@ -148,12 +203,19 @@ impl ApiFailure {
                     code => Self::Transient {
                         code: Some(code),
                         message,
+                        retry_after: status
+                            .details
+                            .as_ref()
+                            .map(|d| d.retry_after_seconds)
+                            .filter(|&s| s > 0)
+                            .map(|s| Duration::from_secs(s.into()).min(RETRY_AFTER_MAX)),
                     },
                 }
             }
             other => Self::Transient {
                 code: None,
                 message: other.to_string(),
+                retry_after: None,
             },
         }
     }
@@ -185,11 +247,21 @@ impl ApiFailure {
             Self::Transient {
                 code: Some(code),
                 message,
+                ..
             } => format!("{verb} {resource} failed (HTTP {code}: {message}); retrying"),
             Self::Transient {
                 code: None,
                 message,
+                ..
             } => format!("{verb} {resource} failed ({message}); retrying"),
+        }
+    }
+
+    /// How long the server asked to wait before the next request, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

@@ -153,17 +153,19 @@ pub fn conditions_patch(
     json!({ "status": { "conditions": conditions } })
 }
 
+/// Patches the conditions; returns the Node's uid as the server has it now (a Node deleted
+/// and created again under the same name has a new one).
 pub async fn patch_conditions(
     api: &Api<Node>,
     name: &str,
     conditions: &[NodeCondition],
     names: &ConditionNames,
     heartbeat: SystemTime,
-) -> Result<(), kube::Error> {
+) -> Result<String, kube::Error> {
     let patch = conditions_patch(conditions, names, heartbeat);
     api.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
-        .map(|_| ())
+        .map(|node| node.metadata.uid.unwrap_or_default())
 }
 
 #[cfg(test)]

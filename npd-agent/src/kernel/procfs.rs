@@ -1,6 +1,9 @@
 //! What /proc says about a task, for the fallbacks where a hook cannot read it in the kernel.
 
-use std::{os::unix::fs::MetadataExt, path::Path};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use super::CgroupLayout;
 
@@ -74,8 +77,88 @@ pub fn cgroup_id(
     cgroup_root: &Path,
 ) -> Option<u64> {
     let path = cgroup_path(proc_root, tid, layout)?;
-    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    let dir = cgroup_dir(cgroup_root, &path)?;
     std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// A cgroup path from `/proc/<tid>/cgroup`, resolved lexically: how many levels it climbs
+/// above the reader's cgroup-namespace root (`/../..` inside a pod, whose namespace root
+/// is its own container's cgroup), and the components below that. `None` for a path that
+/// is not absolute.
+pub fn normalize_cgroup_path(path: &str) -> Option<(usize, Vec<&str>)> {
+    let rest = path.strip_prefix('/')?;
+    let mut ups = 0;
+    let mut parts: Vec<&str> = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    ups += 1;
+                }
+            }
+            part => parts.push(part),
+        }
+    }
+    Some((ups, parts))
+}
+
+/// How deep below the cgroup root a suffix match looks for the namespace root's ancestor.
+const SUFFIX_SEARCH_DEPTH: usize = 4;
+/// How many directories a suffix match looks at, at most.
+const SUFFIX_SEARCH_DIRS: usize = 4096;
+
+/// The directory of a cgroup path under `cgroup_root`, never outside it. A path that climbs
+/// above the reader's namespace root (`/../../kubepods/...`, read by an agent in a pod) names
+/// its cgroup relative to an ancestor the reader cannot see: it is matched by suffix, the
+/// components below the climb looked up under the root itself first, then under its
+/// subdirectories (a bounded walk), and taken only when exactly one matches.
+pub fn cgroup_dir(cgroup_root: &Path, path: &str) -> Option<PathBuf> {
+    let (ups, parts) = normalize_cgroup_path(path)?;
+    let relative: PathBuf = parts.iter().collect();
+    let root = cgroup_root.canonicalize().ok()?;
+    let inside = |dir: &Path| -> Option<PathBuf> {
+        // Symlinks could lead out; cgroupfs has none, a bind-mounted tree might.
+        let real = dir.canonicalize().ok()?;
+        (real.starts_with(&root) && real.is_dir()).then_some(real)
+    };
+    if let Some(dir) = inside(&root.join(&relative)) {
+        return Some(dir);
+    }
+    if ups == 0 || parts.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    let mut level = vec![root.clone()];
+    let mut looked = 0;
+    for _ in 0..SUFFIX_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for dir in &level {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                looked += 1;
+                if looked > SUFFIX_SEARCH_DIRS {
+                    return found;
+                }
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let candidate = entry.path();
+                if let Some(dir) = inside(&candidate.join(&relative)) {
+                    if found.is_some() {
+                        // Ambiguous: attribute nothing rather than the wrong cgroup.
+                        return None;
+                    }
+                    found = Some(dir);
+                }
+                next.push(candidate);
+            }
+        }
+        level = next;
+    }
+    found
 }
 
 #[cfg(test)]
@@ -128,5 +211,51 @@ mod tests {
         assert_eq!(tgid_of(&root, 77), Some(70));
         assert_eq!(kernel_stack(&root, 78), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn cgroup_paths_from_a_namespace_never_leave_the_root() {
+        assert_eq!(
+            normalize_cgroup_path("/../../kubepods/./pod1//c1"),
+            Some((2, vec!["kubepods", "pod1", "c1"]))
+        );
+        assert_eq!(normalize_cgroup_path("/a/../../b"), Some((1, vec!["b"])));
+        assert_eq!(normalize_cgroup_path("/"), Some((0, vec![])));
+        assert_eq!(normalize_cgroup_path("relative"), None);
+
+        let base = std::env::temp_dir().join(format!("npd-cgns-{}", std::process::id()));
+        let root = base.join("cgroup");
+        let proc_root = base.join("proc");
+        // The pod's container sits under a runtime's slice; outside the root, a sibling.
+        std::fs::create_dir_all(root.join("system.slice/runtime/kubepods/pod1/c1")).unwrap();
+        std::fs::create_dir_all(root.join("kubepods/pod2/c2")).unwrap();
+        std::fs::create_dir_all(base.join("outside")).unwrap();
+        std::fs::create_dir_all(proc_root.join("5")).unwrap();
+        let id_of = |path: &str| {
+            std::fs::write(proc_root.join("5/cgroup"), format!("0::{path}\n")).unwrap();
+            cgroup_id(&proc_root, 5, CgroupLayout::Unified, &root)
+        };
+        let ino = |dir: &str| std::fs::metadata(root.join(dir)).unwrap().ino();
+
+        // Climbing to the host root: found from the root.
+        assert_eq!(
+            id_of("/../../kubepods/pod2/c2"),
+            Some(ino("kubepods/pod2/c2"))
+        );
+        // Climbing to an ancestor below the root: found by suffix.
+        assert_eq!(
+            id_of("/../../kubepods/pod1/c1"),
+            Some(ino("system.slice/runtime/kubepods/pod1/c1"))
+        );
+        // Never outside the root, however far it climbs.
+        assert_eq!(id_of("/../outside"), None);
+        assert_eq!(id_of("/../../../../../../../../../tmp"), None);
+        assert_eq!(id_of("/kubepods/../../outside"), None);
+        // A plain path as before.
+        assert_eq!(id_of("/kubepods/pod2"), Some(ino("kubepods/pod2")));
+        // Ambiguous suffixes attribute nothing.
+        std::fs::create_dir_all(root.join("other/kubepods/pod1/c1")).unwrap();
+        assert_eq!(id_of("/../kubepods/pod1/c1"), None);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
