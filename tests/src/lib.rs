@@ -6,5 +6,6 @@ pub mod agent;
 pub mod cluster;
 pub mod machine;
 pub mod machine_lock;
+pub mod prometheus;
 pub mod remediation;
 pub mod reporting;
