@@ -301,3 +301,56 @@ fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
         empty.join("\n")
     );
 }
+
+/// The ServiceMonitor, PodMonitor and Service find the DaemonSet's pods and port, and the
+/// annotated overlay renders with the scrape annotations on them.
+#[test]
+fn the_monitors_select_the_daemonsets_pods_and_port() {
+    let daemonset =
+        std::fs::read_to_string(repo_root().join("deploy/base/daemonset.yaml")).unwrap();
+    assert!(daemonset.contains("        app.kubernetes.io/name: npd\n"));
+    assert!(daemonset.contains("- name: metrics\n              containerPort: 20257\n"));
+    for file in ["servicemonitor.yaml", "podmonitor.yaml", "service.yaml"] {
+        let text = std::fs::read_to_string(monitoring_dir().join(file)).unwrap();
+        assert!(text.contains("app.kubernetes.io/name: npd\n"), "{file}");
+        assert!(text.contains("namespace: kube-system\n"), "{file}");
+    }
+    for file in ["servicemonitor.yaml", "podmonitor.yaml"] {
+        let text = std::fs::read_to_string(monitoring_dir().join(file)).unwrap();
+        for line in [
+            "jobLabel: app.kubernetes.io/name\n",
+            "- port: metrics\n      path: /metrics\n",
+            "sourceLabels: [__meta_kubernetes_pod_node_name]\n          targetLabel: node\n",
+        ] {
+            assert!(text.contains(line), "{file} lacks {line:?}");
+        }
+    }
+    let kustomize = |dir: &str| {
+        let out = Command::new("kubectl")
+            .args(["kustomize", monitoring_dir().join(dir).to_str().unwrap()])
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let monitoring = kustomize(".");
+    for kind in ["Service", "ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            monitoring.contains(&format!("\nkind: {kind}\n")),
+            "{monitoring}"
+        );
+    }
+    let annotated = kustomize("annotated");
+    assert!(
+        annotated.contains(
+            "      annotations:\n        prometheus.io/path: /metrics\n        \
+             prometheus.io/port: \"20257\"\n        prometheus.io/scrape: \"true\"\n"
+        ),
+        "{annotated}"
+    );
+    assert!(annotated.contains("\nkind: DaemonSet\n"));
+}
