@@ -46,7 +46,16 @@ fn check(failures: &[String]) -> Response<Full<Bytes>> {
 
 fn route(request: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     match request.uri().path() {
-        "/metrics" => respond(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/metrics" => match request.headers().get(hyper::header::ACCEPT) {
+            accept if crate::metrics::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) => {
+                respond(StatusCode::OK, OPENMETRICS, metrics.encode())
+            }
+            _ => respond(
+                StatusCode::OK,
+                crate::metrics::CLASSIC_TEXT,
+                metrics.encode_classic(),
+            ),
+        },
         "/healthz" | "/livez" => check(&health.check_live()),
         "/readyz" => check(&health.check_ready()),
         _ => respond(

@@ -1,7 +1,12 @@
-//! Metrics in the OpenMetrics text format, through prometheus-client: NPD's own
-//! `problem_counter` and `problem_gauge` (so existing dashboards keep working), and npd's.
+//! Metrics through prometheus-client: NPD's own `problem_counter` and `problem_gauge` (so
+//! existing alerts and dashboards keep working), and npd's.
+//!
+//! Two expositions. The classic Prometheus text format (`text/plain; version=0.0.4`) is what
+//! every scraper gets unless it accepts OpenMetrics alone: it is the only one in which NPD's
+//! counter can keep its name `problem_counter` (OpenMetrics counters end in `_total`, and
+//! Prometheus stores the `_total` name it is sent; README "Metrics and health").
 
-use std::sync::atomic::AtomicU64;
+use std::{collections::HashSet, sync::atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -202,6 +207,16 @@ impl Metrics {
             "Time from the kernel's timestamp of a record to its decoding by the agent",
             record_latency_seconds.clone(),
         );
+        // The kernel's per-detector counters exist at 0 from the start, so a rate or an
+        // alert on their increase sees the first drop too.
+        for detector in npd_common::counters::Detector::ALL {
+            let labels = DetectorLabels {
+                detector: detector.name().to_owned(),
+            };
+            for family in [&hook_hits, &ring_buffer_drops, &rate_limited] {
+                family.get_or_create(&labels).inc_by(0);
+            }
+        }
         Self {
             registry,
             problem_counter,
@@ -232,6 +247,11 @@ impl Metrics {
         out
     }
 
+    /// The classic Prometheus text exposition (version 0.0.4), with NPD's counter names.
+    pub fn encode_classic(&self) -> String {
+        classic_from_openmetrics(&self.encode())
+    }
+
     pub fn api_error(&self, verb: &str, resource: &str, code: &str) {
         self.api_errors
             .get_or_create(&ApiLabels {
@@ -241,6 +261,83 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// Content type of [`Metrics::encode_classic`].
+pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// NPD's counters, exported as NPD does: without `_total`.
+const NPD_COUNTERS: &[&str] = &["problem_counter"];
+
+/// Whether a scraper sending this `Accept` header gets OpenMetrics: only if it accepts
+/// OpenMetrics and not the classic text format. Prometheus 2.x prefers OpenMetrics but also
+/// accepts `text/plain` (and `*/*`), so it gets the classic format and NPD's names.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let mut openmetrics = false;
+    let mut classic = false;
+    for range in accept.unwrap_or("").split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let refused = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .any(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0));
+        if refused {
+            continue;
+        }
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = true,
+            "text/plain" | "text/*" | "*/*" => classic = true,
+            _ => {}
+        }
+    }
+    openmetrics && !classic
+}
+
+/// Rewrites prometheus-client's OpenMetrics text into the classic format: counters are
+/// declared under their sample name (`# TYPE x_total counter`), NPD's counters lose `_total`,
+/// `# UNIT` and `# EOF` go (the classic format has neither).
+fn classic_from_openmetrics(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) && !NPD_COUNTERS.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None if line.starts_with('#') => out.push_str(line),
+            None => {
+                let npd_sample = NPD_COUNTERS.iter().find_map(|name| {
+                    let rest = line.strip_prefix(name)?.strip_prefix("_total")?;
+                    rest.starts_with(['{', ' ']).then_some((name, rest))
+                });
+                match npd_sample {
+                    Some((name, rest)) => {
+                        out.push_str(name);
+                        out.push_str(rest);
+                    }
+                    None => out.push_str(line),
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Turns a running total read from elsewhere (the kernel's counters) into counter increments.
@@ -306,6 +403,66 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn classic_format_keeps_npd_names_and_declares_sample_names() {
+        let metrics = Metrics::new();
+        metrics
+            .problem_counter
+            .get_or_create(&ReasonLabels {
+                reason: "FDExhausted".into(),
+            })
+            .inc_by(0);
+        metrics
+            .records
+            .get_or_create(&KindLabels {
+                kind: "fd_exhausted".into(),
+            })
+            .inc();
+        let text = metrics.encode_classic();
+        // (Families without a series, e.g. problem_gauge before the first condition, are not
+        // written at all.)
+        for expected in [
+            "# HELP problem_counter Number of times",
+            "# TYPE problem_counter counter\nproblem_counter{reason=\"FDExhausted\"} 0\n",
+            "# HELP npd_records_total Kernel records decoded, by kind.\n",
+            "# TYPE npd_records_total counter\nnpd_records_total{kind=\"fd_exhausted\"} 1\n",
+            "# TYPE npd_record_latency_seconds histogram\n",
+            "npd_ring_buffer_drops_total{detector=\"fd\"} 0\n",
+            "npd_record_latency_seconds_bucket{le=\"+Inf\"} 0\n",
+            "# TYPE npd_last_record_age_seconds gauge\n",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        for absent in [
+            "problem_counter_total",
+            "# EOF",
+            "# UNIT",
+            "# TYPE npd_records counter",
+        ] {
+            assert!(!text.contains(absent), "{absent:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_only_for_clients_that_take_nothing_else() {
+        // Prometheus 2.42's scrape Accept header.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(!wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("text/plain; version=0.0.4")));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text; version=1.0.0"
+        )));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text, text/plain;q=0"
+        )));
     }
 
     #[test]

@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod faults;
 pub mod machine;
 pub mod machine_lock;
+pub mod prometheus;
 pub mod remediation;
 pub mod reporting;

@@ -63,6 +63,12 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         step("installing xfsprogs (the filesystem tests shut down a real XFS)");
         crate::prereqs::apt_install(&["xfsprogs".to_owned()])?;
     }
+    // The monitoring tests run a real Prometheus and promtool (Debian's 2.42). Debian
+    // enables its own prometheus.service; the tests start theirs on loopback ports.
+    if which("prometheus").is_none() || which("promtool").is_none() {
+        step("installing prometheus (the monitoring tests run a real Prometheus and promtool)");
+        crate::prereqs::apt_install(&["prometheus".to_owned()])?;
+    }
     let artifacts = build::build(&BuildArgs { debug: false })?;
     step("the names the agent looks programs, maps and globals up by, against the object");
     sh(util::cargo(None)

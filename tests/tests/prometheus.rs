@@ -1,0 +1,356 @@
+//! What operators meet npd through, proven with a real Prometheus (Debian's 2.42): the
+//! shipped alert rules (promtool's checks and unit tests, and the real server loading them),
+//! the PrometheusRule wrapping them, the dashboard's queries, and /metrics as Prometheus
+//! stores it: NPD's `problem_counter` and `problem_gauge` under NPD's names, the counter at 0
+//! before the first problem, and the FDExhausted alert firing after a real fd exhaustion.
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use npd_tests::{
+    agent::{AgentProcess, run_json, wait_for},
+    machine::require_root,
+    prometheus::{Prometheus, http_get, monitoring_dir, promtool},
+    reporting::repo_root,
+};
+use serde_json::Value;
+
+const PROVOKE: &str = env!("CARGO_BIN_EXE_npd-provoke");
+const RULES: &str = "npd-rules.yaml";
+const WAIT: Duration = Duration::from_secs(30);
+/// Prometheus 2.42's scrape Accept header.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/\
+                                 openmetrics-text;version=0.0.1;q=0.75,text/plain;\
+                                 version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn alert_names() -> Vec<String> {
+    let rules = std::fs::read_to_string(monitoring_dir().join(RULES)).expect("rules file");
+    rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn promtool_checks_the_shipped_rules() {
+    let out = promtool(&["check", "rules", RULES]).unwrap();
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", alert_names().len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_alert_passes_its_unit_tests() {
+    let tests = std::fs::read_to_string(monitoring_dir().join("rules-test.yaml")).unwrap();
+    for alert in alert_names() {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - "
+            )),
+            "rules-test.yaml has no test in which {alert} fires"
+        );
+    }
+    let out = promtool(&["test", "rules", "rules-test.yaml"]).unwrap();
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// prometheusrule.yaml is npd-rules.yaml's groups under `spec:`, character for character.
+#[test]
+fn the_prometheus_rule_wraps_the_same_rules() {
+    let rules = std::fs::read_to_string(monitoring_dir().join(RULES)).unwrap();
+    let object = std::fs::read_to_string(monitoring_dir().join("prometheusrule.yaml")).unwrap();
+    let groups = &rules[rules.find("\ngroups:").expect("groups in the rules file") + 1..];
+    let spec = &object[object.find("\nspec:\n").expect("spec in the object") + 7..];
+    let dedented: String = spec
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("  ").unwrap_or(line)))
+        .collect();
+    assert_eq!(
+        dedented, groups,
+        "prometheusrule.yaml's spec differs from npd-rules.yaml's groups"
+    );
+    assert!(object.contains("kind: PrometheusRule"));
+}
+
+/// The rules as the real server loads them: every alert has a summary, a description and a
+/// runbook_url pointing at its section of the README.
+#[test]
+fn every_alert_has_a_summary_and_a_runbook_section() {
+    let prometheus = Prometheus::start(&[], &[monitoring_dir().join(RULES)]).unwrap();
+    let groups = prometheus.api("/api/v1/rules").unwrap()["groups"].clone();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut loaded = Vec::new();
+    for rule in groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        let name = rule["name"].as_str().unwrap();
+        loaded.push(name.to_owned());
+        let annotations = &rule["annotations"];
+        for key in ["summary", "description"] {
+            assert!(
+                annotations[key].as_str().is_some_and(|s| !s.is_empty()),
+                "{name} has no {key}: {rule}"
+            );
+        }
+        assert!(rule["labels"]["severity"].is_string(), "{name}: {rule}");
+        assert_eq!(
+            annotations["runbook_url"],
+            format!("https://github.com/npd-dev/npd#{}", name.to_lowercase()),
+            "{name}"
+        );
+        assert!(
+            readme.contains(&format!("\n### {name}\n")),
+            "README has no runbook section `### {name}`"
+        );
+    }
+    loaded.sort();
+    let mut shipped = alert_names();
+    shipped.sort();
+    assert_eq!(loaded, shipped);
+}
+
+/// Every PromQL expression of the dashboard, with Grafana's variables as Grafana would fill
+/// them in (all nodes, a one-minute rate window, a one-hour range).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(monitoring_dir().join("npd-dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut panels: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    let mut queries = Vec::new();
+    while let Some(panel) = panels.pop() {
+        if let Some(nested) = panel["panels"].as_array() {
+            panels.extend(nested);
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            let filled = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$node", ".*");
+            queries.push((panel["title"].as_str().unwrap().to_owned(), filled));
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    queries
+}
+
+/// The first sample of a query's result: (labels, value).
+fn first_sample(result: &Value) -> Option<(Value, f64)> {
+    let sample = result.as_array()?.first()?;
+    let value = sample["value"][1].as_str()?.parse().ok()?;
+    Some((sample["metric"].clone(), value))
+}
+
+#[test]
+fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
+    require_root("loads eBPF programs");
+    let mut agent = AgentProcess::start(&["--standalone"]).expect("npd-agent starts");
+    agent.wait_ready(Duration::from_secs(60)).unwrap();
+
+    // What the agent serves to Prometheus (classic text) and to an OpenMetrics-only client.
+    let classic = http_get(agent.http, "/metrics", &[("Accept", PROMETHEUS_ACCEPT)]).unwrap();
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        classic
+            .body
+            .contains("\nproblem_counter{reason=\"FDExhausted\"} 0\n"),
+        "{}",
+        classic.body
+    );
+    assert!(!classic.body.contains("problem_counter_total"));
+    let openmetrics = http_get(
+        agent.http,
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .unwrap();
+    assert!(
+        openmetrics
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/openmetrics-text")),
+        "{:?}",
+        openmetrics.headers
+    );
+    assert!(
+        openmetrics
+            .body
+            .contains("\nproblem_counter_total{reason=\"FDExhausted\"} 0\n")
+            && openmetrics.body.ends_with("# EOF\n"),
+        "{}",
+        openmetrics.body
+    );
+
+    let prometheus = Prometheus::start(&[agent.http], &[monitoring_dir().join(RULES)]).unwrap();
+    let log = || format!("prometheus log:\n{}", prometheus.log());
+    wait_for(WAIT, "the npd target up in Prometheus", || {
+        let targets = prometheus.api("/api/v1/targets").ok()?;
+        (targets["activeTargets"][0]["health"] == "up").then_some(())
+    })
+    .unwrap_or_else(|err| panic!("{err}: {}", log()));
+
+    // NPD's counter under NPD's name, at 0 before any problem, for a few scrapes.
+    let fd_exhausted = r#"problem_counter{job="npd",reason="FDExhausted"}"#;
+    wait_for(WAIT, "problem_counter at 0 for 3 scrapes", || {
+        let result = prometheus
+            .query(&format!("count_over_time({fd_exhausted}[1m]) >= 3"))
+            .ok()?;
+        first_sample(&result).map(|_| ())
+    })
+    .unwrap_or_else(|err| panic!("{err}: {}", log()));
+    let (labels, value) = first_sample(&prometheus.query(fd_exhausted).unwrap()).unwrap();
+    assert_eq!(labels["__name__"], "problem_counter", "{labels}");
+    assert_eq!(value, 0.0, "no fd exhaustion yet: {labels}");
+    assert_eq!(
+        prometheus
+            .query(r#"{__name__=~"problem_counter_total|problem_gauge_total"}"#)
+            .unwrap(),
+        Value::Array(Vec::new()),
+        "Prometheus stored an OpenMetrics _total name"
+    );
+    let metadata = prometheus
+        .api("/api/v1/metadata?metric=problem_counter")
+        .unwrap();
+    assert_eq!(
+        metadata["problem_counter"][0]["type"], "counter",
+        "{metadata}"
+    );
+    let gauges = prometheus.query("problem_gauge").unwrap();
+    let types: BTreeSet<String> = gauges
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["metric"]["reason"].is_string(), "{s}");
+            s["metric"]["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for condition in ["KernelDeadlock", "KernelOops", "FDPressure"] {
+        assert!(types.contains(condition), "problem_gauge: {gauges}");
+    }
+    let firing_fd = |alerts: &[Value]| {
+        alerts.iter().any(|a| {
+            a["labels"]["alertname"] == "NpdNodeProblem"
+                && a["labels"]["reason"] == "FDExhausted"
+                && a["state"] == "firing"
+        })
+    };
+    assert!(!firing_fd(&prometheus.alerts().unwrap()));
+
+    // A real fd exhaustion (EMFILE from openat in a child with RLIMIT_NOFILE 24).
+    let result =
+        run_json(Command::new(PROVOKE).args(["emfile", "--limit", "24", "--syscall", "openat"]))
+            .unwrap();
+    assert_eq!(result["ret"], -i64::from(libc::EMFILE), "{result}");
+    let risen = wait_for(WAIT, "problem_counter{reason=FDExhausted} to rise", || {
+        first_sample(&prometheus.query(&format!("{fd_exhausted} >= 1")).ok()?)
+    })
+    .unwrap_or_else(|err| panic!("{err}: {}", log()));
+    eprintln!("problem_counter after the exhaustion: {risen:?}");
+    let alerts = wait_for(
+        WAIT,
+        "the NpdNodeProblem alert for FDExhausted firing",
+        || {
+            let alerts = prometheus.alerts().ok()?;
+            firing_fd(&alerts).then_some(alerts)
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}: alerts {:?}", prometheus.alerts()));
+    // npd's own health alerts stay quiet on a healthy agent.
+    for alert in &alerts {
+        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
+        assert!(
+            ![
+                "NpdDown",
+                "NpdAbsent",
+                "NpdHookDetached",
+                "NpdRingBufferDrops",
+                "NpdApiErrors"
+            ]
+            .contains(&name),
+            "{name} is active on a healthy agent: {alert}"
+        );
+    }
+
+    // Every dashboard query has data now (a series born at the problem has data for a rate
+    // from its second scrape on: a few seconds' grace).
+    let mut empty = Vec::new();
+    for (panel, expr) in dashboard_queries() {
+        let answer = wait_for(Duration::from_secs(5), &expr, || {
+            let result = prometheus
+                .query(&expr)
+                .unwrap_or_else(|err| panic!("panel {panel:?}: {err:#}"));
+            result
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+                .then_some(result)
+        });
+        eprintln!("panel {panel:?}: {expr}\n  -> {answer:?}");
+        if answer.is_err() {
+            empty.push(format!("{panel:?}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+}
+
+/// The ServiceMonitor, PodMonitor and Service find the DaemonSet's pods and port, and the
+/// annotated overlay renders with the scrape annotations on them.
+#[test]
+fn the_monitors_select_the_daemonsets_pods_and_port() {
+    let daemonset =
+        std::fs::read_to_string(repo_root().join("deploy/base/daemonset.yaml")).unwrap();
+    assert!(daemonset.contains("        app.kubernetes.io/name: npd\n"));
+    assert!(daemonset.contains("- name: metrics\n              containerPort: 20257\n"));
+    for file in ["servicemonitor.yaml", "podmonitor.yaml", "service.yaml"] {
+        let text = std::fs::read_to_string(monitoring_dir().join(file)).unwrap();
+        assert!(text.contains("app.kubernetes.io/name: npd\n"), "{file}");
+        assert!(text.contains("namespace: kube-system\n"), "{file}");
+    }
+    for file in ["servicemonitor.yaml", "podmonitor.yaml"] {
+        let text = std::fs::read_to_string(monitoring_dir().join(file)).unwrap();
+        for line in [
+            "jobLabel: app.kubernetes.io/name\n",
+            "- port: metrics\n      path: /metrics\n",
+            "sourceLabels: [__meta_kubernetes_pod_node_name]\n          targetLabel: node\n",
+        ] {
+            assert!(text.contains(line), "{file} lacks {line:?}");
+        }
+    }
+    let kustomize = |dir: &str| {
+        let out = Command::new("kubectl")
+            .args(["kustomize", monitoring_dir().join(dir).to_str().unwrap()])
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let monitoring = kustomize(".");
+    for kind in ["Service", "ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            monitoring.contains(&format!("\nkind: {kind}\n")),
+            "{monitoring}"
+        );
+    }
+    let annotated = kustomize("annotated");
+    assert!(
+        annotated.contains(
+            "      annotations:\n        prometheus.io/path: /metrics\n        \
+             prometheus.io/port: \"20257\"\n        prometheus.io/scrape: \"true\"\n"
+        ),
+        "{annotated}"
+    );
+    assert!(annotated.contains("\nkind: DaemonSet\n"));
+}
