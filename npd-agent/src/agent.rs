@@ -237,6 +237,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     tracing::info!("metrics and health on http://{bound}/metrics, /healthz, /readyz");
 
     let probes = probes::load(&config.probes)?;
+    // (detector, hook) of every attached detector, for npd_hook_attached.
+    let mut attached_hooks = Vec::new();
     for status in &probes.statuses {
         match status.active {
             Some(hook) => {
@@ -253,6 +255,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
                         hook: hook.as_str().to_owned(),
                     })
                     .set(1);
+                attached_hooks.push((status.detector, hook.as_str()));
             }
             None => tracing::warn!(detector = status.detector, "no hook could attach"),
         }
@@ -402,6 +405,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         if Instant::now() >= next_link_check {
             next_link_check = Instant::now() + Duration::from_secs(10);
             let detached = probes::detached_programs(&linked);
+            // npd_hook_attached goes to 0 for the detector a detached program belongs to.
+            for program in &detached {
+                let owner = detectors::owner_of_program(program);
+                for (detector, hook) in attached_hooks.iter().filter(|(d, _)| Some(*d) == owner) {
+                    metrics
+                        .hooks_attached
+                        .get_or_create(&HookLabels {
+                            detector: (*detector).to_owned(),
+                            hook: (*hook).to_owned(),
+                        })
+                        .set(0);
+                }
+            }
             health.set_detached(
                 (!detached.is_empty())
                     .then(|| format!("kernel hook(s) detached: {}", detached.join(", "))),

@@ -24,6 +24,15 @@ macro_rules! kernel_detectors {
 
         /// The detectors with kernel programs, in counter-row order.
         static KERNEL: &[&dyn Detector] = &[$(&$name::DETECTOR),+];
+
+        /// The detector whose programs include `program` (npd-common's per-detector
+        /// `PROGRAMS`), to tell which detector a detached program belonged to.
+        pub fn owner_of_program(program: &str) -> Option<&'static str> {
+            [$((stringify!($name), npd_common::$name::PROGRAMS)),+]
+                .into_iter()
+                .find(|(_, programs)| programs.contains(&program))
+                .map(|(name, _)| name)
+        }
     };
 }
 npd_common::for_each_kernel_detector!(kernel_detectors);
@@ -300,4 +309,23 @@ pub(crate) fn attach_tracepoint(
         .attach(category, name)
         .map(|_| ())
         .map_err(|e| crate::probes::describe(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_has_one_owner() {
+        assert_eq!(owner_of_program("hung_task_btf"), Some("hung_task"));
+        assert_eq!(owner_of_program("fd_fexit_3"), Some("fd"));
+        assert_eq!(owner_of_program("fs_block_rq_complete"), Some("fs"));
+        assert_eq!(owner_of_program("feature_fentry"), None);
+        // Names unique across detectors, and every detector is in the registry's order.
+        let names: Vec<&str> = all().iter().map(|d| d.name()).collect();
+        assert_eq!(
+            names.iter().filter(|n| by_name(n).is_some()).count(),
+            names.len()
+        );
+    }
 }
