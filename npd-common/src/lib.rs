@@ -34,6 +34,8 @@ registry::registry! {
     agent {
         /// Clock synchronisation (adjtimex).
         clock,
+        /// Sustained PSI stalls of the node and of pods (/proc/pressure, *.pressure).
+        pressure,
     }
 }
 
