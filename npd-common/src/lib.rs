@@ -36,6 +36,8 @@ registry::registry! {
         clock,
         /// Sustained PSI stalls of the node and of pods (/proc/pressure, *.pressure).
         pressure,
+        /// Conntrack table fill and drops (nf_conntrack).
+        conntrack,
     }
 }
 
