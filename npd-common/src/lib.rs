@@ -38,6 +38,8 @@ registry::registry! {
         pressure,
         /// Conntrack table fill and drops (nf_conntrack).
         conntrack,
+        /// Unreaped zombie children per parent (/proc/<pid>/stat).
+        zombies,
     }
 }
 
