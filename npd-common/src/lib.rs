@@ -40,6 +40,8 @@ registry::registry! {
         conntrack,
         /// Unreaped zombie children per parent (/proc/<pid>/stat).
         zombies,
+        /// Tasks vs kernel.pid_max and threads-max.
+        pids,
     }
 }
 

@@ -10,6 +10,102 @@ use npd_tests::{
 };
 use serde_json::Value;
 
+/// A process that forked `children` children which exited at once, and that never reaps
+/// them; SIGKILLed and reaped on drop (its zombies then go to init, which reaps them).
+#[derive(Debug)]
+struct ZombieParent {
+    pid: libc::pid_t,
+}
+
+/// Its name: with a space, to see it escaped in messages.
+const ZOMBIE_PARENT_COMM: &str = "npd zombie mkr";
+
+impl ZombieParent {
+    fn spawn(children: usize) -> Self {
+        let name = std::ffi::CString::new(ZOMBIE_PARENT_COMM).unwrap();
+        // SAFETY: the child of this multi-threaded process calls only async-signal-safe
+        // functions (prctl, fork, _exit, pause) before it dies.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above; `name` outlives the call.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                for _ in 0..children {
+                    if libc::fork() == 0 {
+                        libc::_exit(0);
+                    }
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        Self { pid }
+    }
+
+    /// Its children in state Z now.
+    fn zombies(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                let mut fields = rest.split_whitespace();
+                fields.next() == Some("Z") && fields.next() == Some(&self.pid.to_string())
+            })
+            .count()
+    }
+}
+
+impl Drop for ZombieParent {
+    fn drop(&mut self) {
+        // SAFETY: our own child, killed and reaped once.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_parent_that_does_not_reap_500_children_is_named() {
+    require_root("reads every process's /proc/<pid>/stat");
+    let parent = ZombieParent::spawn(500);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while parent.zombies() < 500 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(parent.zombies(), 500, "the 500 children exited unreaped");
+    // The first sample is at start; the next 15 s later.
+    let mut dump = EventDump::start(&["--detectors", "zombies"]).expect("event-dump starts");
+    let pid = u64::try_from(parent.pid).unwrap();
+    dump.collect_until(Duration::from_secs(20), |seen| {
+        seen.iter().any(|e| e["pid"] == pid)
+    });
+    let events = dump.for_pid(pid);
+    assert_eq!(events.len(), 1, "one event for the parent: {:?}", dump.seen);
+    let event = events[0];
+    assert_eq!(event["kind"], "zombie_parent");
+    assert_eq!(event["source"], "sampled");
+    assert_eq!(event["comm"], ZOMBIE_PARENT_COMM);
+    assert_eq!(event["zombies"], 500, "{event}");
+    assert!(event["zombies_on_node"].as_u64().unwrap() >= 500, "{event}");
+    assert_eq!(event["threshold"], 100);
+    assert_eq!(
+        event["cgroup_id"],
+        own_cgroup_id().expect("own cgroup"),
+        "attributed by the parent's cgroup (the test's own)"
+    );
+    // Reported once while it stays over the threshold.
+    dump.collect_until(Duration::from_secs(17), |_| false);
+    assert_eq!(dump.for_pid(pid).len(), 1, "{:?}", dump.seen);
+    drop(parent);
+}
+
 /// An nftables table that makes the kernel track connections in the host's network
 /// namespace (without a rule that needs it, nf_conntrack is idle: `entries` stays 0);
 /// deleted on drop.
@@ -107,99 +203,75 @@ fn a_full_conntrack_table_is_conntrack_full() {
     drop(rule);
 }
 
-/// A process that forked `children` children which exited at once, and that never reaps
-/// them; SIGKILLed and reaped on drop (its zombies then go to init, which reaps them).
-#[derive(Debug)]
-struct ZombieParent {
-    pid: libc::pid_t,
-}
-
-/// Its name: with a space, to see it escaped in messages.
-const ZOMBIE_PARENT_COMM: &str = "npd zombie mkr";
-
-impl ZombieParent {
-    fn spawn(children: usize) -> Self {
-        let name = std::ffi::CString::new(ZOMBIE_PARENT_COMM).unwrap();
-        // SAFETY: the child of this multi-threaded process calls only async-signal-safe
-        // functions (prctl, fork, _exit, pause) before it dies.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            // SAFETY: as above; `name` outlives the call.
-            unsafe {
-                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-                for _ in 0..children {
-                    if libc::fork() == 0 {
-                        libc::_exit(0);
-                    }
-                }
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        Self { pid }
-    }
-
-    /// Its children in state Z now.
-    fn zombies(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-            .filter(|stat| {
-                let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-                let mut fields = rest.split_whitespace();
-                fields.next() == Some("Z") && fields.next() == Some(&self.pid.to_string())
-            })
-            .count()
-    }
-}
-
-impl Drop for ZombieParent {
-    fn drop(&mut self) {
-        // SAFETY: our own child, killed and reaped once.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
-    }
+#[test]
+fn this_machines_task_counts_are_read() {
+    require_root("event-dump loads the eBPF object");
+    let mut dump = EventDump::start(&["--detectors", "pids"]).expect("event-dump starts");
+    let limits = |e: &Value| e["kind"] == "task_limits";
+    dump.collect_until(Duration::from_secs(5), |seen| seen.iter().any(limits));
+    let event = dump
+        .seen
+        .iter()
+        .find(|e| limits(e))
+        .unwrap_or_else(|| panic!("no first reading: {:?}", dump.seen));
+    let read = |path: &str| -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(event["pid_max"], read("/proc/sys/kernel/pid_max"));
+    assert_eq!(event["threads_max"], read("/proc/sys/kernel/threads-max"));
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let tasks_now: u64 = loadavg
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tasks = event["tasks"].as_u64().unwrap();
+    assert!(
+        tasks.abs_diff(tasks_now) < 200,
+        "tasks {tasks} vs /proc/loadavg's {tasks_now} a moment later"
+    );
+    assert_eq!(
+        event["near"],
+        serde_json::json!([]),
+        "this machine is far from its limits"
+    );
 }
 
 #[test]
-fn a_parent_that_does_not_reap_500_children_is_named() {
-    require_root("reads every process's /proc/<pid>/stat");
-    let parent = ZombieParent::spawn(500);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while parent.zombies() < 500 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(parent.zombies(), 500, "the 500 children exited unreaped");
-    // The first sample is at start; the next 15 s later.
-    let mut dump = EventDump::start(&["--detectors", "zombies"]).expect("event-dump starts");
-    let pid = u64::try_from(parent.pid).unwrap();
-    dump.collect_until(Duration::from_secs(20), |seen| {
-        seen.iter().any(|e| e["pid"] == pid)
-    });
-    let events = dump.for_pid(pid);
-    assert_eq!(events.len(), 1, "one event for the parent: {:?}", dump.seen);
-    let event = events[0];
-    assert_eq!(event["kind"], "zombie_parent");
-    assert_eq!(event["source"], "sampled");
-    assert_eq!(event["comm"], ZOMBIE_PARENT_COMM);
-    assert_eq!(event["zombies"], 500, "{event}");
-    assert!(event["zombies_on_node"].as_u64().unwrap() >= 500, "{event}");
-    assert_eq!(event["threshold"], 100);
-    assert_eq!(
-        event["cgroup_id"],
-        own_cgroup_id().expect("own cgroup"),
-        "attributed by the parent's cgroup (the test's own)"
+fn check_says_where_pressure_comes_from() {
+    let (_, report) = check_report();
+    let detector = |name: &str| -> Value {
+        report["detectors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["detector"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("check lists no {name}: {report:#}"))
+    };
+    let pressure = detector("pressure");
+    assert_eq!(pressure["active"], "sampled", "{pressure:#}");
+    let target = pressure["attempts"][0]["target"].as_str().unwrap();
+    assert!(
+        target.contains("/proc/pressure/{memory,io,cpu}"),
+        "{target}"
     );
-    // Reported once while it stays over the threshold.
-    dump.collect_until(Duration::from_secs(17), |_| false);
-    assert_eq!(dump.for_pid(pid).len(), 1, "{:?}", dump.seen);
-    drop(parent);
+    let notes = pressure["notes"].to_string();
+    let v1 = !Command::new("stat")
+        .args(["-fc", "%T", "/sys/fs/cgroup"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cgroup2"))
+        .unwrap_or(false);
+    assert_eq!(v1, notes.contains("cgroups are v1"), "{notes}");
+    for name in ["conntrack", "zombies", "pids"] {
+        assert_eq!(detector(name)["active"], "sampled");
+    }
 }
-
