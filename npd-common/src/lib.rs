@@ -34,6 +34,14 @@ registry::registry! {
     agent {
         /// Clock synchronisation (adjtimex).
         clock,
+        /// Sustained PSI stalls of the node and of pods (/proc/pressure, *.pressure).
+        pressure,
+        /// Conntrack table fill and drops (nf_conntrack).
+        conntrack,
+        /// Unreaped zombie children per parent (/proc/<pid>/stat).
+        zombies,
+        /// Tasks vs kernel.pid_max and threads-max.
+        pids,
     }
 }
 

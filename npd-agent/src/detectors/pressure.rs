@@ -1,0 +1,575 @@
+//! Pressure stall information (PSI): the share of time tasks stalled waiting for memory, I/O
+//! or a CPU, from `/proc/pressure/{memory,io,cpu}` for the node and, where the host runs
+//! cgroup v2, from each pod's `<pod cgroup>/{memory,io,cpu}.pressure`. Sustained stalls are
+//! Events, never conditions: the kubelet owns `MemoryPressure` and `DiskPressure`, and those
+//! mean "about to evict", not "stalling".
+//!
+//! Read every [`PERIOD_NS`]. A resource is stalling when its one-minute average (`avg60`) is
+//! at or above its threshold: `full` (every non-idle task stalled at once) for memory and
+//! I/O, `some` (at least one task stalled) for the CPU, whose `full` the kernel does not
+//! define for the whole system. Reported once when the average crosses the threshold, again
+//! only after it fell below half of it.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::Ebpf;
+use npd_common::RecordKind;
+use serde::Serialize;
+
+use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime};
+use crate::{
+    attribution::{CgroupOwner, parse_cgroup_path},
+    decode::DecodeError,
+    event::{Event, Source, Task, escape_untrusted},
+    finding,
+    kernel::{CgroupLayout, kallsyms::Symbolizer},
+    problem::{Assessment, EventReason, Report},
+};
+
+pub const MEMORY_PRESSURE_STALL: EventReason = EventReason::warning("MemoryPressureStall");
+pub const IO_PRESSURE_STALL: EventReason = EventReason::warning("IOPressureStall");
+pub const CPU_PRESSURE_STALL: EventReason = EventReason::warning("CPUPressureStall");
+
+/// How often the pressure files are read.
+pub const PERIOD_NS: u64 = 10_000_000_000;
+
+/// How deep below the cgroup root pods' cgroups are looked for, and how many directories.
+const POD_SEARCH_DEPTH: usize = 5;
+const POD_SEARCH_DIRS: usize = 8192;
+
+/// What a sampled detector's runtime does at its period: the rest of its [`Runtime`] (no
+/// records to decode, nothing between periods) is [`Sampled`]'s. Shared by the agent-only
+/// detectors (pressure, conntrack, zombies, pids).
+pub(crate) trait Sampler: std::fmt::Debug + Send {
+    fn sample(&mut self, now_ns: u64) -> Vec<Event>;
+}
+
+/// A [`Sampler`] run every `period_ns`, the first time at the first poll.
+#[derive(Debug)]
+pub(crate) struct Sampled<S> {
+    pub(crate) sampler: S,
+    period_ns: u64,
+    next_ns: u64,
+}
+
+impl<S: Sampler + 'static> Sampled<S> {
+    pub(crate) fn new(sampler: S, period_ns: u64) -> Self {
+        Self {
+            sampler,
+            period_ns,
+            next_ns: 0,
+        }
+    }
+
+    pub(crate) fn boxed(sampler: S, period_ns: u64) -> Box<dyn Runtime> {
+        Box::new(Self::new(sampler, period_ns))
+    }
+}
+
+impl<S: Sampler> Runtime for Sampled<S> {
+    fn decode(
+        &mut self,
+        kind: RecordKind,
+        _data: &[u8],
+        _symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        Err(DecodeError::UnknownKind(kind as u16))
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        if now_ns < self.next_ns {
+            return Vec::new();
+        }
+        self.next_ns = now_ns + self.period_ns;
+        self.sampler.sample(now_ns)
+    }
+}
+
+/// A whole file, the error naming it.
+pub(crate) fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A file holding one number (a sysctl, a counter).
+pub(crate) fn read_number(path: &Path) -> Result<u64, String> {
+    read_text(path)?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A resource PSI accounts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Memory,
+    Io,
+    Cpu,
+}
+
+impl Resource {
+    pub const ALL: [Self; 3] = [Self::Memory, Self::Io, Self::Cpu];
+
+    /// The file's name: `/proc/pressure/<name>`, `<cgroup>/<name>.pressure`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Io => "io",
+            Self::Cpu => "cpu",
+        }
+    }
+
+    pub fn reason(self) -> EventReason {
+        match self {
+            Self::Memory => MEMORY_PRESSURE_STALL,
+            Self::Io => IO_PRESSURE_STALL,
+            Self::Cpu => CPU_PRESSURE_STALL,
+        }
+    }
+
+    /// The line that counts and its avg60 threshold, in percent.
+    pub fn rule(self) -> (Line, f64) {
+        match self {
+            Self::Memory | Self::Io => (Line::Full, 10.0),
+            Self::Cpu => (Line::Some, 50.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    Some,
+    Full,
+}
+
+/// One line of a pressure file: the running averages (percent of wall time over 10 s, 60 s,
+/// 300 s) and the total stall time (microseconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Averages {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+/// A pressure file: `some` and, since 5.13 for the CPU too, `full`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub some: Option<Averages>,
+    pub full: Option<Averages>,
+}
+
+impl Pressure {
+    pub fn line(&self, line: Line) -> Option<Averages> {
+        match line {
+            Line::Some => self.some,
+            Line::Full => self.full,
+        }
+    }
+}
+
+/// Parses a PSI file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a `full` line.
+pub fn parse_pressure(text: &str) -> Option<Pressure> {
+    let mut pressure = Pressure::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let which = words.next()?;
+        let mut averages = Averages::default();
+        for word in words {
+            let (key, value) = word.split_once('=')?;
+            match key {
+                "avg10" => averages.avg10 = value.parse().ok()?,
+                "avg60" => averages.avg60 = value.parse().ok()?,
+                "avg300" => averages.avg300 = value.parse().ok()?,
+                "total" => averages.total_us = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        match which {
+            "some" => pressure.some = Some(averages),
+            "full" => pressure.full = Some(averages),
+            _ => {}
+        }
+    }
+    (pressure.some.is_some() || pressure.full.is_some()).then_some(pressure)
+}
+
+#[derive(Debug)]
+pub struct PressureDetector;
+
+pub static DETECTOR: PressureDetector = PressureDetector;
+
+impl Detector for PressureDetector {
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        None
+    }
+
+    fn name(&self) -> &'static str {
+        "pressure"
+    }
+
+    fn about(&self) -> &'static str {
+        "sustained PSI stalls (memory, io, cpu) of the node and of pods -> *PressureStall"
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[MEMORY_PRESSURE_STALL, IO_PRESSURE_STALL, CPU_PRESSURE_STALL]
+    }
+
+    fn attach(&self, _ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let mut status = DetectorStatus::new(self.name());
+        let node = ctx.host.proc_root.join("pressure");
+        let pods = (ctx.host.layout == CgroupLayout::Unified).then(|| ctx.host.cgroup_root.clone());
+        let mut target = format!("{}/{{memory,io,cpu}}", node.display());
+        if let Some(root) = &pods {
+            target.push_str(&format!(
+                ", {}/<pod cgroup>/*.pressure",
+                root.display()
+            ));
+        }
+        target.push_str(", every 10 s");
+        status.tried(Source::Sampled, target, Ok(()));
+        let missing: Vec<_> = Resource::ALL
+            .iter()
+            .map(|r| node.join(r.file()))
+            .filter(|path| std::fs::read_to_string(path).is_err())
+            .map(|path| path.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            status.notes.push(format!(
+                "cannot read {} (PSI off: CONFIG_PSI=n or the psi=0 boot option)",
+                missing.join(", ")
+            ));
+        }
+        if pods.is_none() {
+            status.notes.push(
+                "the host's cgroups are v1 (memory controller in its own hierarchy): no \
+                 per-pod pressure, which needs cgroup v2's *.pressure files; node-wide only"
+                    .to_owned(),
+            );
+        }
+        Attached {
+            status,
+            runtime: Sampled::boxed(PressureRuntime::new(node, pods), PERIOD_NS),
+        }
+    }
+}
+
+/// Whose pressure: the node's, or a pod's cgroup (below the cgroup root).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Node,
+    Pod { cgroup: String },
+}
+
+/// A resource stalling for a minute.
+#[derive(Clone, Debug, Serialize)]
+pub struct PressureStall {
+    pub resource: Resource,
+    pub scope: Scope,
+    /// The line that crossed its threshold and its averages.
+    pub line: Line,
+    pub threshold_percent: f64,
+    #[serde(flatten)]
+    pub averages: Averages,
+}
+
+finding!(PressureStall, "pressure_stall", {
+    fn summary(&self) -> String {
+        let what = match self.resource {
+            Resource::Memory => "memory",
+            Resource::Io => "I/O",
+            Resource::Cpu => "a CPU",
+        };
+        let who = match self.line {
+            Line::Full => "all non-idle tasks",
+            Line::Some => "some tasks",
+        };
+        let whose = match &self.scope {
+            Scope::Node => "on the node".to_owned(),
+            Scope::Pod { cgroup } => format!("in pod cgroup {}", escape_untrusted(cgroup)),
+        };
+        format!(
+            "{who} {whose} stalled waiting for {what} {:.1} % of the last minute \
+             ({:.1} % of the last 10 s, {:.1} % of 5 min; threshold {:.0} %)",
+            self.averages.avg60, self.averages.avg10, self.averages.avg300, self.threshold_percent
+        )
+    }
+
+    fn assess(&self, _event: &Event) -> Assessment {
+        let scope = match &self.scope {
+            Scope::Node => "node".to_owned(),
+            Scope::Pod { cgroup } => cgroup.clone(),
+        };
+        Assessment::report(Report {
+            reason: self.resource.reason(),
+            detail_key: scope,
+            message: format!("PSI: {}", self.summary()),
+            count: 1,
+            since_boot: false,
+        })
+    }
+});
+
+/// Whether each (scope, resource) is over its threshold, with hysteresis.
+#[derive(Debug, Default)]
+pub struct PressureWatch {
+    over: HashMap<(Scope, Resource), bool>,
+}
+
+impl PressureWatch {
+    /// A reading: the stall to report when the average just crossed the threshold.
+    pub fn sample(
+        &mut self,
+        scope: &Scope,
+        resource: Resource,
+        pressure: &Pressure,
+    ) -> Option<PressureStall> {
+        let (line, threshold) = resource.rule();
+        let averages = pressure.line(line)?;
+        let over = self.over.entry((scope.clone(), resource)).or_default();
+        if averages.avg60 >= threshold {
+            let crossed = !*over;
+            *over = true;
+            return crossed.then(|| PressureStall {
+                resource,
+                scope: scope.clone(),
+                line,
+                threshold_percent: threshold,
+                averages,
+            });
+        }
+        if averages.avg60 < threshold / 2.0 {
+            *over = false;
+        }
+        None
+    }
+
+    /// Forgets scopes not seen in the last pass (pods gone).
+    fn retain(&mut self, seen: &[Scope]) {
+        self.over.retain(|(scope, _), _| seen.contains(scope));
+    }
+}
+
+/// The pods' cgroup directories below a cgroup v2 root: (path below the root, directory).
+pub fn pod_cgroups(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut pods = Vec::new();
+    let mut level = vec![(String::new(), root.to_owned())];
+    let mut looked = 0;
+    for depth in 0..POD_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for (relative, dir) in &level {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                looked += 1;
+                if looked > POD_SEARCH_DIRS {
+                    return pods;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Only the kubelet's trees (`kubepods`, `kubepods.slice`, kind's
+                // `kubelet.slice/kubelet-kubepods.slice`).
+                if depth == 0 && !name.contains("kubepods") && !name.contains("kubelet") {
+                    continue;
+                }
+                let path = format!("{relative}/{name}");
+                match parse_cgroup_path(&path) {
+                    CgroupOwner::Pod(pod) if pod.container_id.is_none() => {
+                        pods.push((path, entry.path()));
+                    }
+                    // A container: its pod is already found.
+                    CgroupOwner::Pod(_) => {}
+                    _ => next.push((path, entry.path())),
+                }
+            }
+        }
+        level = next;
+    }
+    pods
+}
+
+#[derive(Debug)]
+pub struct PressureRuntime {
+    node: PathBuf,
+    /// The cgroup v2 root, when pods have pressure files.
+    pods: Option<PathBuf>,
+    watch: PressureWatch,
+}
+
+impl PressureRuntime {
+    pub fn new(node: PathBuf, pods: Option<PathBuf>) -> Self {
+        Self {
+            node,
+            pods,
+            watch: PressureWatch::default(),
+        }
+    }
+
+    fn read(path: &Path) -> Option<Pressure> {
+        parse_pressure(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
+impl Sampler for PressureRuntime {
+    /// One reading of every file: the stalls that started.
+    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        for resource in Resource::ALL {
+            let Some(pressure) = Self::read(&self.node.join(resource.file())) else {
+                continue;
+            };
+            if let Some(stall) = self.watch.sample(&Scope::Node, resource, &pressure) {
+                events.push(Event::new(now_ns, Task::default(), Source::Sampled, stall));
+            }
+        }
+        let Some(root) = &self.pods else {
+            return events;
+        };
+        let mut seen = vec![Scope::Node];
+        for (cgroup, dir) in pod_cgroups(root) {
+            let scope = Scope::Pod { cgroup };
+            // The pod's cgroup id: attribution names the pod from it.
+            let cgroup_id = std::fs::metadata(&dir).map_or(0, |m| m.ino());
+            for resource in Resource::ALL {
+                let file = dir.join(format!("{}.pressure", resource.file()));
+                let Some(pressure) = Self::read(&file) else {
+                    continue;
+                };
+                if let Some(stall) = self.watch.sample(&scope, resource, &pressure) {
+                    let task = Task {
+                        cgroup_id,
+                        ..Task::default()
+                    };
+                    events.push(Event::new(now_ns, task, Source::Sampled, stall));
+                }
+            }
+            seen.push(scope);
+        }
+        self.watch.retain(&seen);
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn psi(some60: f64, full60: f64) -> String {
+        format!(
+            "some avg10=1.50 avg60={some60:.2} avg300=0.53 total=77100232\n\
+             full avg10=0.00 avg60={full60:.2} avg300=0.14 total=25723025\n"
+        )
+    }
+
+    #[test]
+    fn parses_pressure_files() {
+        let pressure = parse_pressure(&psi(0.16, 0.05)).unwrap();
+        assert_eq!(
+            pressure.some,
+            Some(Averages {
+                avg10: 1.5,
+                avg60: 0.16,
+                avg300: 0.53,
+                total_us: 77_100_232
+            })
+        );
+        assert_eq!(pressure.full.unwrap().avg60, 0.05);
+        // Before 5.13 the CPU had no `full` line.
+        let cpu = parse_pressure("some avg10=4.99 avg60=6.43 avg300=19.70 total=2908617012\n")
+            .unwrap();
+        assert!(cpu.full.is_none());
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(parse_pressure("some avg10=x\n"), None);
+        // This kernel's files parse.
+        for resource in Resource::ALL {
+            let path = Path::new("/proc/pressure").join(resource.file());
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                assert!(parse_pressure(&text).is_some(), "{}: {text}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn thresholds_with_hysteresis() {
+        let mut watch = PressureWatch::default();
+        let node = Scope::Node;
+        let read = |some, full| parse_pressure(&psi(some, full)).unwrap();
+        // Memory and I/O count `full`: much `some` alone is no stall.
+        assert!(watch.sample(&node, Resource::Memory, &read(90.0, 9.9)).is_none());
+        let stall = watch
+            .sample(&node, Resource::Memory, &read(90.0, 10.0))
+            .expect("full avg60 at 10 %");
+        assert_eq!((stall.line, stall.averages.avg60), (Line::Full, 10.0));
+        // Once, until it fell below half the threshold.
+        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 30.0)).is_none());
+        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 6.0)).is_none());
+        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 12.0)).is_none());
+        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 4.0)).is_none());
+        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 12.0)).is_some());
+        // The CPU counts `some`, at 50 %; scopes and resources are separate.
+        assert!(watch.sample(&node, Resource::Cpu, &read(49.0, 99.0)).is_none());
+        assert!(watch.sample(&node, Resource::Cpu, &read(51.0, 0.0)).is_some());
+        let pod = Scope::Pod {
+            cgroup: "/kubepods/pod1".to_owned(),
+        };
+        assert!(watch.sample(&pod, Resource::Memory, &read(0.0, 12.0)).is_some());
+        assert!(watch.sample(&node, Resource::Io, &read(0.0, 12.0)).is_some());
+
+        let event = Event::new(1, Task::default(), Source::Sampled, stall);
+        let report = event.assess().report.unwrap();
+        assert_eq!(report.reason, MEMORY_PRESSURE_STALL);
+        assert!(
+            report.message.contains("all non-idle tasks on the node stalled waiting for memory 10.0 %"),
+            "{}",
+            report.message
+        );
+    }
+
+    #[test]
+    fn per_pod_pressure_from_a_cgroup_v2_tree() {
+        let root = std::env::temp_dir().join(format!("npd-pressure-{}", std::process::id()));
+        let uid = "0b2c8a4e-5a31-4c1e-9d5c-3f2a1b0c9d8e";
+        let pod = root.join(format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
+        let container = pod.join("cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope");
+        let calm = root.join("kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
+        let elsewhere = root.join("system.slice/pod99999999-2222-3333-4444-555555555555");
+        for dir in [&container, &calm, &elsewhere] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for dir in [&pod, &container, &calm, &elsewhere] {
+            std::fs::write(dir.join("memory.pressure"), psi(0.0, 0.0)).unwrap();
+        }
+        std::fs::write(pod.join("memory.pressure"), psi(40.0, 25.0)).unwrap();
+        std::fs::write(pod.join("io.pressure"), psi(1.0, 0.5)).unwrap();
+        let mut found: Vec<String> = pod_cgroups(&root).into_iter().map(|(p, _)| p).collect();
+        found.sort();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("/kubepods.slice/"), "{found:?}");
+        assert_eq!(found[1], "/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
+
+        let proc_pressure = root.join("proc-pressure");
+        std::fs::create_dir_all(&proc_pressure).unwrap();
+        std::fs::write(proc_pressure.join("memory"), psi(0.0, 0.0)).unwrap();
+        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone())), PERIOD_NS);
+        let events = runtime.poll(1);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let event = &events[0];
+        assert_eq!(event.task.cgroup_id, std::fs::metadata(&pod).unwrap().ino());
+        let stall = event.detail_as::<PressureStall>().unwrap();
+        assert_eq!(stall.resource, Resource::Memory);
+        assert!(matches!(&stall.scope, Scope::Pod { cgroup } if cgroup.contains(&uid.replace('-', "_"))));
+        assert!(runtime.poll(2).is_empty(), "not before the period");
+        assert!(runtime.poll(PERIOD_NS + 1).is_empty(), "reported once");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

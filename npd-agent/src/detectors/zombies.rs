@@ -1,0 +1,304 @@
+//! Zombies: children that exited and that their parent does not reap (`wait(2)`), counted per
+//! parent from `/proc/<pid>/stat` (state `Z`, ppid) every [`PERIOD_NS`]. A parent with
+//! [`THRESHOLD`] or more is a bug in that program (or a container whose pid 1 is not an init):
+//! each zombie holds a pid, and enough of them exhaust `pids.max` or `kernel.pid_max`. No
+//! kernel hook: one pass over /proc per period, nothing per fork or exit.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use aya::Ebpf;
+use serde::Serialize;
+
+use super::{
+    AttachContext, Attached, Detector, DetectorStatus, HostPaths,
+    pressure::{Sampled, Sampler},
+};
+use crate::{
+    engine::describe_task,
+    event::{Event, Source, Task},
+    finding,
+    kernel::procfs,
+    problem::{Assessment, EventReason, Report},
+};
+
+/// EKS's name for it.
+pub const EXCESSIVE_ZOMBIES: EventReason = EventReason::warning("ExcessiveZombieProcesses");
+
+/// How often /proc is walked.
+pub const PERIOD_NS: u64 = 15_000_000_000;
+
+/// Zombie children of one parent that make a problem.
+pub const THRESHOLD: u64 = 100;
+
+#[derive(Debug)]
+pub struct ZombiesDetector;
+
+pub static DETECTOR: ZombiesDetector = ZombiesDetector;
+
+impl Detector for ZombiesDetector {
+    fn kernel(&self) -> Option<npd_common::counters::Detector> {
+        None
+    }
+
+    fn name(&self) -> &'static str {
+        "zombies"
+    }
+
+    fn about(&self) -> &'static str {
+        "unreaped zombie children per parent, from /proc/<pid>/stat -> ExcessiveZombieProcesses"
+    }
+
+    fn reasons(&self) -> &'static [EventReason] {
+        &[EXCESSIVE_ZOMBIES]
+    }
+
+    fn attach(&self, _ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
+        let mut status = DetectorStatus::new(self.name());
+        let probe = ctx.host.proc_root.join("self/stat");
+        status.tried(
+            Source::Sampled,
+            format!("{}/<pid>/stat, every 15 s", ctx.host.proc_root.display()),
+            std::fs::read_to_string(&probe)
+                .map(|_| ())
+                .map_err(|e| format!("{}: {e}", probe.display())),
+        );
+        Attached {
+            status,
+            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), THRESHOLD), PERIOD_NS),
+        }
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` zombie counting needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    /// Clock ticks since boot (field 22): tells a parent from a later one with its pid.
+    pub start_time: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. `comm` (field 2) is between the first `(` and the last `)` and
+/// may hold anything a process chose, spaces and parentheses included.
+pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let mut fields = text[close + 1..].split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    // After ppid (field 4), start time is field 22: 17 fields further.
+    let start_time = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        comm,
+        state,
+        ppid,
+        start_time,
+    })
+}
+
+/// Zombies per parent pid among `stats`.
+pub fn count_zombies<'a>(stats: impl IntoIterator<Item = &'a ProcStat>) -> HashMap<u32, u64> {
+    let mut per_parent = HashMap::new();
+    for stat in stats.into_iter().filter(|s| s.state == 'Z') {
+        *per_parent.entry(stat.ppid).or_default() += 1;
+    }
+    per_parent
+}
+
+/// A parent with too many unreaped children.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZombieParent {
+    /// Its zombie children at the sample.
+    pub zombies: u64,
+    /// Zombies on the whole node at the sample.
+    pub zombies_on_node: u64,
+    pub threshold: u64,
+}
+
+finding!(ZombieParent, "zombie_parent", {
+    fn summary(&self) -> String {
+        format!(
+            "{} zombie children not reaped (threshold {}; {} zombies on the node)",
+            self.zombies, self.threshold, self.zombies_on_node
+        )
+    }
+
+    fn assess(&self, event: &Event) -> Assessment {
+        let message = format!(
+            "process {} does not reap its children: {} zombies (threshold {}; {} on the \
+             node); each holds a pid until its parent calls wait(2) or exits",
+            describe_task(&event.task, event.attribution.as_ref()),
+            self.zombies,
+            self.threshold,
+            self.zombies_on_node
+        );
+        Assessment::report(Report {
+            reason: EXCESSIVE_ZOMBIES,
+            detail_key: format!("{}|{}", event.task.comm, event.task.pid),
+            message,
+            count: 1,
+            since_boot: false,
+        })
+    }
+});
+
+#[derive(Debug)]
+pub struct ZombiesRuntime {
+    host: HostPaths,
+    threshold: u64,
+    /// Parents (pid, start time) at or above the threshold at the last sample: reported once
+    /// until they fall below it.
+    over: HashMap<(u32, u64), u64>,
+}
+
+impl ZombiesRuntime {
+    pub fn new(host: HostPaths, threshold: u64) -> Self {
+        Self {
+            host,
+            threshold,
+            over: HashMap::new(),
+        }
+    }
+
+    fn stat(&self, pid: &str) -> Option<ProcStat> {
+        let path: PathBuf = self.host.proc_root.join(pid).join("stat");
+        parse_proc_stat(&std::fs::read_to_string(path).ok()?)
+    }
+
+}
+
+impl Sampler for ZombiesRuntime {
+    /// One pass over /proc: an event per parent newly at or above the threshold.
+    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+        let Ok(entries) = std::fs::read_dir(&self.host.proc_root) else {
+            return Vec::new();
+        };
+        let stats: Vec<ProcStat> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|pid| self.stat(&pid))
+            .collect();
+        let per_parent = count_zombies(&stats);
+        let on_node = per_parent.values().sum();
+        let mut over = HashMap::new();
+        let mut events = Vec::new();
+        for (&ppid, &zombies) in per_parent.iter().filter(|(_, n)| **n >= self.threshold) {
+            let Some(parent) = stats.iter().find(|s| s.pid == ppid) else {
+                continue;
+            };
+            let key = (ppid, parent.start_time);
+            over.insert(key, zombies);
+            if self.over.contains_key(&key) {
+                continue;
+            }
+            let cgroup_id = procfs::cgroup_id(
+                &self.host.proc_root,
+                ppid,
+                self.host.layout,
+                &self.host.cgroup_root,
+            )
+            .unwrap_or(0);
+            events.push(Event::new(
+                now_ns,
+                Task {
+                    pid: ppid,
+                    tid: ppid,
+                    comm: parent.comm.clone(),
+                    cgroup_id,
+                },
+                Source::Sampled,
+                ZombieParent {
+                    zombies,
+                    zombies_on_node: on_node,
+                    threshold: self.threshold,
+                },
+            ));
+        }
+        self.over = over;
+        events
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{detectors::Runtime, kernel::CgroupLayout};
+
+    #[test]
+    fn parses_stat_with_a_hostile_comm() {
+        let stat = "4242 (a) Z (b)) Z 77 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 \
+                    987654 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_proc_stat(stat),
+            Some(ProcStat {
+                pid: 4242,
+                comm: "a) Z (b)".to_owned(),
+                state: 'Z',
+                ppid: 77,
+                start_time: 987654,
+            })
+        );
+        assert_eq!(parse_proc_stat("garbage"), None);
+        assert_eq!(parse_proc_stat("1 (x) R 1"), None);
+    }
+
+    fn write_stat(root: &std::path::Path, pid: u32, comm: &str, state: char, ppid: u32) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            format!(
+                "{pid} ({comm}) {state} {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0",
+                1000 + pid
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_parent_over_the_threshold_is_reported_once_until_it_reaps() {
+        let root = std::env::temp_dir().join(format!("npd-zombies-{}", std::process::id()));
+        let proc_root = root.join("proc");
+        write_stat(&proc_root, 10, "bad\nparent", 'S', 1);
+        write_stat(&proc_root, 11, "good", 'S', 1);
+        for pid in 100..103 {
+            write_stat(&proc_root, pid, "child", 'Z', 10);
+        }
+        write_stat(&proc_root, 200, "child", 'Z', 11);
+        let host = HostPaths {
+            proc_root: proc_root.clone(),
+            cgroup_root: root.join("cgroup"),
+            layout: CgroupLayout::Unified,
+        };
+        let mut runtime = Sampled::new(ZombiesRuntime::new(host, 3), PERIOD_NS);
+        let events = runtime.poll(1);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let event = &events[0];
+        assert_eq!((event.task.pid, event.task.comm.as_str()), (10, "bad\nparent"));
+        let detail = event.detail_as::<ZombieParent>().unwrap();
+        assert_eq!((detail.zombies, detail.zombies_on_node), (3, 4));
+        let report = event.assess().report.unwrap();
+        assert_eq!(report.reason, EXCESSIVE_ZOMBIES);
+        assert!(
+            report.message.contains("\"bad\\nparent\" (pid 10)"),
+            "escaped: {}",
+            report.message
+        );
+        // Nothing between periods, nothing new while it stays over.
+        assert!(runtime.poll(2).is_empty());
+        assert!(runtime.poll(PERIOD_NS + 1).is_empty());
+        // It reaped one, then let three more pile up: a new report.
+        std::fs::remove_dir_all(proc_root.join("100")).unwrap();
+        assert!(runtime.poll(2 * PERIOD_NS + 1).is_empty());
+        write_stat(&proc_root, 100, "child", 'Z', 10);
+        assert_eq!(runtime.poll(3 * PERIOD_NS + 1).len(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
