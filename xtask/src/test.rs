@@ -63,6 +63,11 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         step("installing xfsprogs (the filesystem tests shut down a real XFS)");
         crate::prereqs::apt_install(&["xfsprogs".to_owned()])?;
     }
+    // The conntrack test makes the kernel track loopback flows with an nftables rule.
+    if which("nft").is_none() {
+        step("installing nftables (the conntrack test fills the table with tracked flows)");
+        crate::prereqs::apt_install(&["nftables".to_owned()])?;
+    }
     // The monitoring tests run a real Prometheus and promtool (Debian's 2.42). Debian
     // enables its own prometheus.service; the tests start theirs on loopback ports.
     if which("prometheus").is_none() || which("promtool").is_none() {
