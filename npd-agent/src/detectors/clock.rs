@@ -6,15 +6,12 @@
 //! asks once at start and then every [`PERIOD_NS`]: one syscall, no file, no daemon.
 
 use aya::Ebpf;
-use npd_common::RecordKind;
 use serde::Serialize;
 
-use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime};
+use super::{AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler};
 use crate::{
-    decode::DecodeError,
     event::{Event, Source, Task},
     finding,
-    kernel::kallsyms::Symbolizer,
     problem::{
         Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
     },
@@ -76,10 +73,7 @@ impl Detector for ClockDetector {
         );
         Attached {
             status,
-            runtime: Box::new(ClockRuntime {
-                next_ns: 0,
-                last: None,
-            }),
+            runtime: Sampled::boxed(ClockRuntime { last: None }, PERIOD_NS),
         }
     }
 }
@@ -184,25 +178,11 @@ finding!(ClockSync, "clock_sync", {
 
 #[derive(Debug)]
 struct ClockRuntime {
-    next_ns: u64,
     last: Option<bool>,
 }
 
-impl Runtime for ClockRuntime {
-    fn decode(
-        &mut self,
-        kind: RecordKind,
-        _data: &[u8],
-        _symbolizer: &mut Symbolizer,
-    ) -> Result<Event, DecodeError> {
-        Err(DecodeError::UnknownKind(kind as u16))
-    }
-
-    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
-        if now_ns < self.next_ns {
-            return Vec::new();
-        }
-        self.next_ns = now_ns + PERIOD_NS;
+impl Sampler for ClockRuntime {
+    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
         let Ok(clock) = ClockState::read() else {
             return Vec::new();
         };

@@ -6,7 +6,10 @@
 //! detectors — attach, decode, config, CLI help, `check`, `event-dump`, metrics — iterates
 //! [`all`].
 
-use std::{fmt::Debug, path::PathBuf};
+use std::{
+    fmt::Debug,
+    path::{Path, PathBuf},
+};
 
 use npd_common::RecordKind;
 use serde::Serialize;
@@ -86,18 +89,73 @@ pub trait Detector: Debug + Sync {
 /// What a detector keeps at run time: it turns its records into events and finds what no
 /// record brings (a storm's tail, a recovery, a counter that moved).
 pub trait Runtime: Debug + Send {
-    /// One record of one of the detector's kinds (the header already checked).
+    /// One record of one of the detector's kinds (the header already checked). An agent-only
+    /// detector has no records: the default refuses any.
     fn decode(
         &mut self,
         kind: RecordKind,
-        data: &[u8],
-        symbolizer: &mut Symbolizer,
-    ) -> Result<Event, DecodeError>;
+        _data: &[u8],
+        _symbolizer: &mut Symbolizer,
+    ) -> Result<Event, DecodeError> {
+        Err(DecodeError::UnknownKind(kind as u16))
+    }
 
     /// Called about once a second, after the ring buffer was drained.
     fn poll(&mut self, _now_ns: u64) -> Vec<Event> {
         Vec::new()
     }
+}
+
+/// What a sampled detector's runtime does at its period: the rest of its [`Runtime`] (no
+/// records to decode, nothing between periods) is [`Sampled`]'s. Shared by the agent-only
+/// detectors (clock, pressure, conntrack, zombies, pids).
+pub(crate) trait Sampler: Debug + Send {
+    fn sample(&mut self, now_ns: u64) -> Vec<Event>;
+}
+
+/// A [`Sampler`] run every `period_ns`, the first time at the first poll.
+#[derive(Debug)]
+pub(crate) struct Sampled<S> {
+    pub(crate) sampler: S,
+    period_ns: u64,
+    next_ns: u64,
+}
+
+impl<S: Sampler + 'static> Sampled<S> {
+    pub(crate) fn new(sampler: S, period_ns: u64) -> Self {
+        Self {
+            sampler,
+            period_ns,
+            next_ns: 0,
+        }
+    }
+
+    pub(crate) fn boxed(sampler: S, period_ns: u64) -> Box<dyn Runtime> {
+        Box::new(Self::new(sampler, period_ns))
+    }
+}
+
+impl<S: Sampler> Runtime for Sampled<S> {
+    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
+        if now_ns < self.next_ns {
+            return Vec::new();
+        }
+        self.next_ns = now_ns + self.period_ns;
+        self.sampler.sample(now_ns)
+    }
+}
+
+/// A whole file, the error naming it.
+pub(crate) fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A file holding one number (a sysctl, a counter).
+pub(crate) fn read_number(path: &Path) -> Result<u64, String> {
+    read_text(path)?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A detector attached: how (for `check`, logs and metrics) and its runtime.

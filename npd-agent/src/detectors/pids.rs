@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     AttachContext, Attached, Detector, DetectorStatus,
-    pressure::{Sampled, Sampler, read_number, read_text},
+    Sampled, Sampler, read_number, read_text,
 };
 use crate::{
     event::{Event, Source, Task},

@@ -17,16 +17,14 @@ use std::{
 };
 
 use aya::Ebpf;
-use npd_common::RecordKind;
 use serde::Serialize;
 
-use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime};
+use super::{AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler};
 use crate::{
     attribution::{CgroupOwner, parse_cgroup_path},
-    decode::DecodeError,
     event::{Event, Source, Task, escape_untrusted},
     finding,
-    kernel::{CgroupLayout, kallsyms::Symbolizer},
+    kernel::CgroupLayout,
     problem::{Assessment, EventReason, Report},
 };
 
@@ -40,67 +38,6 @@ pub const PERIOD_NS: u64 = 10_000_000_000;
 /// How deep below the cgroup root pods' cgroups are looked for, and how many directories.
 const POD_SEARCH_DEPTH: usize = 5;
 const POD_SEARCH_DIRS: usize = 8192;
-
-/// What a sampled detector's runtime does at its period: the rest of its [`Runtime`] (no
-/// records to decode, nothing between periods) is [`Sampled`]'s. Shared by the agent-only
-/// detectors (pressure, conntrack, zombies, pids).
-pub(crate) trait Sampler: std::fmt::Debug + Send {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event>;
-}
-
-/// A [`Sampler`] run every `period_ns`, the first time at the first poll.
-#[derive(Debug)]
-pub(crate) struct Sampled<S> {
-    pub(crate) sampler: S,
-    period_ns: u64,
-    next_ns: u64,
-}
-
-impl<S: Sampler + 'static> Sampled<S> {
-    pub(crate) fn new(sampler: S, period_ns: u64) -> Self {
-        Self {
-            sampler,
-            period_ns,
-            next_ns: 0,
-        }
-    }
-
-    pub(crate) fn boxed(sampler: S, period_ns: u64) -> Box<dyn Runtime> {
-        Box::new(Self::new(sampler, period_ns))
-    }
-}
-
-impl<S: Sampler> Runtime for Sampled<S> {
-    fn decode(
-        &mut self,
-        kind: RecordKind,
-        _data: &[u8],
-        _symbolizer: &mut Symbolizer,
-    ) -> Result<Event, DecodeError> {
-        Err(DecodeError::UnknownKind(kind as u16))
-    }
-
-    fn poll(&mut self, now_ns: u64) -> Vec<Event> {
-        if now_ns < self.next_ns {
-            return Vec::new();
-        }
-        self.next_ns = now_ns + self.period_ns;
-        self.sampler.sample(now_ns)
-    }
-}
-
-/// A whole file, the error naming it.
-pub(crate) fn read_text(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// A file holding one number (a sysctl, a counter).
-pub(crate) fn read_number(path: &Path) -> Result<u64, String> {
-    read_text(path)?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
 
 /// A resource PSI accounts for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -463,6 +400,7 @@ impl Sampler for PressureRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detectors::Runtime;
 
     fn psi(some60: f64, full60: f64) -> String {
         format!(

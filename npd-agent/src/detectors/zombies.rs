@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{
     AttachContext, Attached, Detector, DetectorStatus, HostPaths,
-    pressure::{Sampled, Sampler},
+    Sampled, Sampler,
 };
 use crate::{
     engine::describe_task,
