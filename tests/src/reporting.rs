@@ -1,11 +1,11 @@
 //! What a cluster sees: helpers for the tests that run the agent against the real API server.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cluster::TestCluster;
+use crate::{agent::AgentProcess, cluster::TestCluster};
 
 /// The repository root (the tests crate is one level below it).
 pub fn repo_root() -> &'static Path {
@@ -100,4 +100,69 @@ pub fn events(cluster: &TestCluster) -> anyhow::Result<Vec<Value>> {
     )?;
     let list: Value = serde_json::from_str(&text)?;
     Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// A real kube-apiserver + etcd with the Node `node` and npd's ClusterRole from deploy/ granted
+/// to the unprivileged test user.
+pub fn cluster_with_node(node: &str) -> TestCluster {
+    let cluster = TestCluster::start().expect("a real kube-apiserver + etcd");
+    create_node(&cluster, node).expect("node");
+    grant_npd_cluster_role(&cluster).expect("RBAC from deploy/");
+    cluster
+}
+
+/// The agent's config for cluster tests: short windows so the tests take seconds, not minutes.
+pub fn test_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("npd-test.yaml");
+    std::fs::write(
+        &path,
+        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n\
+         hungTask:\n  recoveryWindow: 3s\n\
+         fdPressure:\n  sampleInterval: 1s\n",
+    )
+    .expect("write the test config");
+    path
+}
+
+/// `npd-agent run` as the unprivileged test user, with the test config, reporting on `node`;
+/// `extra` are more flags (e.g. `--detectors fs`).
+pub fn spawn_reporting_agent(cluster: &TestCluster, node: &str, extra: &[&str]) -> AgentProcess {
+    let config = test_config(cluster.dir());
+    let base = [
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+        "--kubeconfig",
+        cluster.user_kubeconfig().to_str().expect("UTF-8 path"),
+        "--node-name",
+        node,
+    ];
+    AgentProcess::start(&[&base[..], extra].concat()).expect("agent starts")
+}
+
+/// [`spawn_reporting_agent`], waited for until ready (hooks attached, the Node read).
+pub fn start_reporting_agent(cluster: &TestCluster, node: &str, extra: &[&str]) -> AgentProcess {
+    let mut agent = spawn_reporting_agent(cluster, node, extra);
+    agent
+        .wait_ready(Duration::from_secs(60))
+        .expect("agent ready: hooks attached and the node read");
+    agent
+}
+
+/// Creates a Pod bound to `node` (nothing runs it: there is no kubelet) and returns its uid.
+pub fn create_pod(cluster: &TestCluster, name: &str, node: &str) -> String {
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "busybox" }] },
+    });
+    let out = cluster.kubectl_with_input(&["create", "-f", "-", "-o", "json"], &pod.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).expect("the created Pod")["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_owned()
 }

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use npd_tests::{
-    agent::{AgentProcess, wait_for},
-    cluster::TestCluster,
+    agent::wait_for,
     machine::require_root,
-    reporting::{condition, create_node, events, grant_npd_cluster_role},
+    reporting::{cluster_with_node, condition, events, start_reporting_agent},
 };
 
 const NODE: &str = "npd-clock-test-node";
@@ -98,30 +97,9 @@ impl Drop for ClockStateGuard {
 fn ntp_problem_follows_the_kernels_clock_state() {
     require_root("sets the kernel's clock synchronisation state with adjtimex(2)");
     let clock = ClockStateGuard::save();
-    let cluster = TestCluster::start().expect("a real kube-apiserver + etcd");
-    create_node(&cluster, NODE).expect("node");
-    grant_npd_cluster_role(&cluster).expect("RBAC from deploy/");
+    let cluster = cluster_with_node(NODE);
     clock.set(false);
-    let config = cluster.dir().join("npd-clock-test.yaml");
-    std::fs::write(
-        &config,
-        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n",
-    )
-    .unwrap();
-    let mut agent = AgentProcess::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--kubeconfig",
-        cluster.user_kubeconfig().to_str().unwrap(),
-        "--node-name",
-        NODE,
-        "--detectors",
-        "clock",
-    ])
-    .expect("agent starts");
-    agent
-        .wait_ready(Duration::from_secs(60))
-        .expect("agent ready");
+    let agent = start_reporting_agent(&cluster, NODE, &["--detectors", "clock"]);
 
     let down = wait_for(Duration::from_secs(20), "NTPProblem True", || {
         condition(&cluster, NODE, "NTPProblem").filter(|c| c["status"] == "True")

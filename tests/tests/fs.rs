@@ -10,10 +10,9 @@ use std::{
 };
 
 use npd_tests::{
-    agent::{AgentProcess, EventDump, wait_for},
-    cluster::TestCluster,
+    agent::{EventDump, wait_for},
     machine::{command, require_root},
-    reporting::{condition, create_node, events, grant_npd_cluster_role},
+    reporting::{cluster_with_node, condition, create_pod, events, start_reporting_agent},
 };
 use serde_json::Value;
 
@@ -281,49 +280,14 @@ impl Drop for CreatedDirs {
 #[test]
 fn a_pod_volume_made_read_only_sets_the_condition_and_events_reach_the_pod() {
     require_root("loads eBPF programs, mounts a loop device under /var/lib/kubelet");
-    let cluster = TestCluster::start().expect("a real kube-apiserver + etcd");
-    create_node(&cluster, NODE).expect("node");
-    grant_npd_cluster_role(&cluster).expect("RBAC from deploy/");
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "writer", "namespace": "default" },
-        "spec": { "nodeName": NODE, "containers": [{ "name": "app", "image": "busybox" }] },
-    });
-    let out = cluster.kubectl_with_input(&["create", "-f", "-", "-o", "json"], &pod.to_string());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cluster = cluster_with_node(NODE);
+    let uid = create_pod(&cluster, "writer", NODE);
     // The kubelet's layout of an emptyDir volume on its own filesystem.
     let volume = PathBuf::from(format!(
         "/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/data"
     ));
     let dirs = CreatedDirs::create_all(&volume).expect("the volume's directory");
-    let config = cluster.dir().join("npd-fs-test.yaml");
-    std::fs::write(
-        &config,
-        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n",
-    )
-    .unwrap();
-    let mut agent = AgentProcess::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--kubeconfig",
-        cluster.user_kubeconfig().to_str().unwrap(),
-        "--node-name",
-        NODE,
-        "--detectors",
-        "fs",
-    ])
-    .expect("agent starts");
-    agent
-        .wait_ready(Duration::from_secs(60))
-        .expect("agent ready");
+    let agent = start_reporting_agent(&cluster, NODE, &["--detectors", "fs"]);
     wait_for(Duration::from_secs(15), "ReadonlyFilesystem False", || {
         condition(&cluster, NODE, "ReadonlyFilesystem").filter(|c| c["status"] == "False")
     })

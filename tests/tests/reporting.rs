@@ -7,54 +7,25 @@ use npd_tests::{
     agent::{AgentProcess, Provoked, wait_for},
     cluster::TestCluster,
     machine::{FrozenFilesystem, MemoryCgroup, Sysctl, require_root},
-    reporting::{condition, create_node, events, grant_npd_cluster_role, node_yaml},
+    reporting::{
+        cluster_with_node, condition, create_node, create_pod, events, node_yaml,
+        spawn_reporting_agent, start_reporting_agent,
+    },
 };
-use serde_json::Value;
 
 const PROVOKE: &str = env!("CARGO_BIN_EXE_npd-provoke");
 const NODE: &str = "npd-test-node";
 
-/// A cluster with this machine's Node object and npd's RBAC granted to the test user.
 fn cluster() -> TestCluster {
-    let cluster = TestCluster::start().expect("a real kube-apiserver + etcd");
-    create_node(&cluster, NODE).expect("node");
-    grant_npd_cluster_role(&cluster).expect("RBAC from deploy/");
-    cluster
+    cluster_with_node(NODE)
 }
 
-/// The agent's config for tests: short windows so the tests take seconds, not minutes.
-fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("npd-test.yaml");
-    std::fs::write(
-        &path,
-        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n\
-         hungTask:\n  recoveryWindow: 3s\n\
-         fdPressure:\n  sampleInterval: 1s\n",
-    )
-    .expect("write the test config");
-    path
-}
-
-/// `npd-agent run` as the unprivileged test user, with the test config, for this node.
 fn spawn_agent(cluster: &TestCluster) -> AgentProcess {
-    let config = config_file(cluster.dir());
-    AgentProcess::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--kubeconfig",
-        cluster.user_kubeconfig().to_str().unwrap(),
-        "--node-name",
-        NODE,
-    ])
-    .expect("agent starts")
+    spawn_reporting_agent(cluster, NODE, &[])
 }
 
 fn start_agent(cluster: &TestCluster) -> AgentProcess {
-    let mut agent = spawn_agent(cluster);
-    agent
-        .wait_ready(Duration::from_secs(60))
-        .expect("agent ready: hooks attached and the node read");
-    agent
+    start_reporting_agent(cluster, NODE, &[])
 }
 
 /// A child blocked writing to the frozen filesystem (D state).
@@ -147,21 +118,7 @@ fn an_oom_kill_in_a_pod_cgroup_is_an_event_on_the_pod_and_the_node() {
     require_root("loads eBPF programs and creates a memory cgroup");
     let cluster = cluster();
     // A Pod bound to this node, with a running container whose id the cgroup will carry.
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "hungry", "namespace": "default" },
-        "spec": { "nodeName": NODE, "containers": [{ "name": "app", "image": "busybox" }] },
-    });
-    let out = cluster.kubectl_with_input(&["create", "-f", "-", "-o", "json"], &pod.to_string());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let uid = create_pod(&cluster, "hungry", NODE);
     let container_id = format!("{:0>64}", format!("{:x}", std::process::id()));
     let status = serde_json::json!({ "status": { "phase": "Running", "containerStatuses": [{
         "name": "app", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
