@@ -2,7 +2,7 @@
 
 mod cmd;
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use npd_agent::{
@@ -113,14 +113,25 @@ impl ProbeArgs {
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&cli.log)
         .map_err(|err| anyhow::anyhow!("invalid --log filter `{}`: {err}", cli.log))?;
+    let colour = colour_wanted(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// ANSI colour only for a person at a terminal: `kubectl logs`, journald and log pipelines
+/// get plain text, and a non-empty `NO_COLOR` (no-color.org) turns it off everywhere.
+fn colour_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 fn main() -> ExitCode {
@@ -152,6 +163,30 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("npd-agent: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_wanted;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let cases: [(bool, Option<&OsStr>, bool); 5] = [
+            (true, None, true),
+            (true, Some(OsStr::new("")), true),
+            (true, Some(OsStr::new("1")), false),
+            (false, None, false),
+            (false, Some(OsStr::new("1")), false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                colour_wanted(terminal, no_color),
+                want,
+                "{terminal} {no_color:?}"
+            );
         }
     }
 }

@@ -58,6 +58,13 @@ fn event_dump_exits_zero_at_its_timeout() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(start.elapsed().as_secs_f64() >= 1.0);
+    // stderr is a pipe here, as under `kubectl logs`: log lines, but no ANSI escapes.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "no log lines to check: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in piped logs: {stderr:?}"
+    );
 }
 
 #[test]
