@@ -405,14 +405,23 @@ finding!(FdExhausted, "fd_exhausted", {
         } else {
             self.suppressed + 1
         };
-        let assessment = Assessment::report(Report {
-            reason: FD_EXHAUSTED,
-            detail_key: format!(
+        // In a pod the container is the subject: its processes are one series by name, so a
+        // pod forking failing processes grows one series, not one per pid. Outside pods the
+        // pid is all that tells two processes of one name apart.
+        let in_pod = event.attribution.as_ref().is_some_and(|a| a.pod.is_some());
+        let detail_key = if in_pod {
+            format!("{}|{}", event.task.comm, self.errno.as_str())
+        } else {
+            format!(
                 "{}|{}|{}",
                 event.task.comm,
                 event.task.pid,
                 self.errno.as_str()
-            ),
+            )
+        };
+        let assessment = Assessment::report(Report {
+            reason: FD_EXHAUSTED,
+            detail_key,
             message,
             count,
             since_boot: false,

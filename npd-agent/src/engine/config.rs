@@ -26,10 +26,11 @@ pub struct EngineConfig {
     pub event_aggregation_window: Duration,
     /// A series that keeps growing is re-sent (count, last timestamp) at most this often.
     pub event_series_update_interval: Duration,
-    /// Per-reason token bucket bounding writes of Events to the API server.
+    /// Token bucket per reason and pod (the node's own processes are one more budget), under a
+    /// node-wide ceiling per reason, bounding writes of Events to the API server.
     pub event_rate_limit: EventRateLimit,
-    /// Series remembered at most (memory bound); beyond it the oldest are forgotten, their
-    /// unreported occurrences folded into the next Event of the same reason.
+    /// Series remembered at most (memory bound); beyond it fully reported ones are forgotten
+    /// first, then the newcomer's pod's backlog, folded into that pod's next Event.
     pub max_event_series: usize,
 }
 

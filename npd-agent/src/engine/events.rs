@@ -1,5 +1,7 @@
 //! Temporary problems as Events: aggregated into series by key (like Kubernetes event series)
-//! and bounded by a per-reason token bucket. Nothing is dropped silently: an occurrence that
+//! and bounded by token buckets: one per reason and budget (a pod, or the node's own
+//! processes), under a node-wide ceiling per reason, so one noisy pod cannot spend the
+//! Events every other pod's problems need. Nothing is dropped silently: an occurrence that
 //! cannot be sent now stays in its series and is counted in the series' next Event.
 
 use std::{collections::HashMap, time::SystemTime};
@@ -71,7 +73,13 @@ pub(crate) struct Occurrence {
     pub(crate) count: u64,
     /// When the kernel saw it.
     pub(crate) at: SystemTime,
+    /// Whose Event budget it spends: `pod:<uid>`, or `node` for everything not in a pod.
+    pub(crate) budget: String,
 }
+
+/// The node-wide ceiling per reason is this many budgets' worth: one pod can spend at most a
+/// quarter of it, and a storm across many pods still stays bounded for the API server.
+const NODE_CEILING_BUDGETS: u32 = 4;
 
 #[derive(Debug)]
 struct Series {
@@ -87,6 +95,7 @@ struct Series {
     last_sent_ns: Option<u64>,
     /// Creation order, to serve waiting series oldest first.
     seq: u64,
+    budget: String,
 }
 
 impl Series {
@@ -131,13 +140,19 @@ impl TokenBucket {
         }
     }
 
-    fn try_take(&mut self, now_ns: u64) -> bool {
+    fn has_token(&mut self, now_ns: u64) -> bool {
         self.refill(now_ns);
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
+        self.tokens > 0
+    }
+
+    fn take(&mut self) {
+        self.tokens = self.tokens.saturating_sub(1);
+    }
+
+    /// A full bucket is the same as a new one: forgetting it loses nothing.
+    fn is_full(&mut self, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        self.tokens >= self.burst
     }
 }
 
@@ -147,9 +162,15 @@ pub(crate) struct EventQueue {
     update_interval_ns: u64,
     max_series: usize,
     series: HashMap<String, Series>,
-    /// Per reason; a reason first met later than [`EventQueue::new`] gets a full bucket then.
-    buckets: HashMap<EventReason, TokenBucket>,
+    /// Per reason and budget, created full when first needed and forgotten when full again.
+    buckets: HashMap<(EventReason, String), TokenBucket>,
+    /// The node-wide ceiling per reason; a reason first met later than [`EventQueue::new`]
+    /// gets a full one then.
+    ceilings: HashMap<EventReason, TokenBucket>,
     stats: HashMap<EventReason, EventStats>,
+    /// Unsent occurrences of forgotten series, per reason and budget: reported with that
+    /// budget's next Event of the reason, or with any once the budget has no series left.
+    unreported: HashMap<(EventReason, String), u64>,
     burst: u32,
     refill_ns: u64,
     next_seq: u64,
@@ -164,21 +185,28 @@ impl EventQueue {
             update_interval_ns: duration_ns(config.event_series_update_interval),
             max_series: config.max_event_series,
             series: HashMap::new(),
-            buckets: reasons
+            buckets: HashMap::new(),
+            ceilings: reasons
                 .iter()
-                .map(|&reason| {
-                    let bucket = TokenBucket::full(limit.burst, refill_ns, now.monotonic_ns);
-                    (reason, bucket)
-                })
+                .map(|&reason| (reason, Self::ceiling(limit.burst, refill_ns, now)))
                 .collect(),
             stats: reasons
                 .iter()
                 .map(|&reason| (reason, EventStats::default()))
                 .collect(),
+            unreported: HashMap::new(),
             burst: limit.burst,
             refill_ns,
             next_seq: 0,
         }
+    }
+
+    fn ceiling(burst: u32, refill_ns: u64, now: Timestamp) -> TokenBucket {
+        TokenBucket::full(
+            burst.saturating_mul(NODE_CEILING_BUDGETS),
+            (refill_ns / u64::from(NODE_CEILING_BUDGETS)).max(1),
+            now.monotonic_ns,
+        )
     }
 
     pub(crate) fn stats(&self, reason: EventReason) -> EventStats {
@@ -228,6 +256,7 @@ impl EventQueue {
                     sent_count: 0,
                     last_sent_ns: None,
                     seq: self.next_seq,
+                    budget: occurrence.budget,
                 },
             );
             self.bound_memory(&occurrence.key);
@@ -253,6 +282,9 @@ impl EventQueue {
             series.pending()
                 || now.monotonic_ns.saturating_sub(series.last_occurrence_ns) <= window_ns
         });
+        // Pods come and go: their budgets would otherwise pile up.
+        self.buckets
+            .retain(|_, bucket| !bucket.is_full(now.monotonic_ns));
     }
 
     fn is_due(&self, series: &Series, now: Timestamp) -> bool {
@@ -273,13 +305,21 @@ impl EventQueue {
         let (burst, refill_ns) = (self.burst, self.refill_ns);
         let bucket = self
             .buckets
-            .entry(reason)
+            .entry((reason, series.budget.clone()))
             .or_insert_with(|| TokenBucket::full(burst, refill_ns, now.monotonic_ns));
-        if !bucket.try_take(now.monotonic_ns) {
+        let ceiling = self
+            .ceilings
+            .entry(reason)
+            .or_insert_with(|| Self::ceiling(burst, refill_ns, now));
+        if !(bucket.has_token(now.monotonic_ns) && ceiling.has_token(now.monotonic_ns)) {
             self.stats_mut(reason).rate_limited += 1;
             return;
         }
-        let unreported_elsewhere = std::mem::take(&mut self.stats_mut(reason).unreported);
+        bucket.take();
+        ceiling.take();
+        let budget = series.budget.clone();
+        let unreported_elsewhere = self.take_unreported(reason, &budget);
+        self.stats_mut(reason).unreported -= unreported_elsewhere;
         let Some(series) = self.series.get_mut(key) else {
             return;
         };
@@ -309,19 +349,62 @@ impl EventQueue {
         });
     }
 
-    /// Keeps at most `max_series`: forgets fully reported series first, oldest occurrence
-    /// first; a forgotten series' unsent occurrences go to its reason's `unreported` tally.
+    /// What an Event of `reason` in `budget` carries of forgotten series: that budget's own,
+    /// and those of budgets with no series of the reason left to carry them.
+    fn take_unreported(&mut self, reason: EventReason, budget: &str) -> u64 {
+        let series = &self.series;
+        let mut taken = 0;
+        self.unreported
+            .retain(|(tally_reason, tally_budget), count| {
+                let carried_here = *tally_reason == reason
+                    && (tally_budget == budget
+                        || !series
+                            .values()
+                            .any(|s| s.reason == reason && s.budget == *tally_budget));
+                if carried_here {
+                    taken += *count;
+                }
+                !carried_here
+            });
+        taken
+    }
+
+    /// Keeps at most `max_series`: forgets fully reported series first (nothing is lost),
+    /// then unsent ones of the newcomer's own reason and budget, then of its reason, oldest
+    /// occurrence first; so a storm in one pod evicts its own backlog before anyone else's.
+    /// A forgotten series' unsent occurrences go to its reason and budget's tally.
     fn bound_memory(&mut self, keep: &str) {
+        let Some((reason, budget)) = self
+            .series
+            .get(keep)
+            .map(|series| (series.reason, series.budget.clone()))
+        else {
+            return;
+        };
         while self.series.len() > self.max_series {
             let victim = self
                 .series
                 .iter()
                 .filter(|(key, _)| key.as_str() != keep)
-                .min_by_key(|(_, series)| (series.pending(), series.last_occurrence_ns))
+                .min_by_key(|(_, series)| {
+                    (
+                        series.pending(),
+                        series.reason != reason,
+                        series.budget != budget,
+                        series.last_occurrence_ns,
+                    )
+                })
                 .map(|(key, _)| key.clone());
             let Some(victim) = victim else { return };
             if let Some(series) = self.series.remove(&victim) {
-                self.stats_mut(series.reason).unreported += series.count - series.sent_count;
+                let lost = series.count - series.sent_count;
+                if lost > 0 {
+                    self.stats_mut(series.reason).unreported += lost;
+                    *self
+                        .unreported
+                        .entry((series.reason, series.budget))
+                        .or_default() += lost;
+                }
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use super::{
     events::Occurrence,
-    subject::{subject_key, targets},
+    subject::{budget_key, subject_key, targets},
     time::Timestamp,
 };
 use crate::{event::Event, problem::Report};
@@ -26,5 +26,6 @@ pub(crate) fn occurrence(report: Report, event: &Event, now: Timestamp) -> Occur
         targets: targets(attribution, &event.affected_pods),
         count: report.count.max(1),
         at: now.wall_at(event.ts_ns),
+        budget: budget_key(attribution),
     }
 }

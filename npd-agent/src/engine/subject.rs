@@ -82,6 +82,15 @@ pub(crate) fn subject_key(attribution: Option<&Attribution>) -> String {
     }
 }
 
+/// Whose Event budget a problem spends: its pod's, or the node's for everything else (units,
+/// bare cgroups and unattributed processes are the node's own).
+pub(crate) fn budget_key(attribution: Option<&Attribution>) -> String {
+    match attribution.and_then(|a| a.pod.as_ref()) {
+        Some(pod) => format!("pod:{}", pod.uid),
+        None => "node".to_owned(),
+    }
+}
+
 /// The Node always; the Pod too when it is known by name (an Event needs the namespace), and
 /// every other affected pod known by name, each once.
 pub(crate) fn targets(attribution: Option<&Attribution>, affected: &[PodRef]) -> Vec<EventTarget> {

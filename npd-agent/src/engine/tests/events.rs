@@ -1,4 +1,4 @@
-//! Events over time: repeats aggregated into series, the per-reason rate limit, the bound on
+//! Events over time: repeats aggregated into series, the rate limit per reason and pod, the bound on
 //! series kept (a storm is never lost).
 
 use super::*;
@@ -221,4 +221,139 @@ fn a_storm_is_never_lost() {
         e.message
             .contains("more OOMKilling problems elsewhere were not reported individually")
     }),);
+}
+
+/// An OOM kill in container `c<container>` of pod `p<pod>` (its own uid and name).
+fn oom_in_pod(secs: u64, pod: usize, container: usize) -> Event {
+    let mut attribution = named_pod();
+    if let Some(pod_ref) = &mut attribution.pod {
+        pod_ref.uid = format!("uid-{pod}");
+        pod_ref.name = Some(format!("p{pod}"));
+        pod_ref.container = Some(format!("c{container}"));
+    }
+    oom(secs, 100, Some(attribution))
+}
+
+#[test]
+fn each_pod_has_its_own_event_budget() {
+    let steps: Vec<Step> = vec![
+        // Burst of 2: pod 1 spends its own budget on two containers...
+        (
+            0,
+            Input::ev(oom_in_pod(0, 1, 1)),
+            &[(OOM_KILLING, 1, false)],
+            vec![],
+        ),
+        (
+            0,
+            Input::ev(oom_in_pod(0, 1, 2)),
+            &[(OOM_KILLING, 1, false)],
+            vec![],
+        ),
+        (0, Input::ev(oom_in_pod(0, 1, 3)), NONE, vec![]),
+        (0, Input::ev(oom_in_pod(0, 1, 4)), NONE, vec![]),
+        // ...which leaves pod 2's and the node's untouched.
+        (
+            0,
+            Input::ev(oom_in_pod(0, 2, 1)),
+            &[(OOM_KILLING, 1, false)],
+            vec![],
+        ),
+        (
+            0,
+            Input::ev(oom(0, 7, Some(unit()))),
+            &[(OOM_KILLING, 1, false)],
+            vec![],
+        ),
+        // Pod 1's held-back series go out as its own budget refills, oldest first.
+        (10, Input::Tick, &[(OOM_KILLING, 1, false)], vec![]),
+        (20, Input::Tick, &[(OOM_KILLING, 1, false)], vec![]),
+    ];
+    let mut engine = engine_with(rate_limited(2, 10));
+    run("budget per pod", &mut engine, steps);
+    assert_eq!(engine.event_stats(OOM_KILLING).sent, 6);
+}
+
+#[test]
+fn many_pods_stay_under_the_node_ceiling() {
+    // Burst 2 per pod, 4 budgets' worth node-wide: 8 Events at once, whatever the pods.
+    let mut engine = engine_with(rate_limited(2, 100));
+    let mut sent = 0;
+    for pod in 0..10 {
+        for container in 0..2 {
+            sent += engine.observe(&oom_in_pod(0, pod, container), at(0)).len();
+        }
+    }
+    assert_eq!(sent, 8);
+    // The ceiling refills four times as fast as a pod's budget: one per 25 s.
+    assert_eq!(engine.tick(at(24)).len(), 0);
+    assert_eq!(engine.tick(at(25)).len(), 1);
+}
+
+#[test]
+fn fd_failures_of_one_container_are_one_series_whatever_the_pid() {
+    let in_pod = |secs, pid| {
+        let mut event = fd(secs, pid, Errno::Emfile, 0, false);
+        event.attribution = Some(named_pod());
+        event
+    };
+    let steps: Vec<Step> = vec![
+        (
+            0,
+            Input::ev(in_pod(0, 300)),
+            &[(FD_EXHAUSTED, 1, false)],
+            vec![],
+        ),
+        (1, Input::ev(in_pod(1, 301)), NONE, vec![]),
+        (2, Input::ev(in_pod(2, 302)), NONE, vec![]),
+        (60, Input::Tick, &[(FD_EXHAUSTED, 3, true)], vec![]),
+        // Outside pods the pid is what tells processes apart: each its own series.
+        (
+            61,
+            Input::ev(fd(61, 400, Errno::Emfile, 0, false)),
+            &[(FD_EXHAUSTED, 1, false)],
+            vec![],
+        ),
+        (
+            62,
+            Input::ev(fd(62, 401, Errno::Emfile, 0, false)),
+            &[(FD_EXHAUSTED, 1, false)],
+            vec![],
+        ),
+    ];
+    run("fd series per container", &mut engine_with(config()), steps);
+}
+
+#[test]
+fn a_storm_in_one_pod_evicts_its_own_backlog_first() {
+    // Few series kept and a tight budget: pod 2's held-back series must survive pod 1's
+    // storm of new containers, and reach the server intact once budgets refill.
+    let config = EngineConfig {
+        max_event_series: 4,
+        ..rate_limited(1, 10)
+    };
+    let mut engine = engine_with(config);
+    let mut sent = Vec::new();
+    sent.extend(engine.observe(&oom_in_pod(0, 2, 0), at(0)));
+    sent.extend(engine.observe(&oom_in_pod(0, 2, 1), at(0)));
+    for container in 0..20 {
+        sent.extend(engine.observe(&oom_in_pod(1, 1, container), at(1)));
+    }
+    for secs in (10..400).step_by(10) {
+        sent.extend(engine.tick(at(secs)));
+    }
+    let pod2: Vec<_> = sent
+        .iter()
+        .filter(|e| e.aggregation_key.contains("uid-2/"))
+        .collect();
+    assert_eq!(pod2.len(), 2, "both of pod 2's series reported: {pod2:#?}");
+    assert!(
+        pod2.iter()
+            .all(|e| e.unreported_elsewhere == 0 && e.count == 1)
+    );
+    let total: u64 = sent.iter().map(|e| e.count + e.unreported_elsewhere).sum();
+    assert_eq!(
+        total, 22,
+        "nothing lost, pod 1's evicted series counted elsewhere"
+    );
 }
