@@ -86,6 +86,10 @@ pub struct Metrics {
     pub taint_budget_used: Gauge,
     pub taint_budget_limit: Gauge,
     pub record_latency_seconds: Histogram,
+    /// Events (one per target) waiting for the API server, and those of them parked after
+    /// a failure.
+    pub events_pending: Gauge,
+    pub events_parked: Gauge,
 }
 
 impl Default for Metrics {
@@ -207,6 +211,18 @@ impl Metrics {
             "Time from the kernel's timestamp of a record to its decoding by the agent",
             record_latency_seconds.clone(),
         );
+        let events_pending = Gauge::default();
+        npd.register(
+            "events_pending",
+            "Events (one per target object) waiting to be written to the API server",
+            events_pending.clone(),
+        );
+        let events_parked = Gauge::default();
+        npd.register(
+            "events_parked",
+            "Pending Events that failed at least once and wait for their next try",
+            events_parked.clone(),
+        );
         // The kernel's per-detector counters exist at 0 from the start, so a rate or an
         // alert on their increase sees the first drop too.
         for detector in npd_common::counters::Detector::ALL {
@@ -236,6 +252,8 @@ impl Metrics {
             taint_budget_used,
             taint_budget_limit,
             record_latency_seconds,
+            events_pending,
+            events_parked,
         }
     }
 

@@ -255,12 +255,22 @@ fn events_and_conditions_survive_api_faults_without_head_of_line_blocking() {
     .expect("no head-of-line blocking");
     let behind = started.elapsed();
     assert!(events_of(&cluster, refused).is_empty(), "refused meanwhile");
+    wait_for(
+        Duration::from_secs(10),
+        "the refused Event shown as parked",
+        || (metric(&agent, "npd_events_parked ") >= 1.0).then_some(()),
+    )
+    .expect("npd_events_parked counts the refused Event");
     proxy.clear();
     let cleared = Instant::now();
     wait_for(Duration::from_secs(15), "the parked Event", || {
         (!events_of(&cluster, refused).is_empty()).then_some(())
     })
     .expect("the parked Event arrives after the refusal");
+    wait_for(Duration::from_secs(10), "no Event parked", || {
+        (metric(&agent, "npd_events_parked ") == 0.0).then_some(())
+    })
+    .expect("npd_events_parked back to 0 once it went out");
     report.push(format!(
         "403 on one Event: the next arrived after {:.1} s; the refused one {:.1} s after the refusal ended",
         behind.as_secs_f64(),

@@ -306,6 +306,11 @@ impl PendingEvents {
         self.queue.is_empty()
     }
 
+    /// Items that failed at least once and wait for their next try.
+    pub fn parked(&self) -> usize {
+        self.queue.iter().filter(|item| item.failures > 0).count()
+    }
+
     /// Queues an event, one item per target; a later state of a series already queued
     /// replaces it in place (an unsent create stays a create).
     pub fn push(&mut self, mut event: ProblemEvent) {
@@ -459,6 +464,26 @@ mod tests {
         let front = first(&mut pending);
         assert_eq!(front.aggregation_key, "b");
         assert_eq!(front.unreported_elsewhere, 5);
+    }
+
+    #[test]
+    fn parked_counts_items_that_failed_until_they_are_written() {
+        let mut pending = PendingEvents::new(8);
+        pending.push(event("a", 1, false));
+        pending.push(event("b", 1, false));
+        assert_eq!(pending.parked(), 0);
+        let now = Instant::now();
+        let keys = pending.due(now);
+        pending.park(&keys[0], now, true, |_| Duration::from_secs(5));
+        assert_eq!(pending.parked(), 1);
+        assert_eq!(pending.due(now).len(), 1, "the other one goes on");
+        // Due again once the server answers, but still parked until it is written.
+        pending.unpark_transient();
+        assert_eq!(pending.parked(), 1);
+        let written = pending.get(&keys[0]).unwrap();
+        pending.written(&keys[0], &written);
+        assert_eq!(pending.parked(), 0);
+        assert_eq!(pending.len(), 1);
     }
 
     #[test]

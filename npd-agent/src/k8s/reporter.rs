@@ -303,6 +303,7 @@ impl Reporter {
                     }
                 }
             }
+            self.publish_queue();
             if failed {
                 // Honour Retry-After, but never past the backoff ceiling: a server (or a
                 // proxy) asking for an hour must not silence the node for an hour.
@@ -316,6 +317,21 @@ impl Reporter {
                 break;
             }
         }
+    }
+
+    /// The queue's length and its parked items as metrics: a queue that only grows, or items
+    /// that stay parked, are what the `NpdEventsParked` alert watches.
+    fn publish_queue(&self) {
+        let (pending, parked) = {
+            let events = self.lock_events();
+            (events.len(), events.parked())
+        };
+        self.metrics
+            .events_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.metrics
+            .events_parked
+            .set(i64::try_from(parked).unwrap_or(i64::MAX));
     }
 
     fn lock_events(&self) -> std::sync::MutexGuard<'_, PendingEvents> {
