@@ -42,6 +42,8 @@ registry::registry! {
         zombies,
         /// Tasks vs kernel.pid_max and threads-max.
         pids,
+        /// Pods' tasks vs their pids.max, and the forks it refused (pids.events).
+        pod_pids,
     }
 }
 

@@ -15,6 +15,7 @@ use npd_common::RecordKind;
 use serde::Serialize;
 
 use crate::{
+    attribution::{CgroupOwner, parse_cgroup_path},
     decode::DecodeError,
     event::{Event, Source},
     kernel::{CgroupLayout, kallsyms::Symbolizer},
@@ -156,6 +157,52 @@ pub(crate) fn read_number(path: &Path) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// How deep below a cgroup root pods' cgroups are looked for, and how many directories.
+const POD_SEARCH_DEPTH: usize = 5;
+const POD_SEARCH_DIRS: usize = 8192;
+
+/// The pods' cgroup directories below a hierarchy's root (cgroup v2, or one v1 controller's):
+/// (path below the root, directory). Shared by the detectors that sample pods' cgroups.
+pub(crate) fn pod_cgroups(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut pods = Vec::new();
+    let mut level = vec![(String::new(), root.to_owned())];
+    let mut looked = 0;
+    for depth in 0..POD_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for (relative, dir) in &level {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                looked += 1;
+                if looked > POD_SEARCH_DIRS {
+                    return pods;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Only the kubelet's trees (`kubepods`, `kubepods.slice`, kind's
+                // `kubelet.slice/kubelet-kubepods.slice`).
+                if depth == 0 && !name.contains("kubepods") && !name.contains("kubelet") {
+                    continue;
+                }
+                let path = format!("{relative}/{name}");
+                match parse_cgroup_path(&path) {
+                    CgroupOwner::Pod(pod) if pod.container_id.is_none() => {
+                        pods.push((path, entry.path()));
+                    }
+                    // A container: its pod is already found.
+                    CgroupOwner::Pod(_) => {}
+                    _ => next.push((path, entry.path())),
+                }
+            }
+        }
+        level = next;
+    }
+    pods
 }
 
 /// A detector attached: how (for `check`, logs and metrics) and its runtime.

@@ -19,9 +19,8 @@ use std::{
 use aya::Ebpf;
 use serde::Serialize;
 
-use super::{AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler};
+use super::{AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, pod_cgroups};
 use crate::{
-    attribution::{CgroupOwner, parse_cgroup_path},
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::CgroupLayout,
@@ -34,10 +33,6 @@ pub const CPU_PRESSURE_STALL: EventReason = EventReason::warning("CPUPressureSta
 
 /// How often the pressure files are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// How deep below the cgroup root pods' cgroups are looked for, and how many directories.
-const POD_SEARCH_DEPTH: usize = 5;
-const POD_SEARCH_DIRS: usize = 8192;
 
 /// A resource PSI accounts for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -292,47 +287,6 @@ impl PressureWatch {
     fn retain(&mut self, seen: &[Scope]) {
         self.over.retain(|(scope, _), _| seen.contains(scope));
     }
-}
-
-/// The pods' cgroup directories below a cgroup v2 root: (path below the root, directory).
-pub fn pod_cgroups(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut pods = Vec::new();
-    let mut level = vec![(String::new(), root.to_owned())];
-    let mut looked = 0;
-    for depth in 0..POD_SEARCH_DEPTH {
-        let mut next = Vec::new();
-        for (relative, dir) in &level {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                looked += 1;
-                if looked > POD_SEARCH_DIRS {
-                    return pods;
-                }
-                let name = entry.file_name().to_string_lossy().into_owned();
-                // Only the kubelet's trees (`kubepods`, `kubepods.slice`, kind's
-                // `kubelet.slice/kubelet-kubepods.slice`).
-                if depth == 0 && !name.contains("kubepods") && !name.contains("kubelet") {
-                    continue;
-                }
-                let path = format!("{relative}/{name}");
-                match parse_cgroup_path(&path) {
-                    CgroupOwner::Pod(pod) if pod.container_id.is_none() => {
-                        pods.push((path, entry.path()));
-                    }
-                    // A container: its pod is already found.
-                    CgroupOwner::Pod(_) => {}
-                    _ => next.push((path, entry.path())),
-                }
-            }
-        }
-        level = next;
-    }
-    pods
 }
 
 #[derive(Debug)]
