@@ -6,7 +6,7 @@ use std::{net::UdpSocket, process::Command, time::Duration};
 
 use npd_tests::{
     agent::{EventDump, check_report},
-    machine::{Sysctl, command, own_cgroup_id, require_root},
+    machine::{MemoryCgroup, Sysctl, command, own_cgroup_id, require_root},
 };
 use serde_json::Value;
 
@@ -104,6 +104,55 @@ fn a_parent_that_does_not_reap_500_children_is_named() {
     dump.collect_until(Duration::from_secs(17), |_| false);
     assert_eq!(dump.for_pid(pid).len(), 1, "{:?}", dump.seen);
     drop(parent);
+}
+
+#[test]
+fn zombies_of_several_parents_in_one_pod_are_summed_for_the_pod() {
+    require_root("creates a cgroup and reads every process's /proc/<pid>/stat");
+    const UID: &str = "0a1b2c3d-0000-4000-8000-00000000beef";
+    let container = "d".repeat(64);
+    let cgroup = MemoryCgroup::create(
+        &format!("kubepods/besteffort/pod{UID}/{container}"),
+        64 << 20,
+    )
+    .expect("pod-shaped memory cgroup");
+    // 3 x 40: each parent under the threshold (100), the pod over it.
+    let parents: Vec<ZombieParent> = (0..3).map(|_| ZombieParent::spawn(40)).collect();
+    for parent in &parents {
+        std::fs::write(cgroup.procs_file(), parent.pid.to_string()).expect("into the pod");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while parents.iter().map(ZombieParent::zombies).sum::<usize>() < 120
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut dump = EventDump::start(&["--detectors", "zombies"]).expect("event-dump starts");
+    let in_pod = |e: &Value| e["kind"] == "zombies_in_pod";
+    dump.collect_until(Duration::from_secs(20), |seen| seen.iter().any(in_pod));
+    let events: Vec<&Value> = dump.seen.iter().filter(|e| in_pod(e)).collect();
+    assert_eq!(events.len(), 1, "one event for the pod: {:?}", dump.seen);
+    let event = events[0];
+    assert_eq!(event["zombies"], 120, "{event}");
+    assert_eq!(event["parents"], 3, "{event}");
+    assert_eq!(event["largest"], 40, "{event}");
+    assert_eq!(event["attribution"]["pod"]["uid"], UID, "{event}");
+    assert_eq!(
+        event["attribution"]["pod"]["container_id"],
+        container.as_str(),
+        "{event}"
+    );
+    assert!(
+        dump.for_pid(u64::try_from(parents[0].pid).unwrap())
+            .iter()
+            .chain(dump.for_pid(u64::try_from(parents[1].pid).unwrap()).iter())
+            .all(|e| e["kind"] != "zombie_parent"),
+        "no parent is over the threshold alone: {:?}",
+        dump.seen
+    );
+    // The parents die first, so the cgroup can go.
+    drop(parents);
+    drop(cgroup);
 }
 
 /// An nftables table that makes the kernel track connections in the host's network

@@ -3,8 +3,15 @@
 //! [`THRESHOLD`] or more is a bug in that program (or a container whose pid 1 is not an init):
 //! each zombie holds a pid, and enough of them exhaust `pids.max` or `kernel.pid_max`. No
 //! kernel hook: one pass over /proc per period, nothing per fork or exit.
+//!
+//! Zombies are also summed per pod (by each parent's cgroup): a pod whose processes each
+//! leave a few unreaped children, none over the threshold alone, still fills its
+//! `pids.max`, and that pod is reported once until its total falls below the threshold.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
 
 use aya::Ebpf;
 use serde::Serialize;
@@ -14,6 +21,7 @@ use super::{
     Sampled, Sampler,
 };
 use crate::{
+    attribution::{CgroupOwner, parse_cgroup_path},
     engine::describe_task,
     event::{Event, Source, Task},
     finding,
@@ -147,6 +155,68 @@ finding!(ZombieParent, "zombie_parent", {
     }
 });
 
+/// A pod whose processes together leave too many unreaped children, none of them over the
+/// threshold alone. Its task is the parent with the most.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZombiesInPod {
+    /// Zombie children of all the pod's processes at the sample.
+    pub zombies: u64,
+    /// The pod's processes with zombie children.
+    pub parents: u64,
+    /// The zombies of the parent named (the one with the most).
+    pub largest: u64,
+    pub threshold: u64,
+}
+
+finding!(ZombiesInPod, "zombies_in_pod", {
+    fn summary(&self) -> String {
+        format!(
+            "{} zombie children not reaped by {} processes of one pod (threshold {})",
+            self.zombies, self.parents, self.threshold
+        )
+    }
+
+    fn assess(&self, event: &Event) -> Assessment {
+        let message = format!(
+            "{} zombies in one pod, left by {} of its processes that do not reap their \
+             children (threshold {}); the most by {}: {}. Each holds a pid of the pod's \
+             pids.max until its parent calls wait(2) or exits",
+            self.zombies,
+            self.parents,
+            self.threshold,
+            describe_task(&event.task, event.attribution.as_ref()),
+            self.largest
+        );
+        Assessment::report(Report {
+            reason: EXCESSIVE_ZOMBIES,
+            detail_key: "pod".to_owned(),
+            message,
+            count: 1,
+            since_boot: false,
+        })
+    }
+});
+
+/// Zombies summed per pod: `(parent pid, its zombies, its cgroup path)` -> per pod uid,
+/// `(total, parents, the parent with the most and its count)`.
+pub fn zombies_per_pod(
+    parents: impl IntoIterator<Item = (u32, u64, String)>,
+) -> HashMap<String, (u64, u64, (u32, u64))> {
+    let mut pods: HashMap<String, (u64, u64, (u32, u64))> = HashMap::new();
+    for (ppid, zombies, cgroup) in parents {
+        let CgroupOwner::Pod(pod) = parse_cgroup_path(&cgroup) else {
+            continue;
+        };
+        let entry = pods.entry(pod.uid).or_insert((0, 0, (ppid, 0)));
+        entry.0 += zombies;
+        entry.1 += 1;
+        if zombies > entry.2.1 {
+            entry.2 = (ppid, zombies);
+        }
+    }
+    pods
+}
+
 #[derive(Debug)]
 pub struct ZombiesRuntime {
     host: HostPaths,
@@ -154,6 +224,8 @@ pub struct ZombiesRuntime {
     /// Parents (pid, start time) at or above the threshold at the last sample: reported once
     /// until they fall below it.
     over: HashMap<(u32, u64), u64>,
+    /// Pods (uid) at or above the threshold at the last sample, likewise.
+    pods_over: HashSet<String>,
 }
 
 impl ZombiesRuntime {
@@ -162,12 +234,68 @@ impl ZombiesRuntime {
             host,
             threshold,
             over: HashMap::new(),
+            pods_over: HashSet::new(),
         }
     }
 
     fn stat(&self, pid: &str) -> Option<ProcStat> {
         let path: PathBuf = self.host.proc_root.join(pid).join("stat");
         parse_proc_stat(&std::fs::read_to_string(path).ok()?)
+    }
+
+    fn cgroup_id(&self, pid: u32) -> u64 {
+        procfs::cgroup_id(
+            &self.host.proc_root,
+            pid,
+            self.host.layout,
+            &self.host.cgroup_root,
+        )
+        .unwrap_or(0)
+    }
+
+    /// Pods over the threshold in total with no parent over it alone (those are reported
+    /// as themselves): an event each, once until the pod falls below.
+    fn pods(
+        &mut self,
+        per_parent: &HashMap<u32, u64>,
+        stats: &[ProcStat],
+        now_ns: u64,
+    ) -> Vec<Event> {
+        let parents = per_parent.iter().filter_map(|(&ppid, &zombies)| {
+            let cgroup = procfs::cgroup_path(&self.host.proc_root, ppid, self.host.layout)?;
+            Some((ppid, zombies, cgroup))
+        });
+        let mut over = HashSet::new();
+        let mut events = Vec::new();
+        for (uid, (zombies, parents, (ppid, largest))) in zombies_per_pod(parents.collect::<Vec<_>>()) {
+            if zombies < self.threshold || largest >= self.threshold {
+                continue;
+            }
+            over.insert(uid.clone());
+            if self.pods_over.contains(&uid) {
+                continue;
+            }
+            let comm = stats
+                .iter()
+                .find(|s| s.pid == ppid)
+                .map(|s| s.comm.clone())
+                .unwrap_or_default();
+            let task = Task {
+                pid: ppid,
+                tid: ppid,
+                comm,
+                cgroup_id: self.cgroup_id(ppid),
+            };
+            let finding = ZombiesInPod {
+                zombies,
+                parents,
+                largest,
+                threshold: self.threshold,
+            };
+            events.push(Event::new(now_ns, task, Source::Sampled, finding));
+        }
+        self.pods_over = over;
+        events
     }
 
 }
@@ -197,13 +325,7 @@ impl Sampler for ZombiesRuntime {
             if self.over.contains_key(&key) {
                 continue;
             }
-            let cgroup_id = procfs::cgroup_id(
-                &self.host.proc_root,
-                ppid,
-                self.host.layout,
-                &self.host.cgroup_root,
-            )
-            .unwrap_or(0);
+            let cgroup_id = self.cgroup_id(ppid);
             events.push(Event::new(
                 now_ns,
                 Task {
@@ -221,6 +343,7 @@ impl Sampler for ZombiesRuntime {
             ));
         }
         self.over = over;
+        events.extend(self.pods(&per_parent, &stats, now_ns));
         events
     }
 }
@@ -300,5 +423,24 @@ mod tests {
         write_stat(&proc_root, 100, "child", 'Z', 10);
         assert_eq!(runtime.poll(3 * PERIOD_NS + 1).len(), 1);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn zombies_are_summed_per_pod_by_the_parents_cgroups() {
+        let pod = |uid: &str, id: &str| format!("/kubepods/besteffort/pod{uid}/{id}");
+        let uid_a = "11111111-2222-3333-4444-555555555555";
+        let uid_b = "66666666-2222-3333-4444-555555555555";
+        let parents = vec![
+            (10, 40, pod(uid_a, &"a".repeat(64))),
+            (11, 45, pod(uid_a, &"b".repeat(64))),
+            (12, 30, pod(uid_a, &"a".repeat(64))),
+            (20, 5, pod(uid_b, &"c".repeat(64))),
+            // Outside pods: not summed.
+            (30, 500, "/system.slice/containerd.service".to_owned()),
+        ];
+        let pods = zombies_per_pod(parents);
+        assert_eq!(pods.len(), 2, "{pods:?}");
+        assert_eq!(pods[uid_a], (115, 3, (11, 45)));
+        assert_eq!(pods[uid_b], (5, 1, (20, 5)));
     }
 }
