@@ -78,6 +78,9 @@ impl Detector for FdDetector {
 
     fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
         let mut status = attach(ebpf, ctx);
+        if let Some(note) = compat_note(|name| ctx.btf.has_function(name)) {
+            status.notes.push(note);
+        }
         let map = ebpf
             .take_map(RATE_LIMIT_MAP)
             .and_then(|map| BpfHashMap::try_from(map).ok());
@@ -172,6 +175,19 @@ pub fn syscall_name(nr: i32) -> Option<&'static str> {
 }
 
 const _: () = assert!(COMMON.len() + LEGACY.len() <= FD_FEXIT_SLOTS);
+
+/// Neither hook sees 32-bit programs' syscalls: fexit is on the native entry functions, and
+/// the `syscalls:` tracepoints skip compat syscalls. Said in `check` where the kernel can run
+/// such programs (its BTF has the compat entry functions).
+fn compat_note(has_function: impl Fn(&str) -> bool) -> Option<String> {
+    let compat = ["__ia32_sys_openat", "__arm64_compat_sys_openat"];
+    compat.iter().any(|f| has_function(f)).then(|| {
+        "32-bit (compat) syscalls are not watched: this kernel runs 32-bit programs, whose fd \
+         exhaustion neither hook sees (fexit is on the native entry functions, and the \
+         syscalls:sys_exit_* tracepoints skip compat syscalls)"
+            .to_owned()
+    })
+}
 
 /// How the kernel names a syscall's entry function (`SYSCALL_DEFINE` with the arch's wrapper).
 #[cfg(target_arch = "x86_64")]
@@ -614,5 +630,13 @@ mod tests {
         acc.on_record(&record(2, 100, 5));
         acc.on_record(&record(1, 900, 1));
         assert_eq!(acc.failures, 3006);
+    }
+
+    #[test]
+    fn check_says_compat_syscalls_are_not_watched_where_the_kernel_runs_them() {
+        let kernel = |list: &'static [&'static str]| move |name: &str| list.contains(&name);
+        assert!(compat_note(kernel(&["__x64_sys_openat", "__ia32_sys_openat"])).is_some());
+        assert!(compat_note(kernel(&["__arm64_sys_openat", "__arm64_compat_sys_openat"])).is_some());
+        assert_eq!(compat_note(kernel(&["__x64_sys_openat"])), None);
     }
 }
