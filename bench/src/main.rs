@@ -6,6 +6,7 @@
 //! Run it through `cargo xtask bench [--quick]`, which builds the agent, this binary and
 //! npd-provoke, and passes where they and the test API server are.
 
+mod blockstorm;
 mod footprint;
 mod hooks;
 mod interrupt;
@@ -56,6 +57,8 @@ struct BenchArgs {
 enum Benchmark {
     Hooks,
     Storm,
+    /// Block I/O errors from a failing disk, thousands a second.
+    BlockStorm,
     Idle,
     Latency,
 }
@@ -124,6 +127,7 @@ impl Settings {
 pub(crate) struct Results {
     pub(crate) hooks: Option<hooks::HookOverhead>,
     pub(crate) storms: Option<Vec<storm::StormResult>>,
+    pub(crate) block_storm: Option<blockstorm::BlockStormResult>,
     pub(crate) footprint: Option<footprint::Footprint>,
     pub(crate) latency: Option<latency::Latency>,
 }
@@ -169,6 +173,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if selected(Benchmark::Storm) {
         results.storms = Some(storm::run(&provoke, settings.storm_seconds)?);
+    }
+    if selected(Benchmark::BlockStorm) {
+        results.block_storm = Some(blockstorm::run(settings.storm_seconds)?);
     }
     if selected(Benchmark::Idle) {
         eprintln!("npd-bench: idle footprint ({} s)", settings.idle_seconds);

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::blockstorm::BlockStormResult;
 use crate::{
     Results, Settings,
     footprint::Footprint,
@@ -103,6 +104,9 @@ pub(crate) fn markdown(machine: &Machine, settings: &Settings, results: &Results
     }
     if let Some(storms) = &results.storms {
         storm_rows(&mut table, &mut details, storms);
+    }
+    if let Some(block) = &results.block_storm {
+        block_storm_rows(&mut table, block);
     }
     if let Some(footprint) = &results.footprint {
         footprint_rows(&mut table, &mut details, footprint);
@@ -205,6 +209,63 @@ fn hook_rows(table: &mut Table, details: &mut String, hooks: &HookOverhead) {
         let _ = writeln!(details, "| {} | {} |", op.label, cells.join(" | "));
     }
     details.push('\n');
+}
+
+fn block_storm_rows(table: &mut Table, block: &BlockStormResult) {
+    let daemon = &block.daemon;
+    table.row(
+        "block I/O error storm: agent CPU",
+        format!(
+            "{:.3} % of one core ({} in {:.1} s, {} failed reads at {})",
+            daemon.cpu.percent_of_core(daemon.wall_seconds),
+            cpu_time(daemon.cpu),
+            daemon.wall_seconds,
+            count(daemon.failures),
+            rate(daemon.failures_per_second)
+        ),
+        "< 5 % of a core",
+        verdict(
+            daemon.cpu.percent_of_core(daemon.wall_seconds) < STORM_CPU_TARGET_PERCENT,
+            || "over".to_owned(),
+        ),
+    );
+    table.row(
+        "block I/O error storm: its failure rate",
+        format!(
+            "{} / {} without npd (before, after), {} with ({})",
+            rate(block.without_npd[0]),
+            rate(block.without_npd[1]),
+            rate(daemon.failures_per_second),
+            percent(block.rate_change())
+        ),
+        "(reported)",
+        String::new(),
+    );
+    table.row(
+        "block I/O error storm: every failure accounted",
+        format!(
+            "{} failed reads, {} accounted by {} block_io_error records (event-dump); daemon: \
+             {} hook hits, {} records, {} rate-limited, {} ring-buffer drops",
+            count(block.failures),
+            count(block.accounted),
+            count(block.records),
+            count(daemon.hook_hits as u64),
+            count(daemon.records as u64),
+            count(daemon.rate_limited as u64),
+            count(daemon.ring_buffer_drops as u64)
+        ),
+        "all, no drops",
+        verdict(
+            block.accounted == block.failures && daemon.ring_buffer_drops == 0.0,
+            || {
+                format!(
+                    "{} unaccounted, {} drops",
+                    block.failures as i64 - block.accounted as i64,
+                    daemon.ring_buffer_drops
+                )
+            },
+        ),
+    );
 }
 
 fn storm_rows(table: &mut Table, details: &mut String, storms: &[StormResult]) {

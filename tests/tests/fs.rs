@@ -11,103 +11,11 @@ use std::{
 
 use npd_tests::{
     agent::{EventDump, wait_for},
+    loopfs::{FailingDisk, LoopFs, path},
     machine::{command, require_root},
     reporting::{cluster_with_node, condition, create_pod, events, start_reporting_agent},
 };
 use serde_json::Value;
-
-/// A loop-mounted filesystem image. Drop unmounts it, detaches the loop device and removes
-/// the image, whatever state the test left them in.
-#[derive(Debug)]
-struct LoopFs {
-    dir: PathBuf,
-    device: String,
-    mountpoint: PathBuf,
-    mounted: bool,
-}
-
-impl LoopFs {
-    fn create(fs_type: &str, megabytes: u32, options: &str) -> anyhow::Result<Self> {
-        Self::create_at(fs_type, megabytes, options, None)
-    }
-
-    /// Mounted at `at` instead of a fresh directory (which must exist).
-    fn create_at(
-        fs_type: &str,
-        megabytes: u32,
-        options: &str,
-        at: Option<&Path>,
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("npd-fs-").tempdir()?.keep();
-        let image = dir.join("image");
-        command("truncate", &["-s", &format!("{megabytes}M"), path(&image)])?;
-        command(&format!("mkfs.{fs_type}"), &["-q", path(&image)])?;
-        let device = command("losetup", &["-f", "--show", path(&image)])?
-            .trim()
-            .to_owned();
-        let mountpoint = match at {
-            Some(at) => at.to_owned(),
-            None => {
-                let mountpoint = dir.join("mnt");
-                std::fs::create_dir(&mountpoint)?;
-                mountpoint
-            }
-        };
-        let mut fs = Self {
-            dir,
-            device,
-            mountpoint,
-            mounted: false,
-        };
-        command("mount", &["-o", options, &fs.device, path(&fs.mountpoint)])?;
-        fs.mounted = true;
-        Ok(fs)
-    }
-
-    /// `major:minor` of the loop device.
-    fn dev(&self) -> (u64, u64) {
-        loop_dev(&self.device)
-    }
-
-    fn unmount(&mut self) -> anyhow::Result<()> {
-        if self.mounted {
-            command("umount", &[path(&self.mountpoint)])?;
-            self.mounted = false;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = command("umount", &["-l", path(&self.mountpoint)]);
-        }
-        let _ = command("losetup", &["-d", &self.device]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loop device over a file; Drop detaches it.
-#[derive(Debug)]
-struct LoopDevice(String);
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = command("losetup", &["-d", &self.0]);
-    }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 test paths")
-}
-
-fn loop_dev(device: &str) -> (u64, u64) {
-    let name = device.trim_start_matches("/dev/");
-    let text = std::fs::read_to_string(format!("/sys/block/{name}/dev")).expect("loop dev");
-    let (major, minor) = text.trim().split_once(':').expect("major:minor");
-    (major.parse().unwrap(), minor.parse().unwrap())
-}
 
 /// Failures a block_io_error record stands for: itself and those folded into it, or for a
 /// sweep only the folded ones.
@@ -172,32 +80,12 @@ fn an_ext4_error_makes_the_filesystem_read_only_until_it_is_unmounted() {
 fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
     require_root("loads eBPF programs, mounts loop devices");
     let mut dump = EventDump::start(&["--detectors", "fs"]).expect("event-dump starts");
-    let mut xfs = LoopFs::create("xfs", 320, "rw").expect("XFS on a loop device");
-    let dev = xfs.dev();
-    // A loop device whose backing file lives on the XFS: after the shutdown its reads fail
-    // with EIO in the block layer, a real block I/O error.
-    let backing = xfs.mountpoint.join("inner.img");
-    command(
-        "dd",
-        &[
-            "if=/dev/zero",
-            &format!("of={}", path(&backing)),
-            "bs=1M",
-            "count=16",
-            "status=none",
-        ],
-    )
-    .expect("backing file");
-    command("sync", &[]).expect("sync");
-    let inner = LoopDevice(
-        command("losetup", &["-f", "--show", path(&backing)])
-            .expect("inner loop device")
-            .trim()
-            .to_owned(),
-    );
-    let inner_dev = loop_dev(&inner.0);
-
-    command("xfs_io", &["-x", "-c", "shutdown", path(&xfs.mountpoint)]).expect("shutdown");
+    // After the shutdown the inner device's reads fail with EIO in the block layer, a real
+    // block I/O error.
+    let disk = FailingDisk::create().expect("a disk on a shut-down XFS");
+    let dev = disk.xfs.dev();
+    let inner_dev = disk.dev();
+    let inner = &disk.inner;
     for skip in 0..50 {
         // Each fails with EIO; the kernel folds them into one record a second per device.
         let _ = command(
@@ -240,8 +128,8 @@ fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
     let total: u64 = io.iter().map(|e| failures(e)).sum();
     assert!(total >= 50, "every failed read accounted: {total}: {io:#?}");
 
-    drop(inner);
-    xfs.unmount().expect("unmount the shut-down XFS");
+    disk.unmount()
+        .expect("detach the failing disk, unmount the shut-down XFS");
     dump.collect_until(Duration::from_secs(10), |seen| {
         on_device(seen, "fs_read_only", dev)
             .iter()

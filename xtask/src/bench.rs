@@ -24,7 +24,7 @@ pub(crate) struct BenchArgs {
     /// numbers mean little. Part of `cargo xtask test`.
     #[arg(long)]
     pub(crate) quick: bool,
-    /// Only these benchmarks, comma-separated: hooks, storm, idle, latency.
+    /// Only these benchmarks, comma-separated: hooks, storm, block-storm, idle, latency.
     #[arg(long)]
     pub(crate) only: Option<String>,
     /// Also write every measurement as JSON to this file.
