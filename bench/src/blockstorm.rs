@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use npd_tests::{
     agent::{AgentProcess, EventDump},
-    loopfs::FailingDisk,
+    loopfs::{FailingDisk, block_failures},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -101,16 +101,6 @@ fn fs_counters(scrape: &Scrape) -> [f64; 4] {
     ]
 }
 
-/// Failures a block_io_error record stands for (as tests/tests/fs.rs counts them).
-fn failures_of(event: &Value) -> u64 {
-    let folded = event["suppressed"].as_u64().unwrap_or(0);
-    if event["flushed"] == true {
-        folded
-    } else {
-        folded + 1
-    }
-}
-
 pub(crate) fn run(seconds: f64) -> anyhow::Result<BlockStormResult> {
     eprintln!("npd-bench: block I/O error storm ({seconds} s each run)");
     let disk = FailingDisk::create().context("a failing disk (loop device on a shut-down XFS)")?;
@@ -152,7 +142,7 @@ pub(crate) fn run(seconds: f64) -> anyhow::Result<BlockStormResult> {
             .collect()
     };
     dump.collect_until(Duration::from_secs(10), |seen| {
-        on_disk(seen).iter().map(failures_of).sum::<u64>() >= failed
+        on_disk(seen).iter().map(block_failures).sum::<u64>() >= failed
     });
     let records = on_disk(&dump.seen);
     drop(dump);
@@ -162,7 +152,7 @@ pub(crate) fn run(seconds: f64) -> anyhow::Result<BlockStormResult> {
         without_npd: [before, after],
         daemon,
         failures: failed,
-        accounted: records.iter().map(failures_of).sum(),
+        accounted: records.iter().map(block_failures).sum(),
         records: records.len() as u64,
     })
 }

@@ -101,6 +101,17 @@ pub fn loop_dev(device: &str) -> (u64, u64) {
     (major.parse().unwrap(), minor.parse().unwrap())
 }
 
+/// Failures a `block_io_error` record stands for: itself and those folded into it, or for a
+/// sweep only the folded ones.
+pub fn block_failures(event: &serde_json::Value) -> u64 {
+    let folded = event["suppressed"].as_u64().unwrap_or(0);
+    if event["flushed"] == true {
+        folded
+    } else {
+        folded + 1
+    }
+}
+
 /// A block device whose reads all fail with EIO: a loop device over a file on an XFS that
 /// was shut down after the file was written. Needs xfsprogs (`mkfs.xfs`, `xfs_io`).
 #[derive(Debug)]

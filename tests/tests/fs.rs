@@ -11,22 +11,11 @@ use std::{
 
 use npd_tests::{
     agent::{EventDump, wait_for},
-    loopfs::{FailingDisk, LoopFs, path},
+    loopfs::{FailingDisk, LoopFs, block_failures, path},
     machine::{command, require_root},
     reporting::{cluster_with_node, condition, create_pod, events, start_reporting_agent},
 };
 use serde_json::Value;
-
-/// Failures a block_io_error record stands for: itself and those folded into it, or for a
-/// sweep only the folded ones.
-fn failures(event: &Value) -> u64 {
-    let folded = event["suppressed"].as_u64().unwrap_or(0);
-    if event["flushed"] == true {
-        folded
-    } else {
-        folded + 1
-    }
-}
 
 fn on_device<'a>(seen: &'a [Value], kind: &str, dev: (u64, u64)) -> Vec<&'a Value> {
     seen.iter()
@@ -105,7 +94,7 @@ fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
         !on_device(seen, "fs_error", dev).is_empty()
             && on_device(seen, "block_io_error", inner_dev)
                 .into_iter()
-                .map(failures)
+                .map(block_failures)
                 .sum::<u64>()
                 >= 50
     });
@@ -125,7 +114,7 @@ fn an_xfs_shutdown_and_the_io_errors_it_causes_are_reported() {
         "a storm is folded in the kernel: {} records for 50 errors",
         io.len()
     );
-    let total: u64 = io.iter().map(|e| failures(e)).sum();
+    let total: u64 = io.iter().map(|e| block_failures(e)).sum();
     assert!(total >= 50, "every failed read accounted: {total}: {io:#?}");
 
     disk.unmount()
