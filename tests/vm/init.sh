@@ -15,7 +15,8 @@
 #   npd-vm: hook cost MODE getppid=NS openat=NS dup=NS
 #                                    ns per iteration of each loop (HOOK_COST=1)
 #
-# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES, DMESG and HOOK_COST.
+# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES, HW_MODULES, DMESG and
+# HOOK_COST.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /mnt
 /bin/busybox --install -s
@@ -55,7 +56,7 @@ say "init started on Linux $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs
 
 DBG=/sys/kernel/debug/npd_test
 insmod /lib/modules/npd/npd_test.ko || say "insmod npd_test.ko failed"
-for module in $FS_MODULES; do
+for module in $FS_MODULES $HW_MODULES; do
 	insmod "/lib/modules/npd/$module.ko" || say "insmod $module.ko failed"
 done
 
@@ -200,6 +201,34 @@ if [ -e $DBG/softlockup ] && [ -w /proc/sys/kernel/watchdog_thresh ]; then
 	echo "$thresh" >/proc/sys/kernel/watchdog_thresh
 else
 	step_skip softlockup "no npd_test module or no soft-lockup watchdog"
+fi
+
+# A poisoned page: the helper poisons a page of its own with madvise(MADV_HWPOISON) (the
+# kernel's memory_failure(), as for a real uncorrected memory error) and reads it again: SIGBUS.
+npd-provoke poison &
+pid=$!
+wait $pid
+step_done poison $? pid=$pid
+
+# Machine checks through mce-inject's software injection: the record takes the path of a logged
+# machine check (mce_log, the decoder chain, mce:mce_record) but no #MC exception is raised,
+# so the guest survives even an uncorrected one with processor context corrupt. A hardware
+# injection (flags hw) of that one would panic it.
+MCE=/sys/kernel/debug/mce-inject
+# inject_mce STEP BANK STATUS: a write to `bank` injects; the module then resets the rest.
+inject_mce() {
+	echo sw >$MCE/flags && echo 0 >$MCE/cpu && echo "$3" >$MCE/status && echo "$2" >$MCE/bank
+	step_done "$1" $?
+}
+if [ -w $MCE/bank ]; then
+	# Corrected: VAL and EN, a memory read error's code (0x9f).
+	inject_mce mce_corrected 1 0x900000000000009f
+	# Uncorrected, processor context corrupt: VAL, UC, EN, PCC.
+	inject_mce mce_fatal 2 0xb20000000000009f
+	sleep 2
+else
+	step_skip mce_corrected "no mce-inject here"
+	step_skip mce_fatal "no mce-inject here"
 fi
 
 # Oops last: BUG() kills the writer (SIGSEGV, exit 139); the kernel goes on.

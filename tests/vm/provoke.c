@@ -8,6 +8,7 @@
  *   npd-provoke write COMM FILE DATA write DATA to FILE as a task named COMM
  *   npd-provoke freeze|thaw MOUNT    FIFREEZE / FITHAW the filesystem mounted at MOUNT
  *   npd-provoke loop NAME COUNT      time COUNT getppid / open+close / dup+close calls: ns each
+ *   npd-provoke poison               madvise(MADV_HWPOISON) a page of its own, then read it
  *
  * Each problem runs under its own task name (comm), so the host can tell which step an
  * agent event belongs to.
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -111,6 +113,27 @@ static int freeze(const char *mount, unsigned long request)
 	return 0;
 }
 
+/*
+ * Poisons one of its own pages as a hardware memory error would (memory_failure() on the
+ * page, run in this task: needs CAP_SYS_ADMIN and CONFIG_MEMORY_FAILURE), then reads it: the
+ * kernel unmapped the page, so the read ends the process with SIGBUS (exit 135).
+ */
+static int poison(void)
+{
+	long page_size = sysconf(_SC_PAGESIZE);
+	volatile char *page;
+
+	name_task("npd-poison");
+	page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		return fail("mmap");
+	page[0] = 1;
+	if (madvise((void *)page, page_size, MADV_HWPOISON) != 0)
+		return fail("madvise(MADV_HWPOISON)");
+	printf("npd-provoke: poison: page poisoned; reading it\n");
+	return page[0] == 1 ? 0 : 3;
+}
+
 static void loop_getppid(void)
 {
 	syscall(SYS_getppid);
@@ -166,7 +189,9 @@ int main(int argc, char **argv)
 		return freeze(argv[2], FITHAW);
 	if (!strcmp(cmd, "loop") && argc == 4)
 		return syscall_loop(argv[2], argv[3]);
+	if (!strcmp(cmd, "poison") && argc == 2)
+		return poison();
 	fprintf(stderr, "usage: npd-provoke fd LIMIT | oom CGROUP | write COMM FILE DATA | "
-			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT\n");
+			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT | poison\n");
 	return 2;
 }

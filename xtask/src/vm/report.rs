@@ -163,6 +163,19 @@ fn describe_event(event: &Value) -> String {
             text(event, "hung_for_ms"),
             text(event, "reports")
         ),
+        "memory_failure" => format!(
+            "pfn {}, {}, recovery {}",
+            text(event, "pfn"),
+            text(event, "page_type"),
+            text(event, "result")
+        ),
+        "machine_check" => format!(
+            "{}, CPU {} bank {}, status {}",
+            text(event, "severity"),
+            text(event, "cpu"),
+            text(event, "bank"),
+            text(event, "status")
+        ),
         "kernel_warning" | "kernel_oops" => format!(
             "caller {}, taint {}",
             text(event, "caller"),
@@ -230,6 +243,7 @@ impl Scenario {
             .filter(|e| match self.via {
                 Via::Hook => text(e, "comm") == self.comm,
                 Via::Counters => text(e, "source") == "counters",
+                Via::NoTask => text(e, "pid") == "0",
             })
             .collect()
     }
@@ -238,8 +252,9 @@ impl Scenario {
     fn mismatches(&self, event: &Value, outcome: &str, hook: Option<&str>) -> Vec<String> {
         let mut why = Vec::new();
         match self.via {
-            Via::Hook => {
+            Via::Hook | Via::NoTask => {
                 if let Some(pid) = fact(outcome, "pid")
+                    && self.via == Via::Hook
                     && text(event, "pid") != pid
                 {
                     why.push(format!("pid {}, not the step's {pid}", text(event, "pid")));
@@ -535,7 +550,7 @@ impl Row {
         }
         let others: BTreeSet<String> = events
             .iter()
-            .filter(|e| text(e, "comm") == scenario.comm)
+            .filter(|e| !scenario.comm.is_empty() && text(e, "comm") == scenario.comm)
             .map(|e| text(e, "kind"))
             .filter(|kind| kind != scenario.kind && Some(kind.as_str()) != scenario.then)
             .collect();
@@ -588,7 +603,8 @@ mod tests {
         {"detector":"fd","active":"fexit","attempts":[{"hook":"fexit","target":"__x64_sys_* (42 syscalls)","error":null}],"notes":[]},
         {"detector":"hung_task","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"sched_process_hang","error":null}],"notes":[]},
         {"detector":"oom","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"mark_victim","error":null}],"notes":[]},
-        {"detector":"oops","active":"fentry","attempts":[{"hook":"fentry","target":"oops_enter","error":null},{"hook":"fentry","target":"__warn","error":null}],"notes":["from /sys/kernel/{oops_count,warn_count} and the taint mask"]}]}"#;
+        {"detector":"oops","active":"fentry","attempts":[{"hook":"fentry","target":"oops_enter","error":null},{"hook":"fentry","target":"__warn","error":null}],"notes":["from /sys/kernel/{oops_count,warn_count} and the taint mask"]},
+        {"detector":"hardware","active":"tracepoint","attempts":[{"hook":"tracepoint","target":"mce:mce_record, ras:memory_failure_event","error":null}],"notes":[]}]}"#;
 
     /// The console of a run where every step worked; step pids are 100 + index.
     fn console(check: &str, events: &[&str]) -> Console {
@@ -634,14 +650,17 @@ mod tests {
         r#"{"kind":"hung_task_recovered","pid":103,"comm":"npd-frozen","source":"sweep","how":"exited"}"#,
         r#"{"kind":"kernel_warning","pid":104,"comm":"npd-warn","source":"fentry","caller":"npd_test_warn_write+0x2b"}"#,
         r#"{"kind":"kernel_warning","pid":0,"comm":"","source":"counters","counter":"tainted","taint_flags":"WOEL","since_boot":false}"#,
-        r#"{"kind":"kernel_oops","pid":106,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
+        r#"{"kind":"memory_failure","pid":106,"comm":"npd-poison","source":"tracepoint","pfn":4660,"page_type":"dirty LRU page","result":"Recovered"}"#,
+        r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"corrected","cpu":0,"bank":1}"#,
+        r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"fatal","cpu":0,"bank":2}"#,
+        r#"{"kind":"kernel_oops","pid":109,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
     ];
 
     fn detectors(names: &[&str]) -> Vec<String> {
         names.iter().map(|&n| n.to_owned()).collect()
     }
 
-    const EVERY: &[&str] = &["fd", "hung-task", "oom", "oops"];
+    const EVERY: &[&str] = &["fd", "hung-task", "oom", "oops", "hardware"];
 
     #[test]
     fn facts_of_a_step() {
@@ -671,8 +690,8 @@ mod tests {
     #[test]
     fn offered_detectors_must_see_their_problem() {
         let report = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, &[FD]));
-        // oom, two hung tasks, WARN, soft lockup and oops.
-        assert_eq!(report.failures.len(), 6, "{:?}", report.failures);
+        // oom, two hung tasks, WARN, soft lockup, the poisoned page, two machine checks, oops.
+        assert_eq!(report.failures.len(), 9, "{:?}", report.failures);
     }
 
     #[test]
@@ -685,7 +704,12 @@ mod tests {
         events.remove(3);
         let report = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, &events));
         let seen: Vec<&str> = report.rows.iter().map(|row| row.seen).collect();
-        assert_eq!(seen, ["yes", "NO", "NO", "yes", "NO", "yes", "yes"]);
+        assert_eq!(
+            seen,
+            [
+                "yes", "NO", "NO", "yes", "NO", "yes", "yes", "yes", "yes", "yes"
+            ]
+        );
         assert!(
             report.rows[1]
                 .details
