@@ -221,11 +221,16 @@ inject_mce() {
 	step_done "$1" $?
 }
 if [ -w $MCE/bank ]; then
+	# The kernel prints each machine check on the console, from a workqueue: keep it from
+	# cutting into the step lines (dmesg still has them).
+	printk=$(cut -f1 /proc/sys/kernel/printk)
+	echo 1 >/proc/sys/kernel/printk
 	# Corrected: VAL and EN, a memory read error's code (0x9f).
 	inject_mce mce_corrected 1 0x900000000000009f
 	# Uncorrected, processor context corrupt: VAL, UC, EN, PCC.
 	inject_mce mce_fatal 2 0xb20000000000009f
 	sleep 2
+	echo "$printk" >/proc/sys/kernel/printk
 else
 	step_skip mce_corrected "no mce-inject here"
 	step_skip mce_fatal "no mce-inject here"

@@ -1347,6 +1347,51 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
     }
 
     #[test]
+    fn a_fatal_error_holds_the_condition_until_a_reboot() {
+        use std::time::{Duration, UNIX_EPOCH};
+
+        use crate::engine::{Boot, ConditionStatus, Engine, EngineConfig, Timestamp};
+
+        let at = |secs: u64| {
+            Timestamp::new(secs * 1_000_000_000, UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        let catalog = crate::detectors::catalog();
+        let mut engine = Engine::new(EngineConfig::default(), catalog, at(0)).unwrap();
+        let mce = MachineCheck {
+            severity: Severity::Fatal,
+            cpu: 0,
+            bank: 2,
+            status: hex(0xb200_0000_0000_009f),
+            addr: None,
+            misc: hex(0),
+            mcgstatus: hex(0),
+            overflow: false,
+            processor_context_corrupt: true,
+            errors: 1,
+            errors_total: 1,
+            flushed: false,
+        };
+        let sent = engine.observe(&event(mce.clone()), at(1));
+        assert_eq!(sent[0].reason, CPER_HARDWARE_ERROR_FATAL_EVENT);
+        engine.observe(&event(mce), at(2));
+        let fatal = engine.condition(CPER_HARDWARE_ERROR_FATAL).clone();
+        assert_eq!(fatal.status, ConditionStatus::True);
+        assert_eq!(
+            fatal.message,
+            "2 uncorrected hardware errors seen this boot, the last: fatal machine check on CPU 0 \
+             bank 2: status 0xb20000000000009f; the node needs a reboot"
+        );
+        // Time does not clear it; a restart on the same boot keeps it, a new boot clears it.
+        engine.tick(at(100_000));
+        assert_eq!(engine.condition(CPER_HARDWARE_ERROR_FATAL).status, ConditionStatus::True);
+        for (boot, status) in [(Boot::Same, ConditionStatus::True), (Boot::New, ConditionStatus::False)] {
+            let mut restarted = Engine::new(EngineConfig::default(), catalog, at(0)).unwrap();
+            restarted.restore([fatal.clone()], boot, at(200_000));
+            assert_eq!(restarted.condition(CPER_HARDWARE_ERROR_FATAL).status, status, "{boot:?}");
+        }
+    }
+
+    #[test]
     fn a_poisoned_page_names_the_task_that_ran_into_it() {
         let mut poisoned = event(failure("Recovered"));
         poisoned.task = Task {
