@@ -210,6 +210,19 @@ pid=$!
 wait $pid
 step_done poison $? pid=$pid
 
+# The same through hwpoison-inject: the helper writes the pfn of a page of its own to
+# corrupt-pfn (memory_failure() on that pfn, as the machine-check handler calls it), then reads
+# the page: SIGBUS.
+HWPOISON=/sys/kernel/debug/hwpoison/corrupt-pfn
+if [ -w $HWPOISON ]; then
+	npd-provoke hwpoison $HWPOISON &
+	pid=$!
+	wait $pid
+	step_done hwpoison $? pid=$pid
+else
+	step_skip hwpoison "no hwpoison-inject here"
+fi
+
 # Machine checks through mce-inject's software injection: the record takes the path of a logged
 # machine check (mce_log, the decoder chain, mce:mce_record) but no #MC exception is raised,
 # so the guest survives even an uncorrected one with processor context corrupt. A hardware

@@ -9,6 +9,8 @@
  *   npd-provoke freeze|thaw MOUNT    FIFREEZE / FITHAW the filesystem mounted at MOUNT
  *   npd-provoke loop NAME COUNT      time COUNT getppid / open+close / dup+close calls: ns each
  *   npd-provoke poison               madvise(MADV_HWPOISON) a page of its own, then read it
+ *   npd-provoke hwpoison FILE        write the pfn of a page of its own to hwpoison-inject's
+ *                                    FILE (corrupt-pfn), then read the page
  *
  * Each problem runs under its own task name (comm), so the host can tell which step an
  * agent event belongs to.
@@ -134,6 +136,53 @@ static int poison(void)
 	return page[0] == 1 ? 0 : 3;
 }
 
+/* The page frame backing `address` in this process, from /proc/self/pagemap (root only). */
+static unsigned long long own_pfn(const void *address)
+{
+	unsigned long long entry = 0;
+	long page_size = sysconf(_SC_PAGESIZE);
+	off_t at = (off_t)((unsigned long)address / page_size) * sizeof(entry);
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0 || pread(fd, &entry, sizeof(entry), at) != sizeof(entry))
+		entry = 0;
+	if (fd >= 0)
+		close(fd);
+	/* Bit 63: present; bits 0-54: the pfn. */
+	return (entry >> 63) ? entry & ((1ULL << 55) - 1) : 0;
+}
+
+/*
+ * Poisons one of its own pages through hwpoison-inject (memory_failure() on a pfn, as the
+ * machine-check handler would call it), then reads it: SIGBUS (exit 135).
+ */
+static int hwpoison(const char *corrupt_pfn)
+{
+	long page_size = sysconf(_SC_PAGESIZE);
+	unsigned long long pfn;
+	volatile char *page;
+	char text[32];
+	int fd, len;
+
+	name_task("npd-hwpoison");
+	page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		return fail("mmap");
+	page[0] = 1;
+	pfn = own_pfn((const void *)page);
+	if (!pfn) {
+		errno = ENOENT;
+		return fail("/proc/self/pagemap");
+	}
+	len = snprintf(text, sizeof(text), "%#llx", pfn);
+	fd = open(corrupt_pfn, O_WRONLY);
+	if (fd < 0 || write(fd, text, len) != len)
+		return fail(corrupt_pfn);
+	close(fd);
+	printf("npd-provoke: hwpoison: pfn %s poisoned; reading it\n", text);
+	return page[0] == 1 ? 0 : 3;
+}
+
 static void loop_getppid(void)
 {
 	syscall(SYS_getppid);
@@ -191,7 +240,10 @@ int main(int argc, char **argv)
 		return syscall_loop(argv[2], argv[3]);
 	if (!strcmp(cmd, "poison") && argc == 2)
 		return poison();
+	if (!strcmp(cmd, "hwpoison") && argc == 3)
+		return hwpoison(argv[2]);
 	fprintf(stderr, "usage: npd-provoke fd LIMIT | oom CGROUP | write COMM FILE DATA | "
-			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT | poison\n");
+			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT | poison | "
+			"hwpoison FILE\n");
 	return 2;
 }

@@ -21,8 +21,9 @@ use crate::{
 /// their dependencies are found from the modules' own `depends=`.
 const FSFREEZE_MODULES: &[&str] = &["loop", "crc32c_generic", "ext4"];
 
-/// Kernel modules the hardware steps need: mce-inject injects machine checks.
-const HARDWARE_MODULES: &[&str] = &["mce_inject"];
+/// Kernel modules the hardware steps need: mce-inject injects machine checks, hwpoison-inject
+/// poisons a page by its pfn.
+const HARDWARE_MODULES: &[&str] = &["mce_inject", "hwpoison_inject"];
 
 /// Build tools the run needs on the host, and the Debian packages that provide them. These
 /// install without conflicts; QEMU and busybox are fetched privately instead (vm/tools.rs).

@@ -651,9 +651,10 @@ mod tests {
         r#"{"kind":"kernel_warning","pid":104,"comm":"npd-warn","source":"fentry","caller":"npd_test_warn_write+0x2b"}"#,
         r#"{"kind":"kernel_warning","pid":0,"comm":"","source":"counters","counter":"tainted","taint_flags":"WOEL","since_boot":false}"#,
         r#"{"kind":"memory_failure","pid":106,"comm":"npd-poison","source":"tracepoint","pfn":4660,"page_type":"dirty LRU page","result":"Recovered"}"#,
+        r#"{"kind":"memory_failure","pid":107,"comm":"npd-hwpoison","source":"tracepoint","pfn":4661,"page_type":"dirty LRU page","result":"Recovered"}"#,
         r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"corrected","cpu":0,"bank":1}"#,
         r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"fatal","cpu":0,"bank":2}"#,
-        r#"{"kind":"kernel_oops","pid":109,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
+        r#"{"kind":"kernel_oops","pid":110,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
     ];
 
     fn detectors(names: &[&str]) -> Vec<String> {
@@ -690,8 +691,8 @@ mod tests {
     #[test]
     fn offered_detectors_must_see_their_problem() {
         let report = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, &[FD]));
-        // oom, two hung tasks, WARN, soft lockup, the poisoned page, two machine checks, oops.
-        assert_eq!(report.failures.len(), 9, "{:?}", report.failures);
+        // oom, two hung tasks, WARN, soft lockup, two poisoned pages, two machine checks, oops.
+        assert_eq!(report.failures.len(), 10, "{:?}", report.failures);
     }
 
     #[test]
@@ -707,7 +708,7 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "yes", "NO", "NO", "yes", "NO", "yes", "yes", "yes", "yes", "yes"
+                "yes", "NO", "NO", "yes", "NO", "yes", "yes", "yes", "yes", "yes", "yes"
             ]
         );
         assert!(

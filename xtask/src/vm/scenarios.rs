@@ -83,6 +83,13 @@ pub(crate) struct Scenario {
     pub(crate) exit: i32,
 }
 
+/// A page of the helper's own memory, poisoned: the kernel unmaps it and recovers (the helper
+/// then dies reading it, SIGBUS).
+const POISONED_ANONYMOUS_PAGE: &[Check] = &[
+    Check::Field("result", "Recovered"),
+    Check::Field("page_type", "dirty LRU page"),
+];
+
 pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
         step: "fd",
@@ -161,11 +168,18 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         kind: "memory_failure",
         comm: "npd-poison",
         via: Via::Hook,
-        // An anonymous page the kernel unmapped: the helper dies reading it (SIGBUS).
-        checks: &[
-            Check::Field("result", "Recovered"),
-            Check::Field("page_type", "dirty LRU page"),
-        ],
+        checks: POISONED_ANONYMOUS_PAGE,
+        then: None,
+        exit: 128 + 7,
+    },
+    Scenario {
+        step: "hwpoison",
+        problem: "poisoned page (hwpoison-inject corrupt-pfn)",
+        detector: "hardware",
+        kind: "memory_failure",
+        comm: "npd-hwpoison",
+        via: Via::Hook,
+        checks: POISONED_ANONYMOUS_PAGE,
         then: None,
         exit: 128 + 7,
     },
