@@ -203,6 +203,16 @@ else
 	step_skip softlockup "no npd_test module or no soft-lockup watchdog"
 fi
 
+# The hardware steps run under `npd-agent run --standalone --detectors hardware` too, which logs
+# the conditions it sets: the uncorrected machine check must set CperHardwareErrorFatal.
+$AGENT_BIN run --standalone --detectors hardware --listen 127.0.0.1:20258 >/tmp/run.log 2>&1 &
+RUN=$!
+waited=0
+until grep -q "npd is running" /tmp/run.log || [ "$waited" -ge 60 ]; do
+	sleep 1
+	waited=$((waited + 1))
+done
+
 # A poisoned page: the helper poisons a page of its own with madvise(MADV_HWPOISON) (the
 # kernel's memory_failure(), as for a real uncorrected memory error) and reads it again: SIGBUS.
 npd-provoke poison &
@@ -248,6 +258,8 @@ else
 	step_skip mce_corrected "no mce-inject here"
 	step_skip mce_fatal "no mce-inject here"
 fi
+kill -TERM "$RUN" 2>/dev/null
+wait "$RUN"
 
 # Oops last: BUG() kills the writer (SIGSEGV, exit 139); the kernel goes on.
 if [ -e $DBG/bug ]; then
@@ -282,6 +294,9 @@ end events
 begin agent-log
 cat /tmp/agent.log
 end agent-log
+begin hardware-run-log
+cat /tmp/run.log
+end hardware-run-log
 if [ "$DMESG" = 1 ]; then
 	begin dmesg
 	dmesg

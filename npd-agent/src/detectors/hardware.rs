@@ -35,7 +35,7 @@ use super::{
 use crate::{
     decode::{DecodeError, payload},
     engine::describe_task,
-    event::{Event, Source, Task, comm_string, escape_untrusted},
+    event::{Event, Finding, Source, Task, comm_string, escape_untrusted},
     finding,
     kernel::{kallsyms::Symbolizer, tracefs::TracepointFormat},
     problem::{
@@ -388,7 +388,7 @@ fn assess_error(
     }
 }
 
-/// ` (+N more)` for the errors a record stands for beyond itself.
+/// ` (N errors)` when a record stands for more than one error.
 fn more(errors: u64) -> String {
     if errors > 1 {
         format!(" ({errors} errors)")
@@ -548,6 +548,8 @@ finding!(MemoryFailure, "memory_failure", {
             &message,
             self.errors,
         );
+        // Its own reason whatever the severity: the Event says what happened to the page and
+        // the task; the severity still decides the condition.
         if let Some(report) = assessment.report.as_mut() {
             report.reason = MEMORY_PAGE_POISONED;
         }
@@ -810,13 +812,20 @@ impl HwRuntime {
 
     /// The finding a rate-limit key stands for, `errors` of them (`flushed` from a sweep; the
     /// record's own fields are left at what the key holds).
-    fn finding_of_key(&self, key: &HwRateKey, errors: u64, errors_total: u64) -> Option<Box<dyn crate::event::Finding>> {
+    fn finding_of_key(
+        &self,
+        key: &HwRateKey,
+        errors: u64,
+        errors_total: u64,
+    ) -> Option<Box<dyn Finding>> {
         let name = self.names.get(key).cloned().unwrap_or_default();
-        let finding: Box<dyn crate::event::Finding> = match RecordKind::from_u16(key.kind)? {
+        let finding: Box<dyn Finding> = match RecordKind::from_u16(key.kind)? {
             RecordKind::MachineCheck => {
+                // The key's severity is `UC | PCC << 1`.
+                let bit = |set: bool, bit: u64| if set { bit } else { 0 };
                 let status = mci_status::VAL
-                    | if key.severity & 1 != 0 { mci_status::UC } else { 0 }
-                    | if key.severity & 2 != 0 { mci_status::PCC } else { 0 };
+                    | bit(key.severity & 1 != 0, mci_status::UC)
+                    | bit(key.severity & 2 != 0, mci_status::PCC);
                 Box::new(MachineCheck {
                     severity: Severity::of_machine_check(status),
                     cpu: key.unit as u32,
@@ -881,10 +890,11 @@ impl HwRuntime {
             if now_ns.saturating_sub(state.last_record_ns) < SWEEP_AFTER_NS {
                 continue;
             }
+            // A key no record was decoded for (lost to a full ring buffer): all its errors.
             let accounted = self
                 .accounted
                 .entry((key, state.first_failure_ns))
-                .or_insert(state.errors);
+                .or_insert(0);
             if state.errors <= *accounted {
                 continue;
             }
@@ -1272,7 +1282,7 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         assert_eq!(errors(decode(&mut hw, RecordKind::MemoryError, &memory_error(1, 1, 1))), 1);
     }
 
-    fn event(detail: impl crate::event::Finding) -> Event {
+    fn event(detail: impl Finding) -> Event {
         Event::new(1, Task::default(), Source::Tracepoint, detail)
     }
 

@@ -295,6 +295,8 @@ pub(super) struct Row {
 pub(super) struct Report {
     check: Vec<String>,
     agent_log: Vec<String>,
+    /// The log line of `npd-agent run --standalone` setting CperHardwareErrorFatal True.
+    hardware_condition: Option<String>,
     counters: Option<String>,
     rows: Vec<Row>,
     pub(super) failures: Vec<String>,
@@ -352,6 +354,14 @@ impl Report {
         if unparsed > 0 {
             failures.push(format!("{unparsed} event lines were not JSON"));
         }
+        let hardware_condition = fatal_hardware_condition(console);
+        if offered.contains("hardware") && hardware_condition.is_none() {
+            failures.push(
+                "npd-agent run --standalone logged no CperHardwareErrorFatal True after the \
+                 uncorrected machine check"
+                    .to_owned(),
+            );
+        }
         let rows = SCENARIOS
             .iter()
             .map(|scenario| {
@@ -365,6 +375,7 @@ impl Report {
             check: console.blocks.get("check").cloned().unwrap_or_default(),
             counters: console.counters.clone(),
             agent_log: console.blocks.get("agent-log").cloned().unwrap_or_default(),
+            hardware_condition,
             rows,
             failures,
         }
@@ -416,7 +427,23 @@ impl Report {
         if let Some(counters) = &self.counters {
             println!("kernel counters after the steps: {counters}");
         }
+        if let Some(line) = &self.hardware_condition {
+            println!("npd-agent run --standalone during the hardware steps: {line}");
+        }
     }
+}
+
+/// The line where the standalone agent of the hardware steps set CperHardwareErrorFatal.
+fn fatal_hardware_condition(console: &Console) -> Option<String> {
+    console
+        .blocks
+        .get("hardware-run-log")?
+        .iter()
+        .find(|line| {
+            line.contains(r#"condition="CperHardwareErrorFatal""#)
+                && line.contains(r#"status="True""#)
+        })
+        .map(|line| line.trim().to_owned())
 }
 
 /// The kernel's expected hooks against what `check` says attached (and, for fentry, that
@@ -631,6 +658,13 @@ mod tests {
         serial.push("[   12.345678] npd_test: BUG requested".to_owned());
         serial.extend(events.iter().map(|e| (*e).to_owned()));
         serial.push("===npd-vm:end events===".to_owned());
+        serial.push("===npd-vm:begin hardware-run-log===".to_owned());
+        serial.push(
+            "WARN npd_agent::agent: fatal machine check on CPU 0 bank 2 condition=\
+             \"CperHardwareErrorFatal\" status=\"True\""
+                .to_owned(),
+        );
+        serial.push("===npd-vm:end hardware-run-log===".to_owned());
         serial.push("npd-vm: done".to_owned());
         let mut console = Console::default();
         let mut block = None;
@@ -738,6 +772,23 @@ mod tests {
             "{:?}",
             report.failures
         );
+    }
+
+    #[test]
+    fn the_fatal_machine_check_must_set_its_condition() {
+        let passing = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, ALL_SEEN));
+        assert!(passing.hardware_condition.is_some());
+        let mut console = console(CHECK, ALL_SEEN);
+        console.blocks.insert(
+            "hardware-run-log".to_owned(),
+            vec![
+                r#"INFO npd_agent::agent: condition="CperHardwareErrorFatal" status="False""#
+                    .to_owned(),
+            ],
+        );
+        let report = Report::new(&KERNELS[0], &detectors(EVERY), &console);
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(report.failures[0].contains("CperHardwareErrorFatal"));
     }
 
     #[test]
