@@ -98,9 +98,13 @@ pub enum Clearing {
     /// True while any task is hung; False once none has been for the recovery window
     /// (`hungTask.recoveryWindow`). Fed by [`Change::TaskHung`] / [`Change::TaskRecovered`].
     HungTasks,
-    /// True until the node reboots (the kernel stays tainted). Fed by [`Change::Oops`];
-    /// `after_reboot` is the healthy message when a restart finds it True on a new boot.
-    Reboot { after_reboot: &'static str },
+    /// True until the node reboots (the kernel stays tainted, the hardware stays broken). Fed
+    /// by [`Change::Oops`]; `after_reboot` is the healthy message when a restart finds it True
+    /// on a new boot; `problems` names several of them in the message (`kernel oopses`).
+    Reboot {
+        after_reboot: &'static str,
+        problems: &'static str,
+    },
     /// The system file table with hysteresis and a hold after ENFILE (`fdPressure.*`). Fed by
     /// file-table samples and [`Change::FileTableFull`].
     FileTable,
@@ -211,7 +215,8 @@ pub enum Change {
     },
     /// The event's task is no longer hung.
     TaskRecovered,
-    /// The kernel oopsed `occurrences` times; `description` says what and where.
+    /// The kernel oopsed (or hardware failed) `occurrences` times; `description` says what
+    /// and where; `taint_flags` the kernel's taint, if it is tainted.
     Oops {
         occurrences: u64,
         description: String,

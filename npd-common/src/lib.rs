@@ -30,6 +30,14 @@ registry::registry! {
         oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
         /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
         fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
+        /// Hardware errors from the RAS tracepoints: machine checks, EDAC memory errors,
+        /// poisoned pages, PCIe AER and firmware (CPER) reports.
+        hardware: Hardware = 5 => [
+            MachineCheck = 8,
+            MemoryError = 9,
+            MemoryFailure = 10,
+            PlatformError = 11,
+        ],
     }
     agent {
         /// Clock synchronisation (adjtimex).

@@ -15,7 +15,8 @@
 #   npd-vm: hook cost MODE getppid=NS openat=NS dup=NS
 #                                    ns per iteration of each loop (HOOK_COST=1)
 #
-# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES, DMESG and HOOK_COST.
+# /etc/npd-vm.conf (written by the host) sets DETECTORS, FS_MODULES, HW_MODULES, DMESG and
+# HOOK_COST.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /mnt
 /bin/busybox --install -s
@@ -55,7 +56,7 @@ say "init started on Linux $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs
 
 DBG=/sys/kernel/debug/npd_test
 insmod /lib/modules/npd/npd_test.ko || say "insmod npd_test.ko failed"
-for module in $FS_MODULES; do
+for module in $FS_MODULES $HW_MODULES; do
 	insmod "/lib/modules/npd/$module.ko" || say "insmod $module.ko failed"
 done
 
@@ -202,6 +203,64 @@ else
 	step_skip softlockup "no npd_test module or no soft-lockup watchdog"
 fi
 
+# The hardware steps run under `npd-agent run --standalone --detectors hardware` too, which logs
+# the conditions it sets: the uncorrected machine check must set CperHardwareErrorFatal.
+$AGENT_BIN run --standalone --detectors hardware --listen 127.0.0.1:20258 >/tmp/run.log 2>&1 &
+RUN=$!
+waited=0
+until grep -q "npd is running" /tmp/run.log || [ "$waited" -ge 60 ]; do
+	sleep 1
+	waited=$((waited + 1))
+done
+
+# A poisoned page: the helper poisons a page of its own with madvise(MADV_HWPOISON) (the
+# kernel's memory_failure(), as for a real uncorrected memory error) and reads it again: SIGBUS.
+npd-provoke poison &
+pid=$!
+wait $pid
+step_done poison $? pid=$pid
+
+# The same through hwpoison-inject: the helper writes the pfn of a page of its own to
+# corrupt-pfn (memory_failure() on that pfn, as the machine-check handler calls it), then reads
+# the page: SIGBUS.
+HWPOISON=/sys/kernel/debug/hwpoison/corrupt-pfn
+if [ -w $HWPOISON ]; then
+	npd-provoke hwpoison $HWPOISON &
+	pid=$!
+	wait $pid
+	step_done hwpoison $? pid=$pid
+else
+	step_skip hwpoison "no hwpoison-inject here"
+fi
+
+# Machine checks through mce-inject's software injection: the record takes the path of a logged
+# machine check (mce_log, the decoder chain, mce:mce_record) but no #MC exception is raised,
+# so the guest survives even an uncorrected one with processor context corrupt. A hardware
+# injection (flags hw) of that one would panic it.
+MCE=/sys/kernel/debug/mce-inject
+# inject_mce STEP BANK STATUS: a write to `bank` injects; the module then resets the rest.
+inject_mce() {
+	echo sw >$MCE/flags && echo 0 >$MCE/cpu && echo "$3" >$MCE/status && echo "$2" >$MCE/bank
+	step_done "$1" $?
+}
+if [ -w $MCE/bank ]; then
+	# The kernel prints each machine check on the console, from a workqueue: keep it from
+	# cutting into the step lines (dmesg still has them).
+	printk=$(cut -f1 /proc/sys/kernel/printk)
+	echo 1 >/proc/sys/kernel/printk
+	# Corrected: VAL and EN, a memory read error's code (0x9f).
+	inject_mce mce_corrected 1 0x900000000000009f
+	# Uncorrected, processor context corrupt: VAL, UC, EN, PCC.
+	inject_mce mce_fatal 2 0xb20000000000009f
+	sleep 2
+	echo "$printk" >/proc/sys/kernel/printk
+else
+	step_skip mce_corrected "no mce-inject here"
+	step_skip mce_fatal "no mce-inject here"
+fi
+kill -TERM "$RUN" 2>/dev/null
+wait "$RUN"
+
 # Oops last: BUG() kills the writer (SIGSEGV, exit 139); the kernel goes on.
 if [ -e $DBG/bug ]; then
 	npd-provoke write npd-bug $DBG/bug 1 &
@@ -235,6 +294,9 @@ end events
 begin agent-log
 cat /tmp/agent.log
 end agent-log
+begin hardware-run-log
+cat /tmp/run.log
+end hardware-run-log
 if [ "$DMESG" = 1 ]; then
 	begin dmesg
 	dmesg

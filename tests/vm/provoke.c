@@ -8,6 +8,9 @@
  *   npd-provoke write COMM FILE DATA write DATA to FILE as a task named COMM
  *   npd-provoke freeze|thaw MOUNT    FIFREEZE / FITHAW the filesystem mounted at MOUNT
  *   npd-provoke loop NAME COUNT      time COUNT getppid / open+close / dup+close calls: ns each
+ *   npd-provoke poison               madvise(MADV_HWPOISON) a page of its own, then read it
+ *   npd-provoke hwpoison FILE        write the pfn of a page of its own to hwpoison-inject's
+ *                                    FILE (corrupt-pfn), then read the page
  *
  * Each problem runs under its own task name (comm), so the host can tell which step an
  * agent event belongs to.
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -111,6 +115,74 @@ static int freeze(const char *mount, unsigned long request)
 	return 0;
 }
 
+/*
+ * Poisons one of its own pages as a hardware memory error would (memory_failure() on the
+ * page, run in this task: needs CAP_SYS_ADMIN and CONFIG_MEMORY_FAILURE), then reads it: the
+ * kernel unmapped the page, so the read ends the process with SIGBUS (exit 135).
+ */
+static int poison(void)
+{
+	long page_size = sysconf(_SC_PAGESIZE);
+	volatile char *page;
+
+	name_task("npd-poison");
+	page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		return fail("mmap");
+	page[0] = 1;
+	if (madvise((void *)page, page_size, MADV_HWPOISON) != 0)
+		return fail("madvise(MADV_HWPOISON)");
+	printf("npd-provoke: poison: page poisoned; reading it\n");
+	return page[0] == 1 ? 0 : 3;
+}
+
+/* The page frame backing `address` in this process, from /proc/self/pagemap (root only). */
+static unsigned long long own_pfn(const void *address)
+{
+	unsigned long long entry = 0;
+	long page_size = sysconf(_SC_PAGESIZE);
+	off_t at = (off_t)((unsigned long)address / page_size) * sizeof(entry);
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0 || pread(fd, &entry, sizeof(entry), at) != sizeof(entry))
+		entry = 0;
+	if (fd >= 0)
+		close(fd);
+	/* Bit 63: present; bits 0-54: the pfn. */
+	return (entry >> 63) ? entry & ((1ULL << 55) - 1) : 0;
+}
+
+/*
+ * Poisons one of its own pages through hwpoison-inject (memory_failure() on a pfn, as the
+ * machine-check handler would call it), then reads it: SIGBUS (exit 135).
+ */
+static int hwpoison(const char *corrupt_pfn)
+{
+	long page_size = sysconf(_SC_PAGESIZE);
+	unsigned long long pfn;
+	volatile char *page;
+	char text[32];
+	int fd, len;
+
+	name_task("npd-hwpoison");
+	page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		return fail("mmap");
+	page[0] = 1;
+	pfn = own_pfn((const void *)page);
+	if (!pfn) {
+		errno = ENOENT;
+		return fail("/proc/self/pagemap");
+	}
+	len = snprintf(text, sizeof(text), "%#llx", pfn);
+	fd = open(corrupt_pfn, O_WRONLY);
+	if (fd < 0 || write(fd, text, len) != len)
+		return fail(corrupt_pfn);
+	close(fd);
+	printf("npd-provoke: hwpoison: pfn %s poisoned; reading it\n", text);
+	return page[0] == 1 ? 0 : 3;
+}
+
 static void loop_getppid(void)
 {
 	syscall(SYS_getppid);
@@ -166,7 +238,12 @@ int main(int argc, char **argv)
 		return freeze(argv[2], FITHAW);
 	if (!strcmp(cmd, "loop") && argc == 4)
 		return syscall_loop(argv[2], argv[3]);
+	if (!strcmp(cmd, "poison") && argc == 2)
+		return poison();
+	if (!strcmp(cmd, "hwpoison") && argc == 3)
+		return hwpoison(argv[2]);
 	fprintf(stderr, "usage: npd-provoke fd LIMIT | oom CGROUP | write COMM FILE DATA | "
-			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT\n");
+			"freeze MOUNT | thaw MOUNT | loop getppid|openat|dup COUNT | poison | "
+			"hwpoison FILE\n");
 	return 2;
 }

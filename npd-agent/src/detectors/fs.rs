@@ -29,7 +29,10 @@ use npd_common::{
 };
 use serde::Serialize;
 
-use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime, Setup, attach_tracepoint};
+use super::{
+    AttachContext, Attached, Detector, DetectorStatus, Runtime, Setup, attach_optional_tracepoints,
+    attach_tracepoint, config_global,
+};
 use crate::{
     decode::{DecodeError, payload},
     event::{Event, Source, Task, comm_string},
@@ -102,31 +105,20 @@ impl Detector for FsDetector {
     }
 
     fn globals(&self, setup: &Setup<'_>) -> Vec<(&'static str, Vec<u8>)> {
-        let config = fs_config(setup);
-        // SAFETY: FsConfig is Pod (#[repr(C)], no padding, checked in npd-common).
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const config).cast::<u8>(),
-                size_of::<FsConfig>(),
-            )
-        };
-        vec![(CONFIG_GLOBAL, bytes.to_vec())]
+        vec![config_global(CONFIG_GLOBAL, &fs_config(setup))]
     }
 
     fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
         let mut status = DetectorStatus::new(self.name());
-        let mut attached = Vec::new();
-        let mut absent = Vec::new();
-        for (program, category, name) in [
-            (EXT4_ERROR_PROGRAM, "ext4", "ext4_error"),
-            (EXT4_SHUTDOWN_PROGRAM, "ext4", "ext4_shutdown"),
-            (XFS_SHUTDOWN_PROGRAM, "xfs", "xfs_force_shutdown"),
-        ] {
-            match attach_tracepoint(ebpf, ctx, program, category, name) {
-                Ok(()) => attached.push(format!("{category}:{name}")),
-                Err(err) => absent.push(format!("{category}:{name} ({err})")),
-            }
-        }
+        let (mut attached, mut absent) = attach_optional_tracepoints(
+            ebpf,
+            ctx,
+            &[
+                (EXT4_ERROR_PROGRAM, "ext4", "ext4_error"),
+                (EXT4_SHUTDOWN_PROGRAM, "ext4", "ext4_shutdown"),
+                (XFS_SHUTDOWN_PROGRAM, "xfs", "xfs_force_shutdown"),
+            ],
+        );
         // block_rq_error is the error path; block_rq_complete fires on every I/O, filtered to
         // errors in the kernel: only where the first is missing.
         let error_path = if ctx.fallback_hooks_only {

@@ -395,6 +395,36 @@ pub(crate) fn attach_trampoline(
     }
 }
 
+/// Attaches each of `hooks` (program, category, name) the kernel has: the `category:name`
+/// of those attached, and of the others with why not.
+pub(crate) fn attach_optional_tracepoints(
+    ebpf: &mut aya::Ebpf,
+    ctx: &AttachContext<'_>,
+    hooks: &[(&str, &str, &str)],
+) -> (Vec<String>, Vec<String>) {
+    let mut attached = Vec::new();
+    let mut absent = Vec::new();
+    for &(program, category, name) in hooks {
+        match attach_tracepoint(ebpf, ctx, program, category, name) {
+            Ok(()) => attached.push(format!("{category}:{name}")),
+            Err(err) => absent.push(format!("{category}:{name} ({err})")),
+        }
+    }
+    (attached, absent)
+}
+
+/// A detector's load-time configuration struct as the bytes of its global `name`.
+pub(crate) fn config_global<T: aya::Pod>(
+    name: &'static str,
+    config: &T,
+) -> (&'static str, Vec<u8>) {
+    // SAFETY: T is Pod (#[repr(C)], no padding, checked in npd-common): every byte is
+    // initialized.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((config as *const T).cast::<u8>(), size_of::<T>()) };
+    (name, bytes.to_vec())
+}
+
 /// Loads and attaches a classic tracepoint program.
 pub(crate) fn attach_tracepoint(
     ebpf: &mut aya::Ebpf,

@@ -32,6 +32,7 @@ pub const KERNEL_OOPS_CONDITION: ConditionType = ConditionType::new(&ConditionSp
     detector: "oops",
     clearing: Clearing::Reboot {
         after_reboot: "no kernel oops since the node rebooted",
+        problems: "kernel oopses",
     },
 });
 
@@ -121,7 +122,8 @@ finding!(KernelOops, "kernel_oops", {
             Change::Oops {
                 occurrences: self.0.occurrences,
                 description,
-                taint_flags: self.0.taint_flags.clone(),
+                // An oops always taints the kernel, even when the mask could not be read.
+                taint_flags: Some(self.0.taint_flags.clone().unwrap_or_default()),
             },
         )
     }

@@ -135,7 +135,8 @@ impl Engine {
             match found.status {
                 ConditionStatus::True => {
                     *slot = found;
-                    if let Clearing::Reboot { after_reboot } = slot.condition_type.spec().clearing
+                    if let Clearing::Reboot { after_reboot, .. } =
+                        slot.condition_type.spec().clearing
                         && boot == Boot::New
                     {
                         slot.set_healthy(Some(after_reboot.to_owned()), now.wall);

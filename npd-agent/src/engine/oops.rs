@@ -1,6 +1,8 @@
-//! Conditions that stay True until reboot (KernelOops: the kernel stays tainted).
+//! Conditions that stay True until reboot (KernelOops: the kernel stays tainted;
+//! CperHardwareErrorFatal: the hardware stays broken).
 
 use super::{condition::NodeCondition, time::Timestamp};
+use crate::problem::Clearing;
 
 #[derive(Debug, Default)]
 pub(crate) struct OopsState {
@@ -19,19 +21,22 @@ impl OopsState {
         now: Timestamp,
     ) {
         self.seen += occurrences.max(1);
-        let taint = taint_flags
-            .filter(|flags| !flags.is_empty())
-            .map(|flags| format!(" ({flags})"))
-            .unwrap_or_default();
-        // Name the tally only when earlier oopses were seen too.
+        let tainted = match taint_flags {
+            Some("") => "the kernel is tainted and ".to_owned(),
+            Some(flags) => format!("the kernel is tainted ({flags}) and "),
+            None => String::new(),
+        };
+        let problems = match condition.condition_type.spec().clearing {
+            Clearing::Reboot { problems, .. } => problems,
+            _ => "problems",
+        };
+        // Name the tally only when earlier ones were seen too.
         let count = if self.seen > occurrences.max(1) {
-            format!("{} kernel oopses seen this boot, the last: ", self.seen)
+            format!("{} {problems} seen this boot, the last: ", self.seen)
         } else {
             String::new()
         };
-        let message = format!(
-            "{count}{description}; the kernel is tainted{taint} and the node needs a reboot"
-        );
+        let message = format!("{count}{description}; {tainted}the node needs a reboot");
         condition.set_problem(message, now.wall);
     }
 }

@@ -21,6 +21,10 @@ use crate::{
 /// their dependencies are found from the modules' own `depends=`.
 const FSFREEZE_MODULES: &[&str] = &["loop", "crc32c_generic", "ext4"];
 
+/// Kernel modules the hardware steps need: mce-inject injects machine checks, hwpoison-inject
+/// poisons a page by its pfn.
+const HARDWARE_MODULES: &[&str] = &["mce_inject", "hwpoison_inject"];
+
 /// Build tools the run needs on the host, and the Debian packages that provide them. These
 /// install without conflicts; QEMU and busybox are fetched privately instead (vm/tools.rs).
 pub(crate) fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
@@ -133,27 +137,26 @@ pub(crate) fn prepare(
 
     let fs_modules = match fsfreeze_parts(tree, work) {
         Ok((modules, image)) => {
-            for module in &modules {
-                cpio.file(
-                    &format!("lib/modules/npd/{}.ko", module.name),
-                    0o644,
-                    &module.image,
-                );
-            }
             cpio.file("frozen.img", 0o644, &fs::read(image)?);
-            modules
-                .iter()
-                .map(|module| module.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
+            add_modules(&mut cpio, &modules)
         }
         Err(err) => {
             step(format!("no fsfreeze step on this kernel: {err:#}"));
             String::new()
         }
     };
+    let hw_modules = match debian::modules_for(tree, HARDWARE_MODULES) {
+        Ok(modules) => add_modules(&mut cpio, &modules),
+        Err(err) => {
+            step(format!(
+                "no machine-check injection on this kernel: {err:#}"
+            ));
+            String::new()
+        }
+    };
     let config = format!(
-        "DETECTORS={}\nFS_MODULES=\"{fs_modules}\"\nDMESG={}\nHOOK_COST={}\n",
+        "DETECTORS={}\nFS_MODULES=\"{fs_modules}\"\nHW_MODULES=\"{hw_modules}\"\nDMESG={}\n\
+         HOOK_COST={}\n",
         detectors.join(","),
         u8::from(dmesg),
         u8::from(hook_cost)
@@ -170,6 +173,22 @@ pub(crate) fn prepare(
         fs::metadata(&initramfs)?.len() >> 20
     ));
     Ok(initramfs)
+}
+
+/// Puts `modules` where init.sh loads them from; their names, in load order.
+fn add_modules(cpio: &mut cpio::Cpio, modules: &[debian::KernelModule]) -> String {
+    for module in modules {
+        cpio.file(
+            &format!("lib/modules/npd/{}.ko", module.name),
+            0o644,
+            &module.image,
+        );
+    }
+    modules
+        .iter()
+        .map(|module| module.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The loop and ext4 modules (with their dependencies) and a small ext4 image to freeze.

@@ -163,6 +163,19 @@ fn describe_event(event: &Value) -> String {
             text(event, "hung_for_ms"),
             text(event, "reports")
         ),
+        "memory_failure" => format!(
+            "pfn {}, {}, recovery {}",
+            text(event, "pfn"),
+            text(event, "page_type"),
+            text(event, "result")
+        ),
+        "machine_check" => format!(
+            "{}, CPU {} bank {}, status {}",
+            text(event, "severity"),
+            text(event, "cpu"),
+            text(event, "bank"),
+            text(event, "status")
+        ),
         "kernel_warning" | "kernel_oops" => format!(
             "caller {}, taint {}",
             text(event, "caller"),
@@ -230,6 +243,7 @@ impl Scenario {
             .filter(|e| match self.via {
                 Via::Hook => text(e, "comm") == self.comm,
                 Via::Counters => text(e, "source") == "counters",
+                Via::NoTask => text(e, "pid") == "0",
             })
             .collect()
     }
@@ -238,8 +252,9 @@ impl Scenario {
     fn mismatches(&self, event: &Value, outcome: &str, hook: Option<&str>) -> Vec<String> {
         let mut why = Vec::new();
         match self.via {
-            Via::Hook => {
+            Via::Hook | Via::NoTask => {
                 if let Some(pid) = fact(outcome, "pid")
+                    && self.via == Via::Hook
                     && text(event, "pid") != pid
                 {
                     why.push(format!("pid {}, not the step's {pid}", text(event, "pid")));
@@ -280,6 +295,8 @@ pub(super) struct Row {
 pub(super) struct Report {
     check: Vec<String>,
     agent_log: Vec<String>,
+    /// The log line of `npd-agent run --standalone` setting CperHardwareErrorFatal True.
+    hardware_condition: Option<String>,
     counters: Option<String>,
     rows: Vec<Row>,
     pub(super) failures: Vec<String>,
@@ -337,6 +354,14 @@ impl Report {
         if unparsed > 0 {
             failures.push(format!("{unparsed} event lines were not JSON"));
         }
+        let hardware_condition = fatal_hardware_condition(console);
+        if offered.contains("hardware") && hardware_condition.is_none() {
+            failures.push(
+                "npd-agent run --standalone logged no CperHardwareErrorFatal True after the \
+                 uncorrected machine check"
+                    .to_owned(),
+            );
+        }
         let rows = SCENARIOS
             .iter()
             .map(|scenario| {
@@ -350,6 +375,7 @@ impl Report {
             check: console.blocks.get("check").cloned().unwrap_or_default(),
             counters: console.counters.clone(),
             agent_log: console.blocks.get("agent-log").cloned().unwrap_or_default(),
+            hardware_condition,
             rows,
             failures,
         }
@@ -401,7 +427,23 @@ impl Report {
         if let Some(counters) = &self.counters {
             println!("kernel counters after the steps: {counters}");
         }
+        if let Some(line) = &self.hardware_condition {
+            println!("npd-agent run --standalone during the hardware steps: {line}");
+        }
     }
+}
+
+/// The line where the standalone agent of the hardware steps set CperHardwareErrorFatal.
+fn fatal_hardware_condition(console: &Console) -> Option<String> {
+    console
+        .blocks
+        .get("hardware-run-log")?
+        .iter()
+        .find(|line| {
+            line.contains(r#"condition="CperHardwareErrorFatal""#)
+                && line.contains(r#"status="True""#)
+        })
+        .map(|line| line.trim().to_owned())
 }
 
 /// The kernel's expected hooks against what `check` says attached (and, for fentry, that
@@ -535,7 +577,7 @@ impl Row {
         }
         let others: BTreeSet<String> = events
             .iter()
-            .filter(|e| text(e, "comm") == scenario.comm)
+            .filter(|e| !scenario.comm.is_empty() && text(e, "comm") == scenario.comm)
             .map(|e| text(e, "kind"))
             .filter(|kind| kind != scenario.kind && Some(kind.as_str()) != scenario.then)
             .collect();
@@ -588,7 +630,8 @@ mod tests {
         {"detector":"fd","active":"fexit","attempts":[{"hook":"fexit","target":"__x64_sys_* (42 syscalls)","error":null}],"notes":[]},
         {"detector":"hung_task","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"sched_process_hang","error":null}],"notes":[]},
         {"detector":"oom","active":"tp_btf","attempts":[{"hook":"tp_btf","target":"mark_victim","error":null}],"notes":[]},
-        {"detector":"oops","active":"fentry","attempts":[{"hook":"fentry","target":"oops_enter","error":null},{"hook":"fentry","target":"__warn","error":null}],"notes":["from /sys/kernel/{oops_count,warn_count} and the taint mask"]}]}"#;
+        {"detector":"oops","active":"fentry","attempts":[{"hook":"fentry","target":"oops_enter","error":null},{"hook":"fentry","target":"__warn","error":null}],"notes":["from /sys/kernel/{oops_count,warn_count} and the taint mask"]},
+        {"detector":"hardware","active":"tracepoint","attempts":[{"hook":"tracepoint","target":"mce:mce_record, ras:memory_failure_event","error":null}],"notes":[]}]}"#;
 
     /// The console of a run where every step worked; step pids are 100 + index.
     fn console(check: &str, events: &[&str]) -> Console {
@@ -615,6 +658,13 @@ mod tests {
         serial.push("[   12.345678] npd_test: BUG requested".to_owned());
         serial.extend(events.iter().map(|e| (*e).to_owned()));
         serial.push("===npd-vm:end events===".to_owned());
+        serial.push("===npd-vm:begin hardware-run-log===".to_owned());
+        serial.push(
+            "WARN npd_agent::agent: fatal machine check on CPU 0 bank 2 condition=\
+             \"CperHardwareErrorFatal\" status=\"True\""
+                .to_owned(),
+        );
+        serial.push("===npd-vm:end hardware-run-log===".to_owned());
         serial.push("npd-vm: done".to_owned());
         let mut console = Console::default();
         let mut block = None;
@@ -634,14 +684,18 @@ mod tests {
         r#"{"kind":"hung_task_recovered","pid":103,"comm":"npd-frozen","source":"sweep","how":"exited"}"#,
         r#"{"kind":"kernel_warning","pid":104,"comm":"npd-warn","source":"fentry","caller":"npd_test_warn_write+0x2b"}"#,
         r#"{"kind":"kernel_warning","pid":0,"comm":"","source":"counters","counter":"tainted","taint_flags":"WOEL","since_boot":false}"#,
-        r#"{"kind":"kernel_oops","pid":106,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
+        r#"{"kind":"memory_failure","pid":106,"comm":"npd-poison","source":"tracepoint","pfn":4660,"page_type":"dirty LRU page","result":"Recovered"}"#,
+        r#"{"kind":"memory_failure","pid":107,"comm":"npd-hwpoison","source":"tracepoint","pfn":4661,"page_type":"dirty LRU page","result":"Recovered"}"#,
+        r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"corrected","cpu":0,"bank":1}"#,
+        r#"{"kind":"machine_check","pid":0,"comm":"","source":"tracepoint","severity":"fatal","cpu":0,"bank":2}"#,
+        r#"{"kind":"kernel_oops","pid":110,"comm":"npd-bug","source":"fentry","caller":"npd_test_bug_write+0x27"}"#,
     ];
 
     fn detectors(names: &[&str]) -> Vec<String> {
         names.iter().map(|&n| n.to_owned()).collect()
     }
 
-    const EVERY: &[&str] = &["fd", "hung-task", "oom", "oops"];
+    const EVERY: &[&str] = &["fd", "hung-task", "oom", "oops", "hardware"];
 
     #[test]
     fn facts_of_a_step() {
@@ -671,8 +725,8 @@ mod tests {
     #[test]
     fn offered_detectors_must_see_their_problem() {
         let report = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, &[FD]));
-        // oom, two hung tasks, WARN, soft lockup and oops.
-        assert_eq!(report.failures.len(), 6, "{:?}", report.failures);
+        // oom, two hung tasks, WARN, soft lockup, two poisoned pages, two machine checks, oops.
+        assert_eq!(report.failures.len(), 10, "{:?}", report.failures);
     }
 
     #[test]
@@ -685,7 +739,12 @@ mod tests {
         events.remove(3);
         let report = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, &events));
         let seen: Vec<&str> = report.rows.iter().map(|row| row.seen).collect();
-        assert_eq!(seen, ["yes", "NO", "NO", "yes", "NO", "yes", "yes"]);
+        assert_eq!(
+            seen,
+            [
+                "yes", "NO", "NO", "yes", "NO", "yes", "yes", "yes", "yes", "yes", "yes"
+            ]
+        );
         assert!(
             report.rows[1]
                 .details
@@ -713,6 +772,23 @@ mod tests {
             "{:?}",
             report.failures
         );
+    }
+
+    #[test]
+    fn the_fatal_machine_check_must_set_its_condition() {
+        let passing = Report::new(&KERNELS[0], &detectors(EVERY), &console(CHECK, ALL_SEEN));
+        assert!(passing.hardware_condition.is_some());
+        let mut console = console(CHECK, ALL_SEEN);
+        console.blocks.insert(
+            "hardware-run-log".to_owned(),
+            vec![
+                r#"INFO npd_agent::agent: condition="CperHardwareErrorFatal" status="False""#
+                    .to_owned(),
+            ],
+        );
+        let report = Report::new(&KERNELS[0], &detectors(EVERY), &console);
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(report.failures[0].contains("CperHardwareErrorFatal"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ const PREFERRED: &[(&str, &str)] = &[
     ("hung_task", "tp_btf"),
     ("oom", "tp_btf"),
     ("oops", "fentry"),
+    ("hardware", "tracepoint"),
 ];
 
 /// Where a problem's event must come from.
@@ -40,6 +41,8 @@ pub(crate) enum Via {
     Hook,
     /// The kernel's counters or taint mask (`source` `counters`, no task).
     Counters,
+    /// The detector's hook, in no task's context (a machine check): no pid, no comm.
+    NoTask,
 }
 
 /// What an event must also carry to count (besides kind, task and source).
@@ -79,6 +82,13 @@ pub(crate) struct Scenario {
     /// The provoking process's exit status when the problem really happened.
     pub(crate) exit: i32,
 }
+
+/// A page of the helper's own memory, poisoned: the kernel unmaps it and recovers (the helper
+/// then dies reading it, SIGBUS).
+const POISONED_ANONYMOUS_PAGE: &[Check] = &[
+    Check::Field("result", "Recovered"),
+    Check::Field("page_type", "dirty LRU page"),
+];
 
 pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -148,6 +158,53 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         comm: "npd-softlockup",
         via: Via::Counters,
         checks: &[Check::CounterOrTaint("softlockup_count", 'L')],
+        then: None,
+        exit: 0,
+    },
+    Scenario {
+        step: "poison",
+        problem: "poisoned page (madvise MADV_HWPOISON)",
+        detector: "hardware",
+        kind: "memory_failure",
+        comm: "npd-poison",
+        via: Via::Hook,
+        checks: POISONED_ANONYMOUS_PAGE,
+        then: None,
+        exit: 128 + 7,
+    },
+    Scenario {
+        step: "hwpoison",
+        problem: "poisoned page (hwpoison-inject corrupt-pfn)",
+        detector: "hardware",
+        kind: "memory_failure",
+        comm: "npd-hwpoison",
+        via: Via::Hook,
+        checks: POISONED_ANONYMOUS_PAGE,
+        then: None,
+        exit: 128 + 7,
+    },
+    Scenario {
+        step: "mce_corrected",
+        problem: "corrected machine check (mce-inject, sw)",
+        detector: "hardware",
+        kind: "machine_check",
+        comm: "",
+        via: Via::NoTask,
+        checks: &[
+            Check::Field("severity", "corrected"),
+            Check::Field("bank", "1"),
+        ],
+        then: None,
+        exit: 0,
+    },
+    Scenario {
+        step: "mce_fatal",
+        problem: "uncorrected machine check, PCC (mce-inject, sw)",
+        detector: "hardware",
+        kind: "machine_check",
+        comm: "",
+        via: Via::NoTask,
+        checks: &[Check::Field("severity", "fatal"), Check::Field("bank", "2")],
         then: None,
         exit: 0,
     },
