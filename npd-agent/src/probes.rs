@@ -72,6 +72,8 @@ pub struct LoadOptions {
     pub host_root: std::path::PathBuf,
     /// Attach only the fallback hooks (tests of the fallbacks on kernels with the rest).
     pub fallback_hooks_only: bool,
+    /// Where and how often the node's daemons are asked (`daemons.*`).
+    pub health: detectors::daemon_health::HealthOptions,
 }
 
 impl Default for LoadOptions {
@@ -83,6 +85,7 @@ impl Default for LoadOptions {
             bpf_log: false,
             host_root: std::path::PathBuf::from("/"),
             fallback_hooks_only: false,
+            health: detectors::daemon_health::HealthOptions::default(),
         }
     }
 }
@@ -359,7 +362,7 @@ fn take_map<T: TryFrom<aya::maps::Map>>(
         .ok_or(LoadError::Map(name))
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {

@@ -42,6 +42,8 @@ registry::registry! {
         zombies,
         /// Tasks vs kernel.pid_max and threads-max.
         pids,
+        /// The container runtime (CRI) and the kubelet (healthz) asked whether they work.
+        daemon_health,
     }
 }
 

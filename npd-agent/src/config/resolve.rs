@@ -134,6 +134,25 @@ impl FileConfig {
                 .or_else(|| self.host_root.clone())
                 .unwrap_or(defaults.host_root),
             fallback_hooks_only: flags.fallback_hooks_only,
+            health: self.health_options(),
+        }
+    }
+
+    /// `daemons.*` over the defaults.
+    fn health_options(&self) -> detectors::daemon_health::HealthOptions {
+        let defaults = detectors::daemon_health::HealthOptions::default();
+        let file = &self.daemons;
+        detectors::daemon_health::HealthOptions {
+            runtime_endpoints: file
+                .runtime_endpoints
+                .clone()
+                .unwrap_or(defaults.runtime_endpoints),
+            kubelet_healthz: file
+                .kubelet_healthz
+                .clone()
+                .unwrap_or(defaults.kubelet_healthz),
+            timeout: file.probe_timeout.unwrap_or(defaults.timeout),
+            period: file.probe_period.unwrap_or(defaults.period),
         }
     }
 
