@@ -74,6 +74,8 @@ pub struct LoadOptions {
     pub fallback_hooks_only: bool,
     /// Where and how often the node's daemons are asked (`daemons.*`).
     pub health: detectors::daemon_health::HealthOptions,
+    /// Which daemons' starts and exits the kernel reports (`daemons.*`).
+    pub daemons: detectors::daemons::DaemonOptions,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +88,7 @@ impl Default for LoadOptions {
             host_root: std::path::PathBuf::from("/"),
             fallback_hooks_only: false,
             health: detectors::daemon_health::HealthOptions::default(),
+            daemons: detectors::daemons::DaemonOptions::default(),
         }
     }
 }
@@ -258,6 +261,7 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
     let setup = Setup {
         options,
+        btf: &btf_facts,
         tracefs: &tracefs,
     };
     // Every detector's globals, also of those not run: their programs are in the object.

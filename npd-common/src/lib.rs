@@ -30,6 +30,8 @@ registry::registry! {
         oops: Oops = 3 => [KernelOops = 4, KernelWarning = 5],
         /// Filesystem errors and shutdowns (ext4, XFS), block I/O errors.
         fs: Fs = 4 => [FsError = 6, BlockIoError = 7],
+        /// Node daemons (kubelet, container runtimes) starting and dying.
+        daemons: Daemons = 5 => [DaemonStart = 12, DaemonExit = 13],
     }
     agent {
         /// Clock synchronisation (adjtimex).

@@ -136,6 +136,15 @@ pub struct DaemonsConfig {
     /// How often they are asked. Default `10s`.
     #[serde(default, with = "duration")]
     pub probe_period: Option<Duration>,
+    /// Executable names whose starts and exits the kernel reports (`daemons` detector; at
+    /// most 8, each as the kernel keeps it: 15 bytes). Default kubelet, containerd, dockerd,
+    /// crio.
+    pub watched: Option<Vec<String>>,
+    /// Starts within `restartWindow` that make a restart loop. Default 5 (NPD's).
+    pub restart_threshold: Option<u32>,
+    /// Default `20m` (NPD's).
+    #[serde(default, with = "duration")]
+    pub restart_window: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

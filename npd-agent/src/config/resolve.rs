@@ -135,6 +135,18 @@ impl FileConfig {
                 .unwrap_or(defaults.host_root),
             fallback_hooks_only: flags.fallback_hooks_only,
             health: self.health_options(),
+            daemons: self.daemon_options(),
+        }
+    }
+
+    /// `daemons.*` (the kernel detector's) over the defaults.
+    fn daemon_options(&self) -> detectors::daemons::DaemonOptions {
+        let defaults = detectors::daemons::DaemonOptions::default();
+        let file = &self.daemons;
+        detectors::daemons::DaemonOptions {
+            watched: file.watched.clone().unwrap_or(defaults.watched),
+            restart_threshold: file.restart_threshold.unwrap_or(defaults.restart_threshold),
+            restart_window: file.restart_window.unwrap_or(defaults.restart_window),
         }
     }
 

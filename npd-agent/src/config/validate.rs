@@ -62,6 +62,7 @@ impl FileConfig {
             ("fdPressure.rateLimit", self.fd_pressure.rate_limit),
             ("daemons.probeTimeout", self.daemons.probe_timeout),
             ("daemons.probePeriod", self.daemons.probe_period),
+            ("daemons.restartWindow", self.daemons.restart_window),
         ] {
             if value.is_some_and(|v| v.is_zero()) {
                 return Err(invalid(key, "must be longer than zero"));
@@ -71,6 +72,14 @@ impl FileConfig {
             && let Err(problem) = detectors::daemon_health::HealthzUrl::parse(url)
         {
             return Err(invalid("daemons.kubeletHealthz", &problem));
+        }
+        if let Some(watched) = &self.daemons.watched
+            && let Err(problem) = detectors::daemons::check_watched(watched)
+        {
+            return Err(invalid("daemons.watched", &problem));
+        }
+        if self.daemons.restart_threshold == Some(0) {
+            return Err(invalid("daemons.restartThreshold", "must be at least 1"));
         }
         if self
             .daemons

@@ -132,10 +132,20 @@ impl Detector for DaemonHealthDetector {
                 endpoint_list(&options.runtime_endpoints)
             ));
         }
-        let url = HealthzUrl::parse(&options.kubelet_healthz);
+        let url = HealthzUrl::parse(&options.kubelet_healthz).and_then(|url| {
+            if url.is_loopback() && !in_host_network(&ctx.host.proc_root) {
+                Err(format!(
+                    "kubelet: not probed: {url} is the pod's own loopback, not the node's (the \
+                     agent is not in the host's network namespace: hostNetwork, or set \
+                     daemons.kubeletHealthz to an address it reaches)"
+                ))
+            } else {
+                Ok(url)
+            }
+        });
         match &url {
             Ok(url) => status.tried(Source::Sampled, format!("{url} {every}"), Ok(())),
-            Err(err) => status.tried(Source::Sampled, "kubelet healthz", Err(err.clone())),
+            Err(err) => status.notes.push(err.clone()),
         }
         if !kubelet_process_runs(&ctx.host.proc_root) {
             status.notes.push(
@@ -399,6 +409,28 @@ impl HealthzUrl {
             port,
             path: if path.is_empty() { "/" } else { path }.to_owned(),
         })
+    }
+}
+
+impl HealthzUrl {
+    fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// Whether the agent shares the network namespace of the host's pid 1 (unknown: assumed).
+fn in_host_network(proc_root: &Path) -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/net");
+    let host = std::fs::read_link(proc_root.join("1/ns/net"));
+    match (ours, host) {
+        (Ok(ours), Ok(host)) => ours == host,
+        _ => true,
     }
 }
 
@@ -833,6 +865,10 @@ mod tests {
         assert!(HealthzUrl::parse("https://127.0.0.1:10250/healthz").is_err());
         assert!(HealthzUrl::parse("http://:1/").is_err());
         assert!(HealthzUrl::parse("http://h:99999/").is_err());
+        assert!(url().is_loopback());
+        assert!(HealthzUrl::parse("http://[::1]:1/").unwrap().is_loopback());
+        assert!(!HealthzUrl::parse("http://10.0.0.1:1/").unwrap().is_loopback());
+        assert!(in_host_network(Path::new("/proc")), "the tests run in one namespace");
     }
 
     #[test]
@@ -991,6 +1027,100 @@ mod tests {
         let down = runtime.on_answers(&round(KubeletProbe::NotListening), 4);
         let health = down[0].detail_as::<DaemonHealth>().unwrap();
         assert!(matches!(health.verdict, Verdict::Unhealthy { .. }), "{health:?}");
+    }
+
+    /// A unix socket whose peer writes `reply` to every connection and closes it.
+    fn garbage_socket(path: &Path, reply: &'static [u8]) {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                use std::io::Write;
+                let _ = stream.write_all(reply);
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn bad_runtime_sockets_are_unhealthy_with_a_clear_message_and_no_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_millis(500);
+        let within = |probe: &RuntimeProbe, started: std::time::Instant| {
+            // Connection, Version and Status each have the timeout.
+            assert!(started.elapsed() < 4 * timeout, "{probe:?} took {:?}", started.elapsed());
+        };
+
+        // Accepts (the kernel's backlog) and never answers.
+        let stuck = dir.path().join("stuck.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&stuck).unwrap();
+        let started = std::time::Instant::now();
+        let probe = probe_runtime(std::slice::from_ref(&stuck), timeout).await;
+        within(&probe, started);
+        let RuntimeProbe::Failed { error, .. } = &probe else {
+            panic!("{probe:?}")
+        };
+        assert!(error.starts_with("no answer within 500ms"), "{error}");
+
+        // Answers, but not gRPC.
+        let garbage = dir.path().join("garbage.sock");
+        garbage_socket(&garbage, b"HTTP/1.1 400 Bad Request\r\n\r\nnot a runtime");
+        let started = std::time::Instant::now();
+        let probe = probe_runtime(std::slice::from_ref(&garbage), timeout).await;
+        within(&probe, started);
+        assert!(matches!(probe, RuntimeProbe::Failed { .. }), "{probe:?}");
+        let Verdict::Unhealthy { message, .. } = runtime_verdict(&probe) else {
+            panic!()
+        };
+        assert!(message.contains("garbage.sock did not answer"), "{message}");
+
+        // A regular file where the socket should be.
+        let file = dir.path().join("containerd.sock");
+        std::fs::write(&file, "").unwrap();
+        let probe = probe_runtime(std::slice::from_ref(&file), timeout).await;
+        let Verdict::Unhealthy { reason, message } = runtime_verdict(&probe) else {
+            panic!("{probe:?}")
+        };
+        assert_eq!(reason, Some(CONTAINERD_UNHEALTHY));
+        assert!(message.ends_with("is a regular file, not a socket"), "{message}");
+
+        // Nothing there.
+        let missing = dir.path().join("none.sock");
+        assert_eq!(probe_runtime(&[missing], timeout).await, RuntimeProbe::NoEndpoint);
+    }
+
+    #[tokio::test]
+    async fn bad_kubelet_endpoints() {
+        let timeout = Duration::from_millis(500);
+        let url_of = |port: u16| HealthzUrl::parse(&format!("http://127.0.0.1:{port}/healthz"));
+        // A port nothing listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        assert_eq!(
+            probe_kubelet(&url_of(port).unwrap(), timeout).await,
+            KubeletProbe::NotListening
+        );
+        // Accepts and never answers.
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url_of(stuck.local_addr().unwrap().port()).unwrap();
+        let probe = probe_kubelet(&url, timeout).await;
+        assert_eq!(probe, KubeletProbe::Failed("no answer within 500ms".to_owned()));
+        // Answers garbage.
+        let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url_of(garbage.local_addr().unwrap().port()).unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for mut stream in garbage.incoming().flatten() {
+                // The request read first: closing with unread data would reset the
+                // connection instead of ending it.
+                let _ = stream.read(&mut [0; 1024]);
+                let _ = stream.write_all(b"\x00\x01garbage");
+            }
+        });
+        let probe = probe_kubelet(&url, timeout).await;
+        assert!(
+            matches!(&probe, KubeletProbe::Failed(e) if e.starts_with("not an HTTP response")),
+            "{probe:?}"
+        );
     }
 
     #[test]

@@ -258,6 +258,7 @@ impl DetectorStatus {
 #[derive(Debug)]
 pub struct Setup<'a> {
     pub options: &'a crate::probes::LoadOptions,
+    pub btf: &'a crate::kernel::btf::BtfFacts,
     pub tracefs: &'a crate::kernel::tracefs::Tracefs,
 }
 
