@@ -35,7 +35,8 @@ pub const CONTAINER_RUNTIME_UNHEALTHY: ConditionType = ConditionType::new(&Condi
     // When the runtime behind the socket is not known; otherwise one of RUNTIME_REASONS.
     problem_reason: "ContainerRuntimeUnhealthy",
     healthy_reason: "ContainerRuntimeIsHealthy",
-    healthy_message: "the container runtime answers its CRI Version and Status calls",
+    healthy_message: "the container runtime answers its CRI Version and Status calls, or \
+                      this node has no runtime socket",
     detector: "daemon_health",
     clearing: Clearing::Keyed,
 });
@@ -45,7 +46,7 @@ pub const KUBELET_UNHEALTHY: ConditionType = ConditionType::new(&ConditionSpec {
     type_name: "KubeletUnhealthy",
     problem_reason: "KubeletUnhealthy",
     healthy_reason: "KubeletIsHealthy",
-    healthy_message: "the kubelet's healthz endpoint answers ok",
+    healthy_message: "the kubelet's healthz endpoint answers ok, or no kubelet runs here",
     detector: "daemon_health",
     clearing: Clearing::Keyed,
 });

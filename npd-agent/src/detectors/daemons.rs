@@ -344,11 +344,10 @@ finding!(DaemonRestarts, "daemon_restarts", {
             vec![(
                 self.daemon.clone(),
                 format!(
-                    "{} restarted frequently: {} (threshold {} in {} min)",
-                    escape_untrusted(&self.daemon),
+                    "{}: restarting frequently (a loop at {} starts in {} s)",
                     self.summary(),
                     self.threshold,
-                    self.window_secs / 60
+                    self.window_secs
                 ),
             )]
         } else {
@@ -611,7 +610,11 @@ mod tests {
             panic!()
         };
         assert_eq!(condition, FREQUENT_KUBELET_RESTART);
-        assert!(current[0].1.contains("kubelet restarted frequently"), "{current:?}");
+        assert_eq!(
+            current[0].1,
+            "kubelet started at least 5 times in 1200 s: restarting frequently (a loop at 5 \
+             starts in 1200 s)"
+        );
     }
 
     #[test]
