@@ -11,7 +11,7 @@ use std::{
 };
 
 use npd_tests::{
-    agent::{Provoked, wait_for},
+    agent::{EventDump, Provoked, wait_for},
     machine::{FrozenFilesystem, Sysctl, require_root},
     reporting::{cluster_with_node, condition, events, start_reporting_agent_with},
 };
@@ -334,4 +334,69 @@ fn a_hung_containerd_sets_kernel_deadlock_with_containerd_hung() {
         "{message}"
     );
     let _ = agent.stop();
+}
+
+/// Both hooks (tp_btf and the classic tracepoints) see a watched name start and die, with
+/// the exit code, and nothing of names not watched; threads' exits are not reported.
+#[test]
+fn starts_and_exits_of_watched_names_on_either_hook() {
+    require_root("loads eBPF programs");
+    let named = NamedAs::containerd();
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    for (flags, source) in [
+        (&["--detectors", "daemons"][..], "tp_btf"),
+        (
+            &["--detectors", "daemons", "--fallback-hooks-only"][..],
+            "tracepoint",
+        ),
+    ] {
+        let mut dump = EventDump::start(flags).expect("event-dump starts");
+        // A usage error (exit code 1), then 4 threads failing openat for 0.2 s (exit 0).
+        assert_eq!(run(&named.program(), &["no-such-command"]).code(), Some(1));
+        let threads = ["storm", "--threads", "4", "--seconds", "0.2"];
+        assert!(run(&named.program(), &threads).success());
+        assert!(!run(PROVOKE, &["no-such-command"]).success());
+        let exits = |seen: &[Value]| {
+            seen.iter()
+                .filter(|e| e["comm"] == "containerd" && e["kind"] == "daemon_exited")
+                .count()
+        };
+        dump.collect_until(Duration::from_secs(10), |seen| exits(seen) >= 2);
+        // The stragglers, if any (a thread's exit would come after its process's start).
+        std::thread::sleep(Duration::from_secs(2));
+        let seen = dump.collect_until(Duration::from_millis(500), |_| false);
+        let ours: Vec<&Value> = seen.iter().filter(|e| e["comm"] == "containerd").collect();
+        let start = ours
+            .iter()
+            .find(|e| e["kind"] == "daemon_restarts")
+            .unwrap_or_else(|| panic!("a start: {seen:#?}"));
+        assert_eq!(start["source"], source);
+        let exited: Vec<(&Value, &Value)> = ours
+            .iter()
+            .filter(|e| e["kind"] == "daemon_exited")
+            .map(|e| {
+                assert_eq!(e["source"], source);
+                (&e["how"], &e["code"])
+            })
+            .collect();
+        assert_eq!(
+            exited,
+            [
+                (&Value::from("exited"), &Value::from(1)),
+                (&Value::from("exited"), &Value::from(0))
+            ],
+            "one exit per process, not per thread: {ours:#?}"
+        );
+        assert!(
+            seen.iter().all(|e| e["comm"] != "npd-provoke"),
+            "filtered in the kernel: {seen:#?}"
+        );
+    }
 }
