@@ -29,16 +29,20 @@ pub(crate) enum Op {
     DirectRead,
     /// pwrite of 4 KiB + fdatasync: a write and a flush to the disk each.
     WriteFsync,
+    /// fork + execve("/bin/true") + waitpid: the daemons detector's hooks
+    /// (sched_process_exec, sched_process_exit) run on every one, filtered in the kernel.
+    ForkExec,
 }
 
 impl Op {
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::OpenClose,
         Self::SocketClose,
         Self::DupClose,
         Self::Getppid,
         Self::DirectRead,
         Self::WriteFsync,
+        Self::ForkExec,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -49,19 +53,29 @@ impl Op {
             Self::Getppid => "getppid (not watched)",
             Self::DirectRead => "4 KiB O_DIRECT read (block I/O)",
             Self::WriteFsync => "4 KiB write + fdatasync (block I/O)",
+            Self::ForkExec => "fork + exec /bin/true + exit",
         }
     }
 
     /// npd's hook runs on every iteration (the fd syscalls); the other loops must show no
     /// cost beyond the noise.
     pub(crate) fn is_watched(self) -> bool {
-        matches!(self, Self::OpenClose | Self::SocketClose | Self::DupClose)
+        matches!(
+            self,
+            Self::OpenClose | Self::SocketClose | Self::DupClose | Self::ForkExec
+        )
     }
 
     /// Block I/O waits for the disk: its cost (including completion interrupts on any CPU)
     /// is only seen by the wall clock, not by the loop's own CPU time.
     fn is_io(self) -> bool {
         matches!(self, Self::DirectRead | Self::WriteFsync)
+    }
+
+    /// Timed by the wall clock: block I/O, and fork + exec, whose cost is mostly the child's
+    /// (pinned to the same CPU, it inherits the affinity).
+    fn is_wall_clock(self) -> bool {
+        self.is_io() || self == Self::ForkExec
     }
 }
 
@@ -121,6 +135,32 @@ fn io_iteration(op: Op, fd: i32, buffer: *mut libc::c_void, i: u64) -> anyhow::R
     Ok(())
 }
 
+/// One fork + execve("/bin/true") + waitpid.
+fn fork_exec_true() -> anyhow::Result<()> {
+    let path = c"/bin/true";
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    // SAFETY: the loop process is single-threaded; the child only calls execve and _exit,
+    // both async-signal-safe, with arguments built before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above; _exit if execve fails.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        bail!("fork failed: errno {}", errno());
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` is valid for writes.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid || status != 0 {
+        bail!("/bin/true failed: status {status}, errno {}", errno());
+    }
+    Ok(())
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -136,6 +176,9 @@ fn run_op(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<()> {
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(buffer, layout) };
         return result;
+    }
+    if op == Op::ForkExec {
+        return (0..iterations).try_for_each(|_| fork_exec_true());
     }
     let path = c"/dev/null";
     for _ in 0..iterations {
@@ -159,7 +202,9 @@ fn run_op(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<()> {
                     std::hint::black_box(libc::syscall(libc::SYS_getppid));
                     continue;
                 }
-                Op::DirectRead | Op::WriteFsync => unreachable!("handled above"),
+                Op::DirectRead | Op::WriteFsync | Op::ForkExec => {
+                    unreachable!("handled above")
+                }
             }
         };
         if fd < 0 {
@@ -186,7 +231,7 @@ fn thread_cpu_ns() -> u64 {
 /// Runs `iterations` and returns the time they took, in ns: the thread's CPU time, or for
 /// block I/O the wall clock.
 fn timed(op: Op, iterations: u64, dup_source: i32) -> anyhow::Result<u64> {
-    if op.is_io() {
+    if op.is_wall_clock() {
         let started = std::time::Instant::now();
         run_op(op, iterations, dup_source)?;
         return Ok((started.elapsed().as_nanos() as u64).max(1));
@@ -449,6 +494,16 @@ pub(crate) fn run(settings: HookSettings) -> anyhow::Result<HookOverhead> {
                     "--fallback-hooks-only",
                 ])?))
             },
+        )?,
+    });
+    controls.push(Control {
+        label: "the daemons detector alone (--detectors daemons: exec and exit hooks)",
+        ops: alternate(
+            "control: daemons alone",
+            control_rounds,
+            cpu,
+            &settings,
+            &|| Ok(Box::new(start_agent(&["--detectors", "daemons"])?)),
         )?,
     });
     // tracefs is mounted by now: the agent mounts it when it is not.

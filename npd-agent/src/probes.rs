@@ -72,6 +72,10 @@ pub struct LoadOptions {
     pub host_root: std::path::PathBuf,
     /// Attach only the fallback hooks (tests of the fallbacks on kernels with the rest).
     pub fallback_hooks_only: bool,
+    /// Where and how often the node's daemons are asked (`daemons.*`).
+    pub health: detectors::daemon_health::HealthOptions,
+    /// Which daemons' starts and exits the kernel reports (`daemons.*`).
+    pub daemons: detectors::daemons::DaemonOptions,
 }
 
 impl Default for LoadOptions {
@@ -83,6 +87,8 @@ impl Default for LoadOptions {
             bpf_log: false,
             host_root: std::path::PathBuf::from("/"),
             fallback_hooks_only: false,
+            health: detectors::daemon_health::HealthOptions::default(),
+            daemons: detectors::daemons::DaemonOptions::default(),
         }
     }
 }
@@ -255,6 +261,7 @@ fn load_and_attach(options: &LoadOptions) -> Result<Probes, LoadError> {
     let log_level: u8 = if options.bpf_log { 0xff } else { 0 };
     let setup = Setup {
         options,
+        btf: &btf_facts,
         tracefs: &tracefs,
     };
     // Every detector's globals, also of those not run: their programs are in the object.
@@ -359,7 +366,7 @@ fn take_map<T: TryFrom<aya::maps::Map>>(
         .ok_or(LoadError::Map(name))
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {

@@ -238,6 +238,10 @@ pub enum Change {
 pub struct Assessment {
     pub report: Option<Report>,
     pub condition: Option<(ConditionType, Change)>,
+    /// The reason the condition takes for this problem instead of its spec's (one condition,
+    /// reasons naming the component, as NPD's `ContainerdUnhealthy` or `DockerHung`); one of
+    /// the detector's [`condition_reasons`](crate::detectors::Detector::condition_reasons).
+    pub condition_reason: Option<&'static str>,
 }
 
 impl Assessment {
@@ -245,7 +249,14 @@ impl Assessment {
         Self {
             report: Some(report),
             condition: None,
+            condition_reason: None,
         }
+    }
+
+    /// The condition's reason for this problem (see [`Self::condition_reason`]).
+    pub fn with_condition_reason(mut self, reason: Option<&'static str>) -> Self {
+        self.condition_reason = reason;
+        self
     }
 
     pub fn with_condition(mut self, condition: ConditionType, change: Change) -> Self {
@@ -259,4 +270,6 @@ impl Assessment {
 pub struct Catalog {
     pub conditions: Vec<ConditionType>,
     pub reasons: Vec<EventReason>,
+    /// Reasons conditions take besides their specs' (`Detector::condition_reasons`).
+    pub condition_reasons: Vec<&'static str>,
 }

@@ -38,6 +38,8 @@ registry::registry! {
             MemoryFailure = 10,
             PlatformError = 11,
         ],
+        /// Node daemons (kubelet, container runtimes) starting and dying.
+        daemons: Daemons = 6 => [DaemonStart = 12, DaemonExit = 13],
     }
     agent {
         /// Clock synchronisation (adjtimex).
@@ -52,6 +54,8 @@ registry::registry! {
         pids,
         /// Pods' tasks vs their pids.max, and the forks it refused (pids.events).
         pod_pids,
+        /// The container runtime (CRI) and the kubelet (healthz) asked whether they work.
+        daemon_health,
     }
 }
 

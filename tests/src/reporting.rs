@@ -113,12 +113,19 @@ pub fn cluster_with_node(node: &str) -> TestCluster {
 
 /// The agent's config for cluster tests: short windows so the tests take seconds, not minutes.
 pub fn test_config(dir: &Path) -> std::path::PathBuf {
+    test_config_with(dir, "")
+}
+
+/// [`test_config`] with more top-level keys (YAML, e.g. a `daemons:` section).
+pub fn test_config_with(dir: &Path, more: &str) -> std::path::PathBuf {
     let path = dir.join("npd-test.yaml");
     std::fs::write(
         &path,
-        "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n\
-         hungTask:\n  recoveryWindow: 3s\n\
-         fdPressure:\n  sampleInterval: 1s\n",
+        format!(
+            "kubernetes:\n  heartbeat: 2s\n  retryBackoffMax: 2s\n\
+             hungTask:\n  recoveryWindow: 3s\n\
+             fdPressure:\n  sampleInterval: 1s\n{more}"
+        ),
     )
     .expect("write the test config");
     path
@@ -127,7 +134,17 @@ pub fn test_config(dir: &Path) -> std::path::PathBuf {
 /// `npd-agent run` as the unprivileged test user, with the test config, reporting on `node`;
 /// `extra` are more flags (e.g. `--detectors fs`).
 pub fn spawn_reporting_agent(cluster: &TestCluster, node: &str, extra: &[&str]) -> AgentProcess {
-    let config = test_config(cluster.dir());
+    spawn_reporting_agent_with(cluster, node, "", extra)
+}
+
+/// [`spawn_reporting_agent`] with more config keys (see [`test_config_with`]).
+pub fn spawn_reporting_agent_with(
+    cluster: &TestCluster,
+    node: &str,
+    config: &str,
+    extra: &[&str],
+) -> AgentProcess {
+    let config = test_config_with(cluster.dir(), config);
     let base = [
         "--config",
         config.to_str().expect("UTF-8 path"),
@@ -141,7 +158,17 @@ pub fn spawn_reporting_agent(cluster: &TestCluster, node: &str, extra: &[&str]) 
 
 /// [`spawn_reporting_agent`], waited for until ready (hooks attached, the Node read).
 pub fn start_reporting_agent(cluster: &TestCluster, node: &str, extra: &[&str]) -> AgentProcess {
-    let mut agent = spawn_reporting_agent(cluster, node, extra);
+    start_reporting_agent_with(cluster, node, "", extra)
+}
+
+/// [`start_reporting_agent`] with more config keys (see [`test_config_with`]).
+pub fn start_reporting_agent_with(
+    cluster: &TestCluster,
+    node: &str,
+    config: &str,
+    extra: &[&str],
+) -> AgentProcess {
+    let mut agent = spawn_reporting_agent_with(cluster, node, config, extra);
     agent
         .wait_ready(Duration::from_secs(60))
         .expect("agent ready: hooks attached and the node read");

@@ -74,6 +74,11 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         step("installing prometheus (the monitoring tests run a real Prometheus and promtool)");
         crate::prereqs::apt_install(&["prometheus".to_owned()])?;
     }
+    // The daemon tests run a real containerd (Debian's, with runc) on a private socket.
+    if which("containerd").is_none() || which("runc").is_none() {
+        step("installing containerd and runc (the daemon tests probe and restart a real runtime)");
+        crate::prereqs::apt_install(&["containerd".to_owned(), "runc".to_owned()])?;
+    }
     let artifacts = build::build(&BuildArgs { debug: false })?;
     step("the names the agent looks programs, maps and globals up by, against the object");
     sh(util::cargo(None)

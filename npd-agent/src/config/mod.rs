@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub events: EventsConfig,
     #[serde(default)]
     pub remediation: RemediationConfig,
+    #[serde(default)]
+    pub daemons: DaemonsConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -117,6 +119,32 @@ pub struct FdPressureConfig {
     /// `--fd-rate-limit`). Default `1s`. `perProcessRateLimit` is its old name.
     #[serde(default, with = "duration", alias = "perProcessRateLimit")]
     pub rate_limit: Option<Duration>,
+}
+
+/// The node's daemons: where the health probes ask them (`daemon_health`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DaemonsConfig {
+    /// CRI sockets, the first that exists is asked. Default
+    /// `/run/containerd/containerd.sock`, `/var/run/crio/crio.sock`.
+    pub runtime_endpoints: Option<Vec<PathBuf>>,
+    /// The kubelet's healthz (plain HTTP). Default `http://127.0.0.1:10248/healthz`.
+    pub kubelet_healthz: Option<String>,
+    /// Each call's limit. Default `5s`.
+    #[serde(default, with = "duration")]
+    pub probe_timeout: Option<Duration>,
+    /// How often they are asked. Default `10s`.
+    #[serde(default, with = "duration")]
+    pub probe_period: Option<Duration>,
+    /// Executable names whose starts and exits the kernel reports (`daemons` detector; at
+    /// most 8, each as the kernel keeps it: 15 bytes). Default kubelet, containerd, dockerd,
+    /// crio.
+    pub watched: Option<Vec<String>>,
+    /// Starts within `restartWindow` that make a restart loop. Default 5 (NPD's).
+    pub restart_threshold: Option<u32>,
+    /// Default `20m` (NPD's).
+    #[serde(default, with = "duration")]
+    pub restart_window: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

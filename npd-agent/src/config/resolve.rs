@@ -134,6 +134,37 @@ impl FileConfig {
                 .or_else(|| self.host_root.clone())
                 .unwrap_or(defaults.host_root),
             fallback_hooks_only: flags.fallback_hooks_only,
+            health: self.health_options(),
+            daemons: self.daemon_options(),
+        }
+    }
+
+    /// `daemons.*` (the kernel detector's) over the defaults.
+    fn daemon_options(&self) -> detectors::daemons::DaemonOptions {
+        let defaults = detectors::daemons::DaemonOptions::default();
+        let file = &self.daemons;
+        detectors::daemons::DaemonOptions {
+            watched: file.watched.clone().unwrap_or(defaults.watched),
+            restart_threshold: file.restart_threshold.unwrap_or(defaults.restart_threshold),
+            restart_window: file.restart_window.unwrap_or(defaults.restart_window),
+        }
+    }
+
+    /// `daemons.*` over the defaults.
+    fn health_options(&self) -> detectors::daemon_health::HealthOptions {
+        let defaults = detectors::daemon_health::HealthOptions::default();
+        let file = &self.daemons;
+        detectors::daemon_health::HealthOptions {
+            runtime_endpoints: file
+                .runtime_endpoints
+                .clone()
+                .unwrap_or(defaults.runtime_endpoints),
+            kubelet_healthz: file
+                .kubelet_healthz
+                .clone()
+                .unwrap_or(defaults.kubelet_healthz),
+            timeout: file.probe_timeout.unwrap_or(defaults.timeout),
+            period: file.probe_period.unwrap_or(defaults.period),
         }
     }
 

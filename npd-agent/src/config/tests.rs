@@ -23,6 +23,16 @@ fn the_shipped_default_config_parses_and_equals_the_defaults() {
     assert_eq!(config.detectors, None, "every detector runs by default");
     assert_eq!(parse("").unwrap(), FileConfig::default());
     assert_eq!(config.remediation(), None, "remediation is opt-in");
+    let options = config.load_options(&ProbeFlags::default());
+    let defaults = crate::probes::LoadOptions::default();
+    assert_eq!(
+        options.health, defaults.health,
+        "documented daemons.* probe values"
+    );
+    assert_eq!(
+        options.daemons, defaults.daemons,
+        "documented daemons.* kernel values"
+    );
     // Its documented values are the defaults once enabled.
     let mut enabled = config.clone();
     enabled.remediation.taints.enabled = Some(true);
@@ -83,6 +93,28 @@ fn durations() {
     for bad in ["", "5", "m", "5x", "1.5m", "-3s"] {
         assert!(duration::parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn daemon_settings_and_the_seeds_names() {
+    let config = parse(
+        "daemons:\n  runtimeEndpoints: [/run/k3s/containerd/containerd.sock]\n  \
+         probeTimeout: 2s\n  watched: [kubelet, containerd]\n  restartWindow: 40s\n\
+         kubernetes:\n  conditions:\n    containerRuntimeUnhealthy: ContainerdProblem\n  \
+         reasons:\n    ContainerRuntimeIsHealthy: ContainerdIsUp\n    \
+         ContainerdUnhealthy: ContainerdIsDown\n    DockerHung: DockerdHung\n",
+    )
+    .expect("the seed's names through the existing renaming");
+    let options = config.load_options(&ProbeFlags::default());
+    assert_eq!(
+        options.health.runtime_endpoints,
+        vec![PathBuf::from("/run/k3s/containerd/containerd.sock")]
+    );
+    assert_eq!(options.health.timeout, Duration::from_secs(2));
+    assert_eq!(options.health.period, Duration::from_secs(10), "default");
+    assert_eq!(options.daemons.watched, ["kubelet", "containerd"]);
+    assert_eq!(options.daemons.restart_window, Duration::from_secs(40));
+    assert_eq!(options.daemons.restart_threshold, 5, "default");
 }
 
 #[test]
@@ -175,6 +207,24 @@ fn errors_name_the_key_and_what_is_allowed() {
         (
             "kubernetes:\n  conditions:\n    diskPressure: Disk\n",
             "kubernetes.conditions.diskPressure",
+        ),
+        (
+            "daemons:\n  watched: [/usr/bin/kubelet]\n",
+            "daemons.watched",
+        ),
+        ("daemons:\n  watched: []\n", "daemons.watched"),
+        (
+            "daemons:\n  restartThreshold: 0\n",
+            "daemons.restartThreshold",
+        ),
+        ("daemons:\n  probeTimeout: 0s\n", "daemons.probeTimeout"),
+        (
+            "daemons:\n  kubeletHealthz: https://127.0.0.1:10250/healthz\n",
+            "daemons.kubeletHealthz",
+        ),
+        (
+            "daemons:\n  runtimeEndpoints: []\n",
+            "daemons.runtimeEndpoints",
         ),
     ];
     for (text, key) in cases {

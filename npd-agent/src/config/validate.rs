@@ -60,10 +60,34 @@ impl FileConfig {
                 self.fd_pressure.sample_interval,
             ),
             ("fdPressure.rateLimit", self.fd_pressure.rate_limit),
+            ("daemons.probeTimeout", self.daemons.probe_timeout),
+            ("daemons.probePeriod", self.daemons.probe_period),
+            ("daemons.restartWindow", self.daemons.restart_window),
         ] {
             if value.is_some_and(|v| v.is_zero()) {
                 return Err(invalid(key, "must be longer than zero"));
             }
+        }
+        if let Some(url) = &self.daemons.kubelet_healthz
+            && let Err(problem) = detectors::daemon_health::HealthzUrl::parse(url)
+        {
+            return Err(invalid("daemons.kubeletHealthz", &problem));
+        }
+        if let Some(watched) = &self.daemons.watched
+            && let Err(problem) = detectors::daemons::check_watched(watched)
+        {
+            return Err(invalid("daemons.watched", &problem));
+        }
+        if self.daemons.restart_threshold == Some(0) {
+            return Err(invalid("daemons.restartThreshold", "must be at least 1"));
+        }
+        if self
+            .daemons
+            .runtime_endpoints
+            .as_ref()
+            .is_some_and(Vec::is_empty)
+        {
+            return Err(invalid("daemons.runtimeEndpoints", "is empty"));
         }
         if self.kubernetes.max_pending_events == Some(0) {
             return Err(invalid("kubernetes.maxPendingEvents", "must be at least 1"));
@@ -231,6 +255,7 @@ pub fn known_reasons() -> Vec<&'static str> {
         .flat_map(|c| [c.spec().problem_reason, c.spec().healthy_reason])
         .collect();
     all.extend(catalog.reasons.iter().map(|r| r.as_str()));
+    all.extend(&catalog.condition_reasons);
     all.sort_unstable();
     all.dedup();
     all

@@ -42,6 +42,32 @@ pub const KERNEL_DEADLOCK: ConditionType = ConditionType::new(&ConditionSpec {
 pub const TASK_HUNG: EventReason = EventReason::warning("TaskHung");
 pub const TASK_HUNG_RECOVERED: EventReason = EventReason::normal("TaskHungRecovered");
 
+/// KernelDeadlock's reasons for a hung node daemon (NPD's kernel-monitor says `DockerHung`
+/// for `task docker:...`; the others follow its pattern).
+pub const DOCKER_HUNG: &str = "DockerHung";
+pub const CONTAINERD_HUNG: &str = "ContainerdHung";
+pub const CRIO_HUNG: &str = "CrioHung";
+pub const KUBELET_HUNG: &str = "KubeletHung";
+
+/// The node daemon a hung task belongs to, by its name: (the condition's reason, the
+/// component as the message names it). Only outside pods: a pod may name its process
+/// anything. `comm` is cut at 15 bytes, so every `containerd-shim-*` reads `containerd-shim`.
+pub fn hung_component(comm: &str, in_pod: bool) -> Option<(&'static str, &'static str)> {
+    if in_pod {
+        return None;
+    }
+    Some(match comm {
+        "dockerd" | "docker" | "docker-containe" => (DOCKER_HUNG, "the docker daemon"),
+        "containerd" => (CONTAINERD_HUNG, "the container runtime containerd"),
+        shim if shim.starts_with("containerd-shim") => {
+            (CONTAINERD_HUNG, "a containerd shim (containerd-shim)")
+        }
+        "crio" | "conmon" => (CRIO_HUNG, "the container runtime CRI-O"),
+        "kubelet" => (KUBELET_HUNG, "the kubelet"),
+        _ => return None,
+    })
+}
+
 /// Frames named in the condition's message.
 const STACK_FRAMES_SHOWN: usize = 3;
 
@@ -69,6 +95,10 @@ impl Detector for HungTaskDetector {
 
     fn reasons(&self) -> &'static [EventReason] {
         &[TASK_HUNG, TASK_HUNG_RECOVERED]
+    }
+
+    fn condition_reasons(&self) -> &'static [&'static str] {
+        &[DOCKER_HUNG, CONTAINERD_HUNG, CRIO_HUNG, KUBELET_HUNG]
     }
 
     /// tp_btf for the task pointer (its stack and cgroup from the kernel); the classic
@@ -142,8 +172,12 @@ finding!(HungTask, "hung_task", {
         } else {
             format!("; stack: {}", self.stack[..self.stack.len().min(3)].join(", "))
         };
+        let in_pod = event.attribution.as_ref().is_some_and(|a| a.pod.is_some());
+        let component = hung_component(&event.task.comm, in_pod);
+        let of_component = component.map_or(String::new(), |(_, name)| format!(" ({name})"));
         let message = format!(
-            "task {} blocked in D state for more than the hung task timeout{stack}",
+            "task {}{of_component} blocked in D state for more than the hung task \
+             timeout{stack}",
             describe_task(&event.task, event.attribution.as_ref())
         );
         Assessment::report(Report {
@@ -161,6 +195,7 @@ finding!(HungTask, "hung_task", {
                 first_report: self.first_seen,
             },
         )
+        .with_condition_reason(component.map(|(reason, _)| reason))
     }
 });
 
@@ -368,6 +403,55 @@ mod tests {
         record.stack_len = 1;
         record.stack[0] = 0x10;
         record
+    }
+
+    #[test]
+    fn names_the_node_daemon_a_hung_task_belongs_to() {
+        let cases = [
+            ("docker", false, Some(DOCKER_HUNG)),
+            ("dockerd", false, Some(DOCKER_HUNG)),
+            ("containerd", false, Some(CONTAINERD_HUNG)),
+            ("containerd-shim", false, Some(CONTAINERD_HUNG)),
+            ("crio", false, Some(CRIO_HUNG)),
+            ("kubelet", false, Some(KUBELET_HUNG)),
+            ("kubelet", true, None),
+            ("containerd2", false, None),
+            ("dd", false, None),
+        ];
+        for (comm, in_pod, reason) in cases {
+            assert_eq!(
+                hung_component(comm, in_pod).map(|(r, _)| r),
+                reason,
+                "{comm} in pod {in_pod}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hung_runtime_sets_kernel_deadlock_with_its_reason() {
+        let hang = |comm: &str| {
+            let detail = HungTask {
+                stack: vec!["percpu_rwsem_wait+0x10".to_owned()],
+                stack_source: "kernel",
+                first_seen: true,
+                repeat: 1,
+                first_seen_ns: 1,
+            };
+            let task = Task {
+                pid: 7,
+                tid: 7,
+                comm: comm.to_owned(),
+                cgroup_id: 0,
+            };
+            Event::new(1, task, Source::BtfTracepoint, detail).assess()
+        };
+        let runtime = hang("containerd");
+        assert_eq!(runtime.condition_reason, Some(CONTAINERD_HUNG));
+        let message = &runtime.report.unwrap().message;
+        assert!(message.contains("(the container runtime containerd)"), "{message}");
+        let other = hang("dd");
+        assert_eq!(other.condition_reason, None);
+        assert_eq!(other.report.unwrap().reason, TASK_HUNG);
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub trait Detector: Debug + Sync {
     /// The Event reasons it reports.
     fn reasons(&self) -> &'static [EventReason];
 
+    /// Problem reasons its conditions take besides their specs' (a reason naming the
+    /// component at fault), for config validation and renaming.
+    fn condition_reasons(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Extra read-only globals for its programs, set before the object is loaded: (name,
     /// bytes). The shared `PROBE_CONFIG` is set by the loader.
     fn globals(&self, _setup: &Setup<'_>) -> Vec<(&'static str, Vec<u8>)> {
@@ -235,6 +241,9 @@ pub fn catalog() -> &'static Catalog {
         for detector in all() {
             catalog.conditions.extend(detector.conditions());
             catalog.reasons.extend(detector.reasons());
+            catalog
+                .condition_reasons
+                .extend(detector.condition_reasons());
         }
         catalog
     })
@@ -296,6 +305,7 @@ impl DetectorStatus {
 #[derive(Debug)]
 pub struct Setup<'a> {
     pub options: &'a crate::probes::LoadOptions,
+    pub btf: &'a crate::kernel::btf::BtfFacts,
     pub tracefs: &'a crate::kernel::tracefs::Tracefs,
 }
 

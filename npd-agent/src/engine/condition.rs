@@ -85,7 +85,18 @@ impl NodeCondition {
 
     /// True, with the type's problem reason.
     pub(crate) fn set_problem(&mut self, message: String, now: SystemTime) {
-        let reason = self.condition_type.spec().problem_reason;
+        self.set_problem_as(None, message, now);
+    }
+
+    /// True, with `reason` (a component's, see `Assessment::condition_reason`) or else the
+    /// type's problem reason.
+    pub(crate) fn set_problem_as(
+        &mut self,
+        reason: Option<&str>,
+        message: String,
+        now: SystemTime,
+    ) {
+        let reason = reason.unwrap_or(self.condition_type.spec().problem_reason);
         self.set(ConditionStatus::True, reason, message, now);
     }
 

@@ -22,6 +22,8 @@ struct HungTaskEntry {
     first_seen_ns: u64,
     first_seen_wall: SystemTime,
     last_report_ns: u64,
+    /// The condition's reason for this task (`DockerHung`), when it names a component.
+    reason: Option<&'static str>,
 }
 
 impl HungTaskEntry {
@@ -53,18 +55,31 @@ fn task_key(task: &Task) -> u32 {
     if task.tid != 0 { task.tid } else { task.pid }
 }
 
+/// One report of a hung task (`Change::TaskHung`, and the condition's reason for it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HangReport<'a> {
+    pub(crate) first_seen_ns: u64,
+    pub(crate) stack_top: &'a [String],
+    pub(crate) first_report: bool,
+    pub(crate) reason: Option<&'static str>,
+}
+
 impl DeadlockState {
     /// Returns true when the report starts a hang npd has not reported (a TaskHung Event is
     /// due); repeats only refresh the condition.
     pub(crate) fn on_hung_task(
         &mut self,
         event: &Event,
-        first_seen_ns: u64,
-        stack_top: &[String],
-        first_report: bool,
+        hang: HangReport<'_>,
         condition: &mut NodeCondition,
         now: Timestamp,
     ) -> bool {
+        let HangReport {
+            first_seen_ns,
+            stack_top,
+            first_report,
+            reason,
+        } = hang;
         let first_seen_ns = if first_seen_ns != 0 {
             first_seen_ns
         } else {
@@ -89,13 +104,14 @@ impl DeadlockState {
                         first_seen_ns,
                         first_seen_wall: now.wall_at(first_seen_ns),
                         last_report_ns: now.monotonic_ns,
+                        reason,
                     },
                 );
                 first_report
             }
         };
         self.quiet_since_ns = None;
-        condition.set_problem(self.message(), now.wall);
+        condition.set_problem_as(self.reason(), self.message(), now.wall);
         new_hang
     }
 
@@ -170,7 +186,7 @@ impl DeadlockState {
             return;
         }
         if !self.hung.is_empty() {
-            condition.set_problem(self.message(), now.wall);
+            condition.set_problem_as(self.reason(), self.message(), now.wall);
             return;
         }
         self.quiet_since_ns = Some(now.monotonic_ns);
@@ -181,6 +197,16 @@ impl DeadlockState {
             rfc3339(clears_at)
         );
         condition.set_problem(message, now.wall);
+    }
+
+    /// A component's reason if any hung task has one (a hung runtime or kubelet is the news,
+    /// whichever task hung longest), the longest-hung such task's.
+    fn reason(&self) -> Option<&'static str> {
+        self.hung
+            .iter()
+            .filter_map(|(key, entry)| Some(((entry.first_seen_ns, *key), entry.reason?)))
+            .min_by_key(|(order, _)| *order)
+            .map(|(_, reason)| reason)
     }
 
     fn message(&self) -> String {

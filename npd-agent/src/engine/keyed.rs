@@ -11,8 +11,9 @@ const RESTORED: &str = "restored";
 
 #[derive(Debug, Default)]
 pub(crate) struct KeyedState {
-    /// Raised problems: key -> (message, raised at, monotonic ns).
-    raised: BTreeMap<String, (String, u64)>,
+    /// Raised problems: key -> (message, raised at (monotonic ns), the reason if not the
+    /// spec's).
+    raised: BTreeMap<String, (String, u64, Option<&'static str>)>,
 }
 
 impl KeyedState {
@@ -20,11 +21,12 @@ impl KeyedState {
         &mut self,
         key: &str,
         message: String,
+        reason: Option<&'static str>,
         condition: &mut NodeCondition,
         now: Timestamp,
     ) {
         self.raised
-            .insert(key.to_owned(), (message, now.monotonic_ns));
+            .insert(key.to_owned(), (message, now.monotonic_ns, reason));
         self.publish(None, condition, now);
     }
 
@@ -44,6 +46,7 @@ impl KeyedState {
     pub(crate) fn resync(
         &mut self,
         current: &[(String, String)],
+        reason: Option<&'static str>,
         condition: &mut NodeCondition,
         now: Timestamp,
     ) {
@@ -52,10 +55,19 @@ impl KeyedState {
             .retain(|key, _| current.iter().any(|(k, _)| k == key));
         let mut changed = before != self.raised.len();
         for (key, message) in current {
-            if !self.raised.contains_key(key) {
-                self.raised
-                    .insert(key.clone(), (message.clone(), now.monotonic_ns));
-                changed = true;
+            match self.raised.get_mut(key) {
+                // Same problem, but its reason or message moved (another component, a new
+                // error): published, with the time it was first raised.
+                Some(entry) if entry.0 != *message || entry.2 != reason => {
+                    (entry.0, entry.2) = (message.clone(), reason);
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    self.raised
+                        .insert(key.clone(), (message.clone(), now.monotonic_ns, reason));
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -68,7 +80,7 @@ impl KeyedState {
         if condition.is_true() {
             self.raised.insert(
                 RESTORED.to_owned(),
-                (condition.message.clone(), now.monotonic_ns),
+                (condition.message.clone(), now.monotonic_ns, None),
             );
         }
     }
@@ -77,12 +89,15 @@ impl KeyedState {
         let latest = self
             .raised
             .values()
-            .max_by_key(|(_, at)| *at)
-            .map(|(message, _)| message.clone());
+            .max_by_key(|(_, at, _)| *at)
+            .map(|(message, _, reason)| (message.clone(), *reason));
         match latest {
             None => condition.set_healthy(cleared, now.wall),
-            Some(message) if self.raised.len() == 1 => condition.set_problem(message, now.wall),
-            Some(message) => condition.set_problem(
+            Some((message, reason)) if self.raised.len() == 1 => {
+                condition.set_problem_as(reason, message, now.wall);
+            }
+            Some((message, reason)) => condition.set_problem_as(
+                reason,
                 format!("{} problems; the latest: {message}", self.raised.len()),
                 now.wall,
             ),

@@ -166,7 +166,13 @@ impl Engine {
         let assessment = event.assess();
         let mut report_due = true;
         if let Some((condition_type, change)) = &assessment.condition {
-            report_due = self.apply(*condition_type, change, event, now);
+            report_due = self.apply(
+                *condition_type,
+                change,
+                assessment.condition_reason,
+                event,
+                now,
+            );
         }
         if let Some(report) = assessment.report
             && report_due
@@ -184,6 +190,7 @@ impl Engine {
         &mut self,
         condition_type: ConditionType,
         change: &Change,
+        reason: Option<&'static str>,
         event: &Event,
         now: Timestamp,
     ) -> bool {
@@ -201,9 +208,12 @@ impl Engine {
                 },
             ) => state.on_hung_task(
                 event,
-                *first_seen_ns,
-                stack_top,
-                *first_report,
+                deadlock::HangReport {
+                    first_seen_ns: *first_seen_ns,
+                    stack_top,
+                    first_report: *first_report,
+                    reason,
+                },
                 condition,
                 now,
             ),
@@ -233,7 +243,7 @@ impl Engine {
                 true
             }
             (Machine::Keyed(state), Change::Raise { key, message }) => {
-                state.raise(key, message.clone(), condition, now);
+                state.raise(key, message.clone(), reason, condition, now);
                 true
             }
             (Machine::Keyed(state), Change::Clear { key, message }) => {
@@ -241,7 +251,7 @@ impl Engine {
                 true
             }
             (Machine::Keyed(state), Change::Resync { current }) => {
-                state.resync(current, condition, now);
+                state.resync(current, reason, condition, now);
                 true
             }
             (machine, change) => {

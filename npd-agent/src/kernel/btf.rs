@@ -525,6 +525,8 @@ impl Btf {
 pub struct BtfFacts {
     functions: HashSet<String>,
     tracepoint_args: HashMap<String, Result<Vec<ArgType>, String>>,
+    /// `task_struct::exit_code` (the daemons detector's exit codes).
+    task_exit_code: Option<u32>,
 }
 
 impl BtfFacts {
@@ -541,7 +543,12 @@ impl BtfFacts {
                     )
                 })
                 .collect(),
+            task_exit_code: btf.offset_of("task_struct", "exit_code").ok(),
         }
+    }
+
+    pub fn task_exit_code(&self) -> Option<u32> {
+        self.task_exit_code
     }
 
     pub fn has_function(&self, name: &str) -> bool {
