@@ -150,6 +150,11 @@ pub trait Finding: Debug + Send + Sync + 'static {
     fn fields(&self) -> serde_json::Map<String, serde_json::Value>;
     /// What the event means to the problem engine. Pure: no IO.
     fn assess(&self, event: &Event) -> Assessment;
+    /// The task's cgroup path as the kernel read it at the event, when the hook could: it
+    /// attributes even a cgroup removed before the agent looked its id up.
+    fn cgroup_path(&self) -> Option<&str> {
+        None
+    }
     /// Fills in what needs the event's attribution (e.g. the memory cgroup that hit its
     /// limit), reading below `cgroup_root`.
     fn attributed(&mut self, _attribution: Option<&Attribution>, _cgroup_root: &Path) {}

@@ -58,6 +58,10 @@ pub struct KernelOffsets {
     pub css_cgroup: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `kernfs_node::name` (`const char *`).
+    pub kernfs_node_name: u32,
+    /// `kernfs_node::parent` (`__parent` since 6.15).
+    pub kernfs_node_parent: u32,
     /// `signal_struct::rlim[RLIMIT_NOFILE].rlim_cur`, the index folded in.
     pub signal_nofile_cur: u32,
     pub signal_oom_score_adj: u32,
@@ -72,7 +76,7 @@ pub struct KernelOffsets {
     pub cred_uid: u32,
 }
 
-assert_layout_u32!(KernelOffsets, 20);
+assert_layout_u32!(KernelOffsets, 22);
 
 impl KernelOffsets {
     pub const fn unknown() -> Self {
@@ -89,6 +93,8 @@ impl KernelOffsets {
             css_cgroup: UNKNOWN,
             cgroup_kn: UNKNOWN,
             kernfs_node_id: UNKNOWN,
+            kernfs_node_name: UNKNOWN,
+            kernfs_node_parent: UNKNOWN,
             signal_nofile_cur: UNKNOWN,
             signal_oom_score_adj: UNKNOWN,
             mm_total_vm: UNKNOWN,
@@ -169,7 +175,7 @@ pub struct ProbeConfig {
     pub tracepoints: TracepointOffsets,
 }
 
-assert_layout!(ProbeConfig, 32 + 80 + 56);
+assert_layout!(ProbeConfig, 32 + 88 + 56);
 impl_pod!(ProbeConfig, KernelOffsets, TracepointOffsets);
 
 impl ProbeConfig {

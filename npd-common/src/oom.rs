@@ -2,7 +2,13 @@
 
 use crate::{MAX_STACK_DEPTH, RecordHeader, TASK_COMM_LEN, assert_layout, impl_pod};
 
-pub const OOM_KILL_VERSION: u8 = 1;
+pub const OOM_KILL_VERSION: u8 = 2;
+
+/// Bytes kept of each cgroup directory name in [`OomKill::victim_cgroup_names`]; a kubelet's
+/// longest (`cri-containerd-<64 hex>.scope`) is 86.
+pub const CGROUP_NAME_LEN: usize = 128;
+/// Cgroup levels read above the victim; a pod's container is four below the root.
+pub const CGROUP_PATH_DEPTH: usize = 8;
 
 /// Set in [`OomKill::flags`] for each group of fields the hook could read.
 pub mod flags {
@@ -12,6 +18,8 @@ pub mod flags {
     pub const OOM_SCORE_ADJ: u16 = 1 << 2;
     /// `header.cgroup_id` is the victim's, read in the kernel.
     pub const VICTIM_CGROUP: u16 = 1 << 3;
+    /// `victim_cgroup_names` holds the whole path: the walk reached the hierarchy's root.
+    pub const VICTIM_CGROUP_PATH: u16 = 1 << 4;
 }
 
 #[repr(C)]
@@ -39,11 +47,18 @@ pub struct OomKill {
     pub trigger_stack_len: u32,
     pub _pad: u32,
     pub trigger_stack: [u64; MAX_STACK_DEPTH],
+    /// The victim's cgroup path as the kernel names it at the kill, leaf first, one
+    /// NUL-terminated directory name per slot: a container that dies within its first
+    /// seconds takes its cgroup with it before anyone could look its id up.
+    pub victim_cgroup_names: [[u8; CGROUP_NAME_LEN]; CGROUP_PATH_DEPTH],
+    /// Slots of `victim_cgroup_names` filled.
+    pub victim_cgroup_depth: u32,
+    pub _pad2: u32,
 }
 
 assert_layout!(
     OomKill,
-    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH
+    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH + CGROUP_NAME_LEN * CGROUP_PATH_DEPTH + 8
 );
 impl_pod!(OomKill);
 

@@ -1,7 +1,10 @@
 //! Reading kernel structures at offsets the agent resolved from this kernel's BTF.
 //! Every offset may be `UNKNOWN`; readers then return a neutral value instead of guessing.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_str_bytes,
+};
 use npd_common::{
     TASK_COMM_LEN,
     config::{UNKNOWN, cgroup_mode},
@@ -44,9 +47,10 @@ pub(crate) fn comm(task: *const u8) -> [u8; TASK_COMM_LEN] {
     read::<[u8; TASK_COMM_LEN]>(task, config!(offsets.task_comm)).unwrap_or([0; TASK_COMM_LEN])
 }
 
-/// The task's cgroup id in the hierarchy the agent attributes by (see `cgroup_mode`).
+/// The kernfs node (directory) of the task's cgroup in the hierarchy the agent attributes by
+/// (see `cgroup_mode`); null if unknown.
 #[inline(always)]
-pub(crate) fn cgroup_id(task: *const u8) -> u64 {
+pub(crate) fn cgroup_kernfs_node(task: *const u8) -> *const u8 {
     let css_set = read_ptr(task, config!(offsets.task_cgroups));
     let cgroup = if config!(cgroup_mode) == cgroup_mode::MEMORY_V1 {
         let css = read_ptr(css_set, config!(offsets.css_set_memory_subsys));
@@ -54,8 +58,54 @@ pub(crate) fn cgroup_id(task: *const u8) -> u64 {
     } else {
         read_ptr(css_set, config!(offsets.css_set_dfl_cgrp))
     };
-    let kernfs_node = read_ptr(cgroup, config!(offsets.cgroup_kn));
-    read::<u64>(kernfs_node, config!(offsets.kernfs_node_id)).unwrap_or(0)
+    read_ptr(cgroup, config!(offsets.cgroup_kn))
+}
+
+/// The task's cgroup id in the hierarchy the agent attributes by (see `cgroup_mode`).
+#[inline(always)]
+pub(crate) fn cgroup_id(task: *const u8) -> u64 {
+    read::<u64>(cgroup_kernfs_node(task), config!(offsets.kernfs_node_id)).unwrap_or(0)
+}
+
+/// Writes the names of the cgroup directory `kernfs_node` and its ancestors below the
+/// hierarchy's root into `names`, leaf first. Returns the slots written and whether the walk
+/// reached the root (the path is whole).
+#[inline(always)]
+pub(crate) fn cgroup_names<const N: usize, const LEN: usize>(
+    kernfs_node: *const u8,
+    names: &mut [[u8; LEN]; N],
+) -> (u32, bool) {
+    let mut node = kernfs_node;
+    let mut written = 0;
+    while written <= N {
+        if node.is_null() {
+            return (written as u32, false);
+        }
+        let parent = read_ptr(node, config!(offsets.kernfs_node_parent));
+        // The root's own name is not part of the path.
+        if parent.is_null() {
+            return (
+                written as u32,
+                config!(offsets.kernfs_node_parent) != UNKNOWN,
+            );
+        }
+        let Some(slot) = names.get_mut(written) else {
+            return (written as u32, false);
+        };
+        let name = read_ptr(node, config!(offsets.kernfs_node_name));
+        if name.is_null() {
+            return (written as u32, false);
+        }
+        // SAFETY: bpf_probe_read_kernel_str checks the address and fails instead of faulting.
+        match unsafe { bpf_probe_read_kernel_str_bytes(name, slot) } {
+            // A name that filled the slot may have been cut: not a path to attribute by.
+            Ok(read) if read.len() + 1 < LEN => {}
+            _ => return (written as u32, false),
+        }
+        written += 1;
+        node = parent;
+    }
+    (written as u32, false)
 }
 
 #[inline(always)]

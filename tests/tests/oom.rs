@@ -71,3 +71,45 @@ fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
         "npd's own frames are trimmed: {trigger_stack:?}"
     );
 }
+
+/// Containers that die within their first second, one after another, as a crash-looping
+/// pod's do: each cgroup is created after the agent last looked at the hierarchy and removed
+/// as soon as its process is gone, so only the path the kernel read at the kill can name the
+/// pod (the agent rescans the hierarchy at most every 2 s, and these are gone by then).
+#[test]
+fn containers_killed_in_their_first_second_are_attributed_to_their_pods() {
+    require_root("loads eBPF programs and creates memory cgroups");
+    let mut dump = EventDump::start(&["--detectors", "oom"]).expect("event-dump starts");
+    let prefix = format!("npd-test-oom-early-{}", std::process::id());
+    for attempt in 0..3_u32 {
+        let uid = format!("0000000{attempt}-1111-2222-3333-444444444444");
+        let container = format!("{attempt:x}").repeat(64);
+        let relative = format!("{prefix}/kubepods/burstable/pod{uid}/{container}");
+        let cgroup = MemoryCgroup::create(&relative, LIMIT).expect("memory cgroup");
+        let mut child = Provoked::oom_in(PROVOKE, &cgroup).expect("allocator starts");
+        let pid = child.pid;
+        let status = child.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "OOM-killed: {status}");
+        // Gone with its container, as the runtime removes it.
+        drop(cgroup);
+
+        dump.collect_until(Duration::from_secs(10), |seen| {
+            seen.iter().any(|e| e["pid"] == pid)
+        });
+        let events = dump.for_pid(pid);
+        assert_eq!(events.len(), 1, "one oom_kill for the victim: {events:#?}");
+        let attribution = &events[0]["attribution"];
+        assert_eq!(
+            attribution["cgroup"],
+            format!("/{relative}").as_str(),
+            "attempt {attempt}: {:#}",
+            events[0]
+        );
+        assert_eq!(attribution["pod"]["uid"], uid.as_str(), "{attribution:#}");
+        assert_eq!(
+            attribution["pod"]["container_id"],
+            container.as_str(),
+            "{attribution:#}"
+        );
+    }
+}

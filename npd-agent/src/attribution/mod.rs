@@ -129,10 +129,16 @@ impl Attributor {
         Some(self.attribute_path(&path))
     }
 
-    /// Fills `event.attribution` from its task's cgroup (left alone if it cannot be found).
+    /// Fills `event.attribution` from its task's cgroup: the path the kernel read at the event
+    /// if the record has one, else the cgroup id through the index (left alone if it cannot be
+    /// found).
     pub fn attribute_event(&mut self, event: &mut Event, now: Instant) {
-        if let Some(attribution) = self.attribute(event.task.cgroup_id, now) {
-            event.attribution = Some(attribution);
+        let attribution = match event.detail.cgroup_path() {
+            Some(path) => Some(self.attribute_path(path)),
+            None => self.attribute(event.task.cgroup_id, now),
+        };
+        if attribution.is_some() {
+            event.attribution = attribution;
         }
     }
 

@@ -205,6 +205,7 @@ mod tests {
                 cgroup_source: "kernel",
                 trigger: task(),
                 trigger_stack: vec![],
+                kernel_cgroup_path: None,
             }),
             Box::new(KernelOops(problem())),
             Box::new(KernelWarning(problem())),

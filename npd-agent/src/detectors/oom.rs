@@ -95,6 +95,10 @@ pub struct OomKill {
     /// The task whose allocation ran the OOM killer.
     pub trigger: Task,
     pub trigger_stack: Vec<String>,
+    /// The victim's cgroup path as the kernel named it at the kill (the index may never have
+    /// seen a cgroup that lived for a second); shown as the attribution's `cgroup`.
+    #[serde(skip)]
+    pub kernel_cgroup_path: Option<String>,
 }
 
 finding!(OomKill, "oom_kill", {
@@ -136,6 +140,10 @@ finding!(OomKill, "oom_kill", {
             count: 1,
             since_boot: false,
         })
+    }
+
+    fn cgroup_path(&self) -> Option<&str> {
+        self.kernel_cgroup_path.as_deref()
     }
 
     /// For a memory-cgroup OOM: which cgroup hit its limit (the victim's or an ancestor).
@@ -272,12 +280,31 @@ impl OomDecoder {
                 cgroup_id: record.trigger_cgroup_id,
             },
             trigger_stack,
+            kernel_cgroup_path: kernel_cgroup_path(record),
         };
         let source = Source::from_hook(
             npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
         );
         Event::new(record.header.ts_ns, task, source, detail)
     }
+}
+
+/// The victim's cgroup path from the names the kernel wrote (leaf first), when it wrote all
+/// of them.
+fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
+    if record.flags & flags::VICTIM_CGROUP_PATH == 0 {
+        return None;
+    }
+    let depth = (record.victim_cgroup_depth as usize).min(record.victim_cgroup_names.len());
+    let names = record.victim_cgroup_names[..depth]
+        .iter()
+        .rev()
+        .map(|name| comm_string(name))
+        .collect::<Vec<_>>();
+    if names.iter().any(|name| name.is_empty() || name.contains('/')) {
+        return None;
+    }
+    Some(format!("/{}", names.join("/")))
 }
 
 impl Runtime for OomDecoder {
@@ -323,6 +350,68 @@ mod tests {
         ]);
         assert_eq!(scope_from_stack(&global), OomScope::Global);
         assert_eq!(scope_from_stack(&[]), OomScope::Unknown);
+    }
+
+    fn with_names(names: &[&str], whole: bool) -> npd_common::oom::OomKill {
+        // SAFETY: a plain-old-data record: integers and byte arrays, all zero valid.
+        let mut record: npd_common::oom::OomKill = unsafe { std::mem::zeroed() };
+        for (slot, name) in record.victim_cgroup_names.iter_mut().zip(names) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        record.victim_cgroup_depth = names.len() as u32;
+        if whole {
+            record.flags |= flags::VICTIM_CGROUP_PATH;
+        }
+        record
+    }
+
+    /// A container that lived a second: its cgroup is gone before the index could see it,
+    /// and the path the kernel read at the kill still names its pod.
+    #[test]
+    fn a_cgroup_the_index_never_saw_is_attributed_by_the_kernels_path() {
+        use crate::attribution::{Attributor, CgroupIndex};
+        let uid = "11111111-2222-3333-4444-555555555555";
+        let container = "ab".repeat(32);
+        let path = format!("/kubepods/burstable/pod{uid}/{container}");
+        let mut record = with_names(
+            &[&container, &format!("pod{uid}"), "burstable", "kubepods"],
+            true,
+        );
+        record.header.tid = 42;
+        record.header.cgroup_id = 7777;
+        record.flags |= flags::VICTIM_CGROUP;
+        let decoder = OomDecoder::new(Path::new("/nonexistent"), CgroupLayout::Unified, Path::new("/nonexistent"));
+        let mut event = decoder.on_record(&record, &mut Symbolizer::new(Path::new("/nonexistent")));
+        let mut attributor = Attributor::new(CgroupIndex::new("/nonexistent-npd-cgroup-root"));
+        attributor.attribute_event(&mut event, std::time::Instant::now());
+        let attribution = event.attribution.expect("attributed");
+        assert_eq!(attribution.cgroup.as_deref(), Some(path.as_str()));
+        let pod = attribution.pod.expect("a pod");
+        assert_eq!(pod.uid, uid);
+        assert_eq!(pod.container_id.as_deref(), Some(container.as_str()));
+    }
+
+    #[test]
+    fn the_kernel_names_a_cgroup_leaf_first() {
+        let cases: &[(&[&str], bool, Option<&str>)] = &[
+            (
+                &["cri-containerd-ab12.scope", "kubepods-pod1.slice", "kubepods.slice"],
+                true,
+                Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab12.scope"),
+            ),
+            // The root cgroup itself.
+            (&[], true, Some("/")),
+            // The walk stopped short of the root: no path to attribute by.
+            (&["ab12", "pod1"], false, None),
+            (&["ab12", ""], true, None),
+        ];
+        for (names, whole, expected) in cases {
+            assert_eq!(
+                kernel_cgroup_path(&with_names(names, *whole)).as_deref(),
+                *expected,
+                "{names:?} whole={whole}"
+            );
+        }
     }
 }
 

@@ -56,6 +56,12 @@ pub fn resolve(btf: &Btf) -> ResolvedOffsets {
         ),
         cgroup_kn: get("cgroup.kn", btf.offset_of("cgroup", "kn")),
         kernfs_node_id: get("kernfs_node.id", btf.offset_of("kernfs_node", "id")),
+        kernfs_node_name: get("kernfs_node.name", btf.offset_of("kernfs_node", "name")),
+        kernfs_node_parent: get(
+            "kernfs_node.parent",
+            btf.offset_of("kernfs_node", "__parent")
+                .or_else(|_| btf.offset_of("kernfs_node", "parent")),
+        ),
         signal_nofile_cur: get(
             "signal_struct.rlim[RLIMIT_NOFILE].rlim_cur",
             btf.offset_of_element("signal_struct", "rlim", RLIMIT_NOFILE)

@@ -157,6 +157,18 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
             if unsafe { (*record).header.cgroup_id } != 0 {
                 valid |= flags::VICTIM_CGROUP;
             }
+            let kernfs_node = task::cgroup_kernfs_node(victim);
+            // SAFETY: as above.
+            let (depth, whole) =
+                task::cgroup_names(kernfs_node, unsafe { &mut (*record).victim_cgroup_names });
+            // SAFETY: as above.
+            unsafe {
+                (*record).victim_cgroup_depth = depth;
+                (*record)._pad2 = 0;
+            }
+            if whole {
+                valid |= flags::VICTIM_CGROUP_PATH;
+            }
             finish(ctx, record, valid);
         },
     );
@@ -182,6 +194,11 @@ fn oom_tp(ctx: TracePointContext) -> u32 {
         ),
         |record| {
             let valid = write_facts(record, tracepoint_facts(&ctx));
+            // SAFETY: `record` points into the reserved entry (see `emit::record`).
+            unsafe {
+                (*record).victim_cgroup_depth = 0;
+                (*record)._pad2 = 0;
+            }
             finish(&ctx, record, valid);
         },
     );

@@ -123,6 +123,7 @@ fn oom(secs: u64, pid: u32, attribution: Option<Attribution>) -> Event {
             cgroup_source: "kernel",
             trigger: task(pid, "mysqld"),
             trigger_stack: Vec::new(),
+            kernel_cgroup_path: None,
         },
     )
 }
