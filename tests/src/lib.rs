@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod faults;
+pub mod helm;
 pub mod loopfs;
 pub mod machine;
 pub mod machine_lock;

@@ -19,8 +19,8 @@ use clap::{Args, Subcommand};
 use npd_tests::cluster::{ClusterBinaries, TestCluster};
 
 use crate::{
-    prereqs::apt_install,
-    util::{self, output, root, sh_narrating, step},
+    prereqs::install_missing,
+    util::{output, root, sh_narrating, step},
 };
 
 /// The Debian source package the recipe was verified with. Only its orig tarball (the
@@ -202,21 +202,11 @@ fn ensure_packages() -> anyhow::Result<()> {
         .filter(|package| !is_installed(package))
         .map(|package| (*package).to_owned())
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    step(format!(
-        "installing {} (Go 1.19 builds kube-apiserver, Debian's reflect2 replaces a vendored \
-         copy that crashes on it, etcd stores the cluster, openssl makes its keys)",
-        missing.join(" ")
-    ));
-    if !util::is_root() {
-        bail!(
-            "installing packages needs root: run `sudo apt-get install -y {}` and retry",
-            missing.join(" ")
-        );
-    }
-    apt_install(&missing)
+    install_missing(
+        &missing,
+        "Go 1.19 builds kube-apiserver, Debian's reflect2 replaces a vendored copy that crashes \
+         on it, etcd stores the cluster, openssl makes its keys",
+    )
 }
 
 /// Everything that decides what the build produces, and its key in the cache.

@@ -4,6 +4,7 @@
 mod apiserver;
 mod bench;
 mod build;
+mod helm;
 mod prereqs;
 mod test;
 mod util;
@@ -35,6 +36,8 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
     Apiserver(apiserver::ApiserverArgs),
+    /// Fetch helm for the chart tests into .npd-cache (quick once cached); prints its export.
+    Helm,
     /// Measure what npd costs (hook overhead, storms, idle footprint) and how fast it
     /// reports (to the decoded record, to a watch on the API server); root.
     Bench(bench::BenchArgs),
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => build::lint(),
         Command::VmTest(args) => vm::run(&args),
         Command::Apiserver(args) => apiserver::run(&args),
+        Command::Helm => helm::run(),
         Command::Bench(args) => bench::run(&args),
     }
 }

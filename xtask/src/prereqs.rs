@@ -100,6 +100,22 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<()> {
     apt_install(&packages)
 }
 
+/// Installs the Debian packages in `missing`, if any, saying why (`what_for`); without root,
+/// fails with the command that would.
+pub(crate) fn install_missing(missing: &[String], what_for: &str) -> anyhow::Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(format!("installing {} ({what_for})", missing.join(" ")));
+    if !util::is_root() {
+        bail!(
+            "installing packages needs root: run `sudo apt-get install -y {}` and retry",
+            missing.join(" ")
+        );
+    }
+    apt_install(missing)
+}
+
 /// Installs Debian packages; never removes any (apt would otherwise remove what conflicts,
 /// e.g. a newer qemu-utils from backports when installing qemu-system-x86): that is left to
 /// a person.

@@ -6,12 +6,13 @@
 
 use anyhow::bail;
 use clap::Args;
-use npd_tests::{cluster, machine_lock::MachineLock};
+use npd_tests::{cluster, helm::HELM_ENV, machine_lock::MachineLock};
 
 use crate::{
     apiserver,
     bench::{self, BenchArgs},
     build::{self, BuildArgs},
+    helm,
     util::{self, root, sh, step},
     vm::{self, VmTestArgs},
 };
@@ -58,6 +59,8 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         );
     }
     let control_plane = apiserver::ensure_built()?;
+    // The chart tests lint and render deploy/helm/npd.
+    let helm = helm::ensure_fetched()?;
     // The filesystem tests make real XFS images (ext4's tools are on every Debian).
     if which("mkfs.xfs").is_none() {
         step("installing xfsprogs (the filesystem tests shut down a real XFS)");
@@ -100,6 +103,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         .env("NPD_AGENT_BIN", &artifacts.agent)
         .env(cluster::KUBE_APISERVER_ENV, &control_plane.kube_apiserver)
         .env(cluster::ETCD_ENV, &control_plane.etcd)
+        .env(HELM_ENV, &helm)
         .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
         .args(&args.filter))?;
     if !args.filter.is_empty() {

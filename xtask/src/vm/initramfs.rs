@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use super::{cpio, debian};
 use crate::{
@@ -46,20 +46,10 @@ pub(crate) fn ensure_host_tools(compiler: Option<&str>) -> anyhow::Result<()> {
     if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").is_file() {
         missing.push("libc6-dev".to_owned());
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    step(format!(
-        "installing {} (to build the test module, the helper and the initramfs)",
-        missing.join(" ")
-    ));
-    if !util::is_root() {
-        bail!(
-            "installing packages needs root: run `sudo apt-get install -y {}` and retry",
-            missing.join(" ")
-        );
-    }
-    prereqs::apt_install(&missing)
+    prereqs::install_missing(
+        &missing,
+        "to build the test module, the helper and the initramfs",
+    )
 }
 
 /// A program on PATH, or in the sbin directories a non-root PATH may lack.
