@@ -12,6 +12,7 @@ mod hooks;
 mod interrupt;
 mod latency;
 mod metrics;
+mod oomstorm;
 mod procfs;
 mod report;
 mod stats;
@@ -59,6 +60,8 @@ enum Benchmark {
     Storm,
     /// Block I/O errors from a failing disk, thousands a second.
     BlockStorm,
+    /// Real memory-cgroup OOM kills one after another: the agent's CPU per kill.
+    OomStorm,
     Idle,
     Latency,
 }
@@ -85,6 +88,7 @@ pub(crate) struct Settings {
     pub(crate) quick: bool,
     pub(crate) hooks: hooks::HookSettings,
     pub(crate) storm_seconds: f64,
+    pub(crate) oom_kills: u64,
     pub(crate) idle_seconds: f64,
     pub(crate) provocations: usize,
     pub(crate) cluster_idle_seconds: f64,
@@ -101,6 +105,7 @@ impl Settings {
                     batch_ms: 20,
                 },
                 storm_seconds: 1.0,
+                oom_kills: 5,
                 idle_seconds: 2.0,
                 provocations: 3,
                 cluster_idle_seconds: 1.0,
@@ -114,6 +119,7 @@ impl Settings {
                     batch_ms: 150,
                 },
                 storm_seconds: 10.0,
+                oom_kills: 200,
                 idle_seconds: 60.0,
                 provocations: 50,
                 cluster_idle_seconds: 60.0,
@@ -128,6 +134,7 @@ pub(crate) struct Results {
     pub(crate) hooks: Option<hooks::HookOverhead>,
     pub(crate) storms: Option<Vec<storm::StormResult>>,
     pub(crate) block_storm: Option<blockstorm::BlockStormResult>,
+    pub(crate) oom_storm: Option<oomstorm::OomStormResult>,
     pub(crate) footprint: Option<footprint::Footprint>,
     pub(crate) latency: Option<latency::Latency>,
 }
@@ -145,7 +152,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .context("own directory")?
             .join("npd-provoke"),
     };
-    if (selected(Benchmark::Storm) || selected(Benchmark::Latency)) && !provoke.is_file() {
+    if (selected(Benchmark::Storm) || selected(Benchmark::OomStorm) || selected(Benchmark::Latency))
+        && !provoke.is_file()
+    {
         bail!(
             "{} is missing: build it (`cargo build --release -p npd-tests --bins`) or pass \
              --provoke",
@@ -176,6 +185,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if selected(Benchmark::BlockStorm) {
         results.block_storm = Some(blockstorm::run(settings.storm_seconds)?);
+    }
+    if selected(Benchmark::OomStorm) {
+        results.oom_storm = Some(oomstorm::run(&provoke, settings.oom_kills)?);
     }
     if selected(Benchmark::Idle) {
         eprintln!("npd-bench: idle footprint ({} s)", settings.idle_seconds);

@@ -37,16 +37,21 @@ impl CpuTime {
         }
     }
 
-    /// As a percentage of one core over `wall_seconds`: schedstat's nanoseconds, unless the
-    /// ticks show more than one tick beyond them (a thread that ended took its share along).
+    /// As a percentage of one core over `wall_seconds` (see [`CpuTime::seconds`]; a thread
+    /// that ended took its share of schedstat along).
     pub(crate) fn percent_of_core(self, wall_seconds: f64) -> f64 {
+        self.seconds() / wall_seconds * 100.0
+    }
+
+    /// Seconds of CPU: schedstat's nanoseconds, unless the ticks show more than one tick
+    /// beyond them.
+    pub(crate) fn seconds(self) -> f64 {
         let tick = 1.0 / clock_ticks_per_second();
-        let seconds = if self.stat_seconds > self.sched_seconds + tick {
+        if self.stat_seconds > self.sched_seconds + tick {
             self.stat_seconds
         } else {
             self.sched_seconds
-        };
-        seconds / wall_seconds * 100.0
+        }
     }
 }
 

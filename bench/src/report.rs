@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::blockstorm::BlockStormResult;
+use crate::oomstorm::OomStormResult;
 use crate::{
     Results, Settings,
     footprint::Footprint,
@@ -21,6 +22,8 @@ const HOOK_TARGET: f64 = 0.01;
 const API_P99_TARGET_MS: f64 = 100.0;
 /// "Memory flat": resident memory after both storms within this of before them.
 const FLAT_KIB: u64 = 1024;
+/// Agent CPU per OOM kill (issue 20: NPD spent 0.64 ms here).
+const OOM_KILL_CPU_TARGET_MS: f64 = 0.1;
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
@@ -107,6 +110,9 @@ pub(crate) fn markdown(machine: &Machine, settings: &Settings, results: &Results
     }
     if let Some(block) = &results.block_storm {
         block_storm_rows(&mut table, block);
+    }
+    if let Some(oom) = &results.oom_storm {
+        oom_storm_rows(&mut table, oom);
     }
     if let Some(footprint) = &results.footprint {
         footprint_rows(&mut table, &mut details, footprint);
@@ -209,6 +215,44 @@ fn hook_rows(table: &mut Table, details: &mut String, hooks: &HookOverhead) {
         let _ = writeln!(details, "| {} | {} |", op.label, cells.join(" | "));
     }
     details.push('\n');
+}
+
+fn oom_storm_rows(table: &mut Table, oom: &OomStormResult) {
+    table.row(
+        "OOM-kill storm: agent CPU per kill",
+        format!(
+            "{:.3} ms ({} kills in fresh memory cgroups in {:.1} s: {} during them, {} idle \
+             over as long)",
+            oom.cpu_ms_per_kill(),
+            count(oom.kills),
+            oom.wall_seconds,
+            cpu_time(oom.cpu),
+            cpu_time(oom.idle_cpu)
+        ),
+        "< 0.1 ms",
+        verdict(oom.cpu_ms_per_kill() < OOM_KILL_CPU_TARGET_MS, || {
+            format!(
+                "{:.2} ms over",
+                oom.cpu_ms_per_kill() - OOM_KILL_CPU_TARGET_MS
+            )
+        }),
+    );
+    table.row(
+        "OOM-kill storm: every kill counted",
+        format!(
+            "{} kills, problem_counter{{reason=\"OOMKilling\"}} +{}, {} oom_kill records, {} \
+             ring-buffer drops",
+            count(oom.kills),
+            oom.counted,
+            oom.records,
+            oom.ring_buffer_drops
+        ),
+        "all, no drops",
+        verdict(
+            oom.counted == oom.kills as f64 && oom.ring_buffer_drops == 0.0,
+            || "some missing".to_owned(),
+        ),
+    );
 }
 
 fn block_storm_rows(table: &mut Table, block: &BlockStormResult) {

@@ -124,10 +124,25 @@ impl Sink {
 #[derive(Debug, Default)]
 struct MetricDeltas {
     deltas: crate::metrics::Deltas,
+    /// The kernel's counters cost a bpf(2) call per slot: read at most this often, not once
+    /// per record batch.
+    next_kernel_read: Option<Instant>,
 }
+
+/// How stale the kernel counters in /metrics may be.
+const KERNEL_COUNTERS_PERIOD: Duration = Duration::from_secs(1);
 
 impl MetricDeltas {
     fn update(&mut self, metrics: &Metrics, source: &EventSource, engine: &Engine) {
+        let now = Instant::now();
+        if self.next_kernel_read.is_none_or(|next| now >= next) {
+            self.next_kernel_read = Some(now + KERNEL_COUNTERS_PERIOD);
+            self.kernel_counters(metrics, source);
+        }
+        self.agent_counters(metrics, source, engine);
+    }
+
+    fn kernel_counters(&mut self, metrics: &Metrics, source: &EventSource) {
         let kernel = source.kernel_counters();
         for &detector in Detector::ALL {
             let labels = DetectorLabels {
@@ -145,6 +160,9 @@ impl MetricDeltas {
                 }
             }
         }
+    }
+
+    fn agent_counters(&mut self, metrics: &Metrics, source: &EventSource, engine: &Engine) {
         let stats = &source.decoder.stats;
         for (cause, total) in stats.by_cause() {
             let delta = self.deltas.delta(&format!("decode/{cause}"), total);

@@ -1,7 +1,10 @@
 //! OOM kills: `oom:mark_victim`, with the victim's cgroup read in the kernel at the kill, as
 //! OOMKilling Events.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
 
 use aya::Ebpf;
 use npd_common::{RecordKind, oom::flags};
@@ -415,20 +418,39 @@ mod tests {
     }
 }
 
+/// The limit file of the memory hierarchy at `root`: a v1 root has the v1 file, a v2 root
+/// none. Remembered for the last root asked (one per agent): a stat of kernfs per OOM kill
+/// was a tenth of the agent's time in an OOM storm.
+fn limit_file(root: &Path) -> &'static str {
+    static LAST: Mutex<Option<(PathBuf, &'static str)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    match last.as_ref() {
+        Some((cached, file)) if cached == root => file,
+        _ => {
+            let file = if root.join("memory.limit_in_bytes").exists() {
+                "memory.limit_in_bytes"
+            } else {
+                "memory.max"
+            };
+            *last = Some((root.to_owned(), file));
+            file
+        }
+    }
+}
+
 /// The memory cgroup that hit its limit: the nearest ancestor (the cgroup itself included)
 /// of `cgroup_path` below `root` with a finite memory limit.
 pub fn limiting_memcg(root: &Path, cgroup_path: &str) -> Option<String> {
     // v1 reports "no limit" as a huge page-aligned number.
     const V1_UNLIMITED: u64 = 1 << 62;
+    let file = limit_file(root);
     let mut path = cgroup_path.trim_end_matches('/').to_owned();
     while !path.is_empty() && path != "/" {
         let dir = root.join(path.trim_start_matches('/'));
-        let limited = ["memory.max", "memory.limit_in_bytes"].iter().any(|file| {
-            std::fs::read_to_string(dir.join(file))
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|limit| limit < V1_UNLIMITED)
-        });
+        let limited = std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|limit| limit < V1_UNLIMITED);
         if limited {
             return Some(path);
         }
@@ -443,25 +465,30 @@ mod memcg_tests {
 
     #[test]
     fn finds_the_nearest_limited_ancestor() {
-        let root = std::env::temp_dir().join(format!("npd-memcg-{}", std::process::id()));
-        let leaf = root.join("kubepods/burstable/podx/ctr");
-        std::fs::create_dir_all(&leaf).unwrap();
-        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
-        std::fs::write(
-            root.join("kubepods/burstable/podx/memory.max"),
-            "67108864\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("kubepods/memory.limit_in_bytes"),
-            "9223372036854771712\n",
-        )
-        .unwrap();
-        assert_eq!(
-            limiting_memcg(&root, "/kubepods/burstable/podx/ctr").as_deref(),
-            Some("/kubepods/burstable/podx")
-        );
-        assert_eq!(limiting_memcg(&root, "/kubepods"), None);
-        std::fs::remove_dir_all(&root).unwrap();
+        // (hierarchy, its limit file, "no limit" in it)
+        for (version, file, unlimited) in [
+            ("v2", "memory.max", "max"),
+            ("v1", "memory.limit_in_bytes", "9223372036854771712"),
+        ] {
+            let root = std::env::temp_dir()
+                .join(format!("npd-memcg-{version}-{}", std::process::id()));
+            let leaf = root.join("kubepods/burstable/podx/ctr");
+            std::fs::create_dir_all(&leaf).unwrap();
+            if version == "v1" {
+                // Only a v1 root has a limit file.
+                std::fs::write(root.join(file), unlimited).unwrap();
+            }
+            std::fs::write(leaf.join(file), format!("{unlimited}\n")).unwrap();
+            std::fs::write(root.join("kubepods/burstable/podx").join(file), "67108864\n")
+                .unwrap();
+            std::fs::write(root.join("kubepods").join(file), format!("{unlimited}\n")).unwrap();
+            assert_eq!(
+                limiting_memcg(&root, "/kubepods/burstable/podx/ctr").as_deref(),
+                Some("/kubepods/burstable/podx"),
+                "{version}"
+            );
+            assert_eq!(limiting_memcg(&root, "/kubepods"), None, "{version}");
+            std::fs::remove_dir_all(&root).unwrap();
+        }
     }
 }

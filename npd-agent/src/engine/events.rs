@@ -267,12 +267,33 @@ impl EventQueue {
     /// Sends every series that is due and has a token (oldest first), then forgets series
     /// that are over and fully reported.
     pub(crate) fn flush(&mut self, now: Timestamp, out: &mut Vec<ProblemEvent>) {
-        let mut due: Vec<(u64, String)> = self
-            .series
-            .iter()
-            .filter(|(_, series)| self.is_due(series, now))
-            .map(|(key, series)| (series.seq, key.clone()))
-            .collect();
+        // A reason whose node-wide ceiling is empty sends nothing this time: its series are
+        // only counted as held back, not walked one by one (a storm holds hundreds).
+        let mut held: Vec<EventReason> = Vec::new();
+        let (burst, refill_ns) = (self.burst, self.refill_ns);
+        for series in self.series.values() {
+            if held.contains(&series.reason) || !self.is_due(series, now) {
+                continue;
+            }
+            let ceiling = self
+                .ceilings
+                .entry(series.reason)
+                .or_insert_with(|| Self::ceiling(burst, refill_ns, now));
+            if !ceiling.has_token(now.monotonic_ns) {
+                held.push(series.reason);
+            }
+        }
+        let mut due: Vec<(u64, String)> = Vec::new();
+        for (key, series) in &self.series {
+            if !self.is_due(series, now) {
+                continue;
+            }
+            if held.contains(&series.reason) {
+                self.stats.entry(series.reason).or_default().rate_limited += 1;
+            } else {
+                due.push((series.seq, key.clone()));
+            }
+        }
         due.sort_unstable();
         for (_, key) in due {
             self.send_if_due(&key, now, out);
