@@ -62,6 +62,11 @@ pub struct KernelOffsets {
     pub kernfs_node_name: u32,
     /// `kernfs_node::parent` (`__parent` since 6.15).
     pub kernfs_node_parent: u32,
+    /// `cgroup_subsys_state::parent`.
+    pub css_parent: u32,
+    /// From a memory controller's `cgroup_subsys_state` to its `mem_cgroup::memory.max` (the
+    /// limit in pages): the css's place in `mem_cgroup` folded in.
+    pub css_memcg_max: u32,
     /// `signal_struct::rlim[RLIMIT_NOFILE].rlim_cur`, the index folded in.
     pub signal_nofile_cur: u32,
     pub signal_oom_score_adj: u32,
@@ -76,7 +81,7 @@ pub struct KernelOffsets {
     pub cred_uid: u32,
 }
 
-assert_layout_u32!(KernelOffsets, 22);
+assert_layout_u32!(KernelOffsets, 24);
 
 impl KernelOffsets {
     pub const fn unknown() -> Self {
@@ -95,6 +100,8 @@ impl KernelOffsets {
             kernfs_node_id: UNKNOWN,
             kernfs_node_name: UNKNOWN,
             kernfs_node_parent: UNKNOWN,
+            css_parent: UNKNOWN,
+            css_memcg_max: UNKNOWN,
             signal_nofile_cur: UNKNOWN,
             signal_oom_score_adj: UNKNOWN,
             mm_total_vm: UNKNOWN,
@@ -175,7 +182,7 @@ pub struct ProbeConfig {
     pub tracepoints: TracepointOffsets,
 }
 
-assert_layout!(ProbeConfig, 32 + 88 + 56);
+assert_layout!(ProbeConfig, 32 + 96 + 56);
 impl_pod!(ProbeConfig, KernelOffsets, TracepointOffsets);
 
 impl ProbeConfig {

@@ -20,6 +20,8 @@ pub mod flags {
     pub const VICTIM_CGROUP: u16 = 1 << 3;
     /// `victim_cgroup_names` holds the whole path: the walk reached the hierarchy's root.
     pub const VICTIM_CGROUP_PATH: u16 = 1 << 4;
+    /// `limit_cgroup_id` and `limit_pages` name the nearest memory cgroup with a limit.
+    pub const LIMIT: u16 = 1 << 5;
 }
 
 #[repr(C)]
@@ -51,14 +53,21 @@ pub struct OomKill {
     /// NUL-terminated directory name per slot: a container that dies within its first
     /// seconds takes its cgroup with it before anyone could look its id up.
     pub victim_cgroup_names: [[u8; CGROUP_NAME_LEN]; CGROUP_PATH_DEPTH],
+    /// The kernfs id of each directory in `victim_cgroup_names`, leaf first.
+    pub victim_cgroup_ids: [u64; CGROUP_PATH_DEPTH],
     /// Slots of `victim_cgroup_names` filled.
     pub victim_cgroup_depth: u32,
     pub _pad2: u32,
+    /// The nearest memory cgroup at or above the victim's with a limit (`memory.max`, or v1's
+    /// `limit_in_bytes`), read from its page counter at the kill: the one a memory-cgroup OOM
+    /// hit. Its kernfs id, and the limit in pages.
+    pub limit_cgroup_id: u64,
+    pub limit_pages: u64,
 }
 
 assert_layout!(
     OomKill,
-    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH + CGROUP_NAME_LEN * CGROUP_PATH_DEPTH + 8
+    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH + CGROUP_NAME_LEN * CGROUP_PATH_DEPTH + 8 * CGROUP_PATH_DEPTH + 8 + 16
 );
 impl_pod!(OomKill);
 

@@ -67,13 +67,14 @@ pub(crate) fn cgroup_id(task: *const u8) -> u64 {
     read::<u64>(cgroup_kernfs_node(task), config!(offsets.kernfs_node_id)).unwrap_or(0)
 }
 
-/// Writes the names of the cgroup directory `kernfs_node` and its ancestors below the
-/// hierarchy's root into `names`, leaf first. Returns the slots written and whether the walk
-/// reached the root (the path is whole).
+/// Writes the names and ids of the cgroup directory `kernfs_node` and its ancestors below
+/// the hierarchy's root into `names` and `ids`, leaf first. Returns the slots written and
+/// whether the walk reached the root (the path is whole).
 #[inline(always)]
 pub(crate) fn cgroup_names<const N: usize, const LEN: usize>(
     kernfs_node: *const u8,
     names: &mut [[u8; LEN]; N],
+    ids: &mut [u64; N],
 ) -> (u32, bool) {
     let mut node = kernfs_node;
     let mut written = 0;
@@ -89,9 +90,10 @@ pub(crate) fn cgroup_names<const N: usize, const LEN: usize>(
                 config!(offsets.kernfs_node_parent) != UNKNOWN,
             );
         }
-        let Some(slot) = names.get_mut(written) else {
+        let (Some(slot), Some(id)) = (names.get_mut(written), ids.get_mut(written)) else {
             return (written as u32, false);
         };
+        *id = read::<u64>(node, config!(offsets.kernfs_node_id)).unwrap_or(0);
         let name = read_ptr(node, config!(offsets.kernfs_node_name));
         if name.is_null() {
             return (written as u32, false);
@@ -116,4 +118,33 @@ pub(crate) fn current_cgroup_id() -> u64 {
         // SAFETY: no preconditions.
         unsafe { bpf_get_current_cgroup_id() }
     }
+}
+
+/// The nearest memory cgroup at or above the task's whose limit is finite, as (its cgroup's
+/// kernfs id, the limit in pages), walking up to `levels` controller states. A memory-cgroup
+/// OOM is that cgroup at its limit.
+#[inline(always)]
+pub(crate) fn memcg_limit(task: *const u8, levels: usize) -> Option<(u64, u64)> {
+    if config!(offsets.css_memcg_max) == UNKNOWN || config!(offsets.css_parent) == UNKNOWN {
+        return None;
+    }
+    // The kernel's PAGE_COUNTER_MAX: no limit. (`checked_div`: a plain division brings a
+    // panic path the verifier rejects.)
+    let unlimited = (i64::MAX as u64).checked_div(config!(page_size))?;
+    let css_set = read_ptr(task, config!(offsets.task_cgroups));
+    let mut css = read_ptr(css_set, config!(offsets.css_set_memory_subsys));
+    for _ in 0..levels {
+        if css.is_null() {
+            return None;
+        }
+        let max = read::<u64>(css, config!(offsets.css_memcg_max))?;
+        if max < unlimited {
+            let cgroup = read_ptr(css, config!(offsets.css_cgroup));
+            let kernfs_node = read_ptr(cgroup, config!(offsets.cgroup_kn));
+            let id = read::<u64>(kernfs_node, config!(offsets.kernfs_node_id))?;
+            return Some((id, max));
+        }
+        css = read_ptr(css, config!(offsets.css_parent));
+    }
+    None
 }

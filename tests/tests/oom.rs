@@ -49,6 +49,11 @@ fn a_process_killed_in_a_memory_cgroup_is_reported_with_its_cgroup() {
         path.as_str(),
         "the cgroup that hit its limit: {event:#}"
     );
+    assert_eq!(
+        event["memcg_limit_kb"],
+        LIMIT / 1024,
+        "its limit, read in the kernel: {event:#}"
+    );
     let rss_kb = ["anon_rss_kb", "file_rss_kb", "shmem_rss_kb"]
         .iter()
         .map(|f| event[f].as_u64().expect("RSS fields present"))
@@ -111,5 +116,8 @@ fn containers_killed_in_their_first_second_are_attributed_to_their_pods() {
             container.as_str(),
             "{attribution:#}"
         );
+        // The container's cgroup hit its limit; gone, it is named from the kernel's reading.
+        assert_eq!(events[0]["memcg"], format!("/{relative}").as_str());
+        assert_eq!(events[0]["memcg_limit_kb"], LIMIT / 1024);
     }
 }

@@ -206,6 +206,8 @@ mod tests {
                 trigger: task(),
                 trigger_stack: vec![],
                 kernel_cgroup_path: None,
+                kernel_memcg: None,
+                memcg_limit_kb: None,
             }),
             Box::new(KernelOops(problem())),
             Box::new(KernelWarning(problem())),

@@ -92,6 +92,9 @@ pub struct OomKill {
     pub scope: OomScope,
     /// The memory cgroup that hit its limit (memcg scope), as a path in its hierarchy.
     pub memcg: Option<String>,
+    /// Its limit, read from its page counter in the kernel at the kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memcg_limit_kb: Option<u64>,
     /// Where the victim's `cgroup_id` came from: `kernel` (read from the victim at the kill)
     /// or `procfs` (read afterwards, when the hook cannot reach the victim; may be lost).
     pub cgroup_source: &'static str,
@@ -102,6 +105,10 @@ pub struct OomKill {
     /// seen a cgroup that lived for a second); shown as the attribution's `cgroup`.
     #[serde(skip)]
     pub kernel_cgroup_path: Option<String>,
+    /// The limited memory cgroup the kernel found at the kill, as a path; `memcg` is this
+    /// when present, else found by reading the limit files.
+    #[serde(skip)]
+    pub kernel_memcg: Option<String>,
 }
 
 finding!(OomKill, "oom_kill", {
@@ -151,9 +158,12 @@ finding!(OomKill, "oom_kill", {
 
     /// For a memory-cgroup OOM: which cgroup hit its limit (the victim's or an ancestor).
     fn attributed(&mut self, attribution: Option<&Attribution>, cgroup_root: &Path) {
-        if self.scope == OomScope::Memcg
-            && let Some(path) = attribution.and_then(|a| a.cgroup.as_deref())
-        {
+        if self.scope != OomScope::Memcg {
+            return;
+        }
+        if self.kernel_memcg.is_some() {
+            self.memcg.clone_from(&self.kernel_memcg);
+        } else if let Some(path) = attribution.and_then(|a| a.cgroup.as_deref()) {
             self.memcg = limiting_memcg(cgroup_root, path);
         }
     }
@@ -227,6 +237,7 @@ pub fn scope_from_stack(stack: &[String]) -> OomScope {
 #[derive(Debug)]
 pub struct OomDecoder {
     proc_root: PathBuf,
+    page_size: u64,
     layout: CgroupLayout,
     cgroup_root: PathBuf,
 }
@@ -235,6 +246,8 @@ impl OomDecoder {
     pub fn new(proc_root: &Path, layout: CgroupLayout, cgroup_root: &Path) -> Self {
         Self {
             proc_root: proc_root.to_owned(),
+            // SAFETY: sysconf has no preconditions.
+            page_size: u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096),
             layout,
             cgroup_root: cgroup_root.to_owned(),
         }
@@ -284,6 +297,9 @@ impl OomDecoder {
             },
             trigger_stack,
             kernel_cgroup_path: kernel_cgroup_path(record),
+            kernel_memcg: kernel_memcg(record),
+            memcg_limit_kb: (record.flags & flags::LIMIT != 0)
+                .then(|| record.limit_pages.saturating_mul(self.page_size) / 1024),
         };
         let source = Source::from_hook(
             npd_common::Hook::from_u8(record.header.hook).unwrap_or(npd_common::Hook::Tracepoint),
@@ -308,6 +324,25 @@ fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
         return None;
     }
     Some(format!("/{}", names.join("/")))
+}
+
+/// The limited memory cgroup the kernel found, as a path: the victim's path up to the
+/// directory whose id it names (`None` if it is not on that path, e.g. the root).
+fn kernel_memcg(record: &npd_common::oom::OomKill) -> Option<String> {
+    if record.flags & flags::LIMIT == 0 {
+        return None;
+    }
+    let victim = kernel_cgroup_path(record)?;
+    let depth = (record.victim_cgroup_depth as usize).min(record.victim_cgroup_ids.len());
+    let above = record.victim_cgroup_ids[..depth]
+        .iter()
+        .position(|&id| id == record.limit_cgroup_id)?;
+    // `above` levels above the leaf: drop that many components.
+    let mut path = victim.as_str();
+    for _ in 0..above {
+        path = &path[..path.rfind('/')?];
+    }
+    Some(if path.is_empty() { "/".to_owned() } else { path.to_owned() })
 }
 
 impl Runtime for OomDecoder {
@@ -358,8 +393,9 @@ mod tests {
     fn with_names(names: &[&str], whole: bool) -> npd_common::oom::OomKill {
         // SAFETY: a plain-old-data record: integers and byte arrays, all zero valid.
         let mut record: npd_common::oom::OomKill = unsafe { std::mem::zeroed() };
-        for (slot, name) in record.victim_cgroup_names.iter_mut().zip(names) {
+        for (level, (slot, name)) in record.victim_cgroup_names.iter_mut().zip(names).enumerate() {
             slot[..name.len()].copy_from_slice(name.as_bytes());
+            record.victim_cgroup_ids[level] = 100 + level as u64;
         }
         record.victim_cgroup_depth = names.len() as u32;
         if whole {
@@ -392,6 +428,27 @@ mod tests {
         let pod = attribution.pod.expect("a pod");
         assert_eq!(pod.uid, uid);
         assert_eq!(pod.container_id.as_deref(), Some(container.as_str()));
+    }
+
+    #[test]
+    fn the_limited_memcg_is_the_victims_path_up_to_the_id_the_kernel_found() {
+        let names = ["ctr", "pod1", "burstable", "kubepods"];
+        // Ids are 100 + level (leaf 100); `None`: not on the path.
+        let cases = [
+            (Some(100), Some("/kubepods/burstable/pod1/ctr")),
+            (Some(101), Some("/kubepods/burstable/pod1")),
+            (Some(103), Some("/kubepods")),
+            (Some(7), None),
+            (None, None),
+        ];
+        for (limit_id, expected) in cases {
+            let mut record = with_names(&names, true);
+            if let Some(id) = limit_id {
+                record.flags |= flags::LIMIT;
+                record.limit_cgroup_id = id;
+            }
+            assert_eq!(kernel_memcg(&record).as_deref(), expected, "{limit_id:?}");
+        }
     }
 
     #[test]

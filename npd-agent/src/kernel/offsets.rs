@@ -62,6 +62,18 @@ pub fn resolve(btf: &Btf) -> ResolvedOffsets {
             btf.offset_of("kernfs_node", "__parent")
                 .or_else(|_| btf.offset_of("kernfs_node", "parent")),
         ),
+        css_parent: get(
+            "cgroup_subsys_state.parent",
+            btf.offset_of("cgroup_subsys_state", "parent"),
+        ),
+        css_memcg_max: get(
+            "mem_cgroup.memory.max",
+            btf.offset_of("mem_cgroup", "memory").and_then(|memory| {
+                let max = btf.offset_of("page_counter", "max")?;
+                let css = btf.offset_of("mem_cgroup", "css")?;
+                Ok((memory + max).saturating_sub(css))
+            }),
+        ),
         signal_nofile_cur: get(
             "signal_struct.rlim[RLIMIT_NOFILE].rlim_cur",
             btf.offset_of_element("signal_struct", "rlim", RLIMIT_NOFILE)

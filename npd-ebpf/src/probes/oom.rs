@@ -21,7 +21,7 @@ use npd_common::{
     Hook, RecordKind,
     config::COMM_DATA_LOC_OOM,
     counters::{Counter, Detector},
-    oom::{OOM_KILL_VERSION, OomKill, flags},
+    oom::{CGROUP_PATH_DEPTH, OOM_KILL_VERSION, OomKill, flags},
 };
 
 use crate::{
@@ -159,15 +159,25 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
             }
             let kernfs_node = task::cgroup_kernfs_node(victim);
             // SAFETY: as above.
-            let (depth, whole) =
-                task::cgroup_names(kernfs_node, unsafe { &mut (*record).victim_cgroup_names });
+            let (depth, whole) = task::cgroup_names(
+                kernfs_node,
+                unsafe { &mut (*record).victim_cgroup_names },
+                unsafe { &mut (*record).victim_cgroup_ids },
+            );
+            let limit = task::memcg_limit(victim, CGROUP_PATH_DEPTH);
             // SAFETY: as above.
             unsafe {
                 (*record).victim_cgroup_depth = depth;
                 (*record)._pad2 = 0;
+                let (id, pages) = limit.unwrap_or((0, 0));
+                (*record).limit_cgroup_id = id;
+                (*record).limit_pages = pages;
             }
             if whole {
                 valid |= flags::VICTIM_CGROUP_PATH;
+            }
+            if limit.is_some() {
+                valid |= flags::LIMIT;
             }
             finish(ctx, record, valid);
         },
@@ -198,6 +208,8 @@ fn oom_tp(ctx: TracePointContext) -> u32 {
             unsafe {
                 (*record).victim_cgroup_depth = 0;
                 (*record)._pad2 = 0;
+                (*record).limit_cgroup_id = 0;
+                (*record).limit_pages = 0;
             }
             finish(&ctx, record, valid);
         },

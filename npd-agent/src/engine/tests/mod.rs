@@ -124,6 +124,8 @@ fn oom(secs: u64, pid: u32, attribution: Option<Attribution>) -> Event {
             trigger: task(pid, "mysqld"),
             trigger_stack: Vec::new(),
             kernel_cgroup_path: None,
+            kernel_memcg: None,
+            memcg_limit_kb: None,
         },
     )
 }
