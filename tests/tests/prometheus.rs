@@ -2,13 +2,14 @@
 //! shipped alert rules (promtool's checks and unit tests, and the real server loading them),
 //! the PrometheusRule wrapping them, the dashboard's queries, and /metrics as Prometheus
 //! stores it: NPD's `problem_counter` and `problem_gauge` under NPD's names, the counter at 0
-//! before the first problem, and the FDExhausted alert firing after a real fd exhaustion.
+//! before the first problem, the FDExhausted alert firing after a real fd exhaustion, and a
+//! real hung task's TaskHung alert firing and KernelDeadlock condition alert pending.
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use npd_tests::{
-    agent::{AgentProcess, run_json, wait_for},
-    machine::require_root,
+    agent::{AgentProcess, Provoked, run_json, wait_for},
+    machine::{FrozenFilesystem, Sysctl, require_root},
     prometheus::{Prometheus, http_get, monitoring_dir, promtool},
     reporting::repo_root,
 };
@@ -144,6 +145,52 @@ fn first_sample(result: &Value) -> Option<(Value, f64)> {
     Some((sample["metric"].clone(), value))
 }
 
+/// A real Prometheus with the shipped rules, scraping `agent`, once it has the target up.
+fn scraping(agent: &AgentProcess) -> Prometheus {
+    let prometheus = Prometheus::start(&[agent.http], &[monitoring_dir().join(RULES)]).unwrap();
+    wait_for(WAIT, "the npd target up in Prometheus", || {
+        let targets = prometheus.api("/api/v1/targets").ok()?;
+        (targets["activeTargets"][0]["health"] == "up").then_some(())
+    })
+    .unwrap_or_else(|err| panic!("{err}: prometheus log:\n{}", prometheus.log()));
+    prometheus
+}
+
+/// Waits until Prometheus has stored `series` at 0 for 3 scrapes, so that `increase()` sees
+/// its rise.
+fn at_zero_for_3_scrapes(prometheus: &Prometheus, series: &str) {
+    wait_for(WAIT, &format!("{series} at 0 for 3 scrapes"), || {
+        let result = prometheus
+            .query(&format!("count_over_time({series}[1m]) >= 3"))
+            .ok()?;
+        first_sample(&result).map(|_| ())
+    })
+    .unwrap_or_else(|err| panic!("{err}: prometheus log:\n{}", prometheus.log()));
+    let (labels, value) = first_sample(&prometheus.query(series).unwrap()).unwrap();
+    assert_eq!(value, 0.0, "no problem yet: {labels}");
+}
+
+/// Whether `alerts` has `name` in `state` with these labels.
+fn has_alert(alerts: &[Value], name: &str, labels: &[(&str, &str)], state: &str) -> bool {
+    alerts.iter().any(|a| {
+        a["labels"]["alertname"] == name
+            && a["state"] == state
+            && labels
+                .iter()
+                .all(|(key, value)| a["labels"][*key] == *value)
+    })
+}
+
+/// Waits until Prometheus's value of `expr` (one series) is `value`.
+fn wait_for_value(prometheus: &Prometheus, expr: &str, value: f64) -> Value {
+    wait_for(WAIT, &format!("{expr} == {value}"), || {
+        first_sample(&prometheus.query(expr).ok()?)
+            .filter(|(_, v)| *v == value)
+            .map(|(labels, _)| labels)
+    })
+    .unwrap_or_else(|err| panic!("{err}: now {:?}", prometheus.query(expr)))
+}
+
 #[test]
 fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
     require_root("loads eBPF programs");
@@ -186,26 +233,14 @@ fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
         openmetrics.body
     );
 
-    let prometheus = Prometheus::start(&[agent.http], &[monitoring_dir().join(RULES)]).unwrap();
+    let prometheus = scraping(&agent);
     let log = || format!("prometheus log:\n{}", prometheus.log());
-    wait_for(WAIT, "the npd target up in Prometheus", || {
-        let targets = prometheus.api("/api/v1/targets").ok()?;
-        (targets["activeTargets"][0]["health"] == "up").then_some(())
-    })
-    .unwrap_or_else(|err| panic!("{err}: {}", log()));
 
     // NPD's counter under NPD's name, at 0 before any problem, for a few scrapes.
     let fd_exhausted = r#"problem_counter{job="npd",reason="FDExhausted"}"#;
-    wait_for(WAIT, "problem_counter at 0 for 3 scrapes", || {
-        let result = prometheus
-            .query(&format!("count_over_time({fd_exhausted}[1m]) >= 3"))
-            .ok()?;
-        first_sample(&result).map(|_| ())
-    })
-    .unwrap_or_else(|err| panic!("{err}: {}", log()));
-    let (labels, value) = first_sample(&prometheus.query(fd_exhausted).unwrap()).unwrap();
+    at_zero_for_3_scrapes(&prometheus, fd_exhausted);
+    let (labels, _) = first_sample(&prometheus.query(fd_exhausted).unwrap()).unwrap();
     assert_eq!(labels["__name__"], "problem_counter", "{labels}");
-    assert_eq!(value, 0.0, "no fd exhaustion yet: {labels}");
     assert_eq!(
         prometheus
             .query(r#"{__name__=~"problem_counter_total|problem_gauge_total"}"#)
@@ -234,11 +269,12 @@ fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
         assert!(types.contains(condition), "problem_gauge: {gauges}");
     }
     let firing_fd = |alerts: &[Value]| {
-        alerts.iter().any(|a| {
-            a["labels"]["alertname"] == "NpdNodeProblem"
-                && a["labels"]["reason"] == "FDExhausted"
-                && a["state"] == "firing"
-        })
+        has_alert(
+            alerts,
+            "NpdNodeProblem",
+            &[("reason", "FDExhausted")],
+            "firing",
+        )
     };
     assert!(!firing_fd(&prometheus.alerts().unwrap()));
 
@@ -301,6 +337,78 @@ fn prometheus_stores_npd_names_and_fires_on_a_real_fd_exhaustion() {
         "dashboard queries without data:\n{}",
         empty.join("\n")
     );
+}
+
+#[test]
+fn a_real_hung_task_fires_task_hung_and_makes_kernel_deadlock_pending() {
+    require_root("loads eBPF programs, mounts a loop device, lowers hung_task_timeout_secs");
+    // A short recovery window (as the cluster tests' config has) so the gauge clears in seconds.
+    let mut agent = AgentProcess::start(&["--standalone", "--hung-task-recovery-window", "3s"])
+        .expect("npd-agent starts");
+    agent.wait_ready(Duration::from_secs(60)).unwrap();
+    let prometheus = scraping(&agent);
+    let task_hung = r#"problem_counter{job="npd",reason="TaskHung"}"#;
+    let deadlock = r#"problem_gauge{job="npd",type="KernelDeadlock",reason="TaskHung"}"#;
+    at_zero_for_3_scrapes(&prometheus, task_hung);
+    wait_for_value(&prometheus, deadlock, 0.0);
+    let deadlock_labels = [("type", "KernelDeadlock"), ("reason", "TaskHung")];
+    assert!(
+        !has_alert(
+            &prometheus.alerts().unwrap(),
+            "NpdNodeConditionTrue",
+            &deadlock_labels,
+            "pending"
+        ),
+        "{:?}",
+        prometheus.alerts()
+    );
+
+    // A real hung task: a child writing to a frozen ext4, reported by khungtaskd after 2 s.
+    // Declared in this order so that a failure thaws (the filesystem guard) before the
+    // timeout is restored.
+    let _timeout = Sysctl::set("/proc/sys/kernel/hung_task_timeout_secs", "2").unwrap();
+    let mut fs = FrozenFilesystem::create().expect("frozen loop-mounted ext4");
+    let mut writer = Provoked::blocked_writer(PROVOKE, &fs, "blocked", 30).expect("writer starts");
+    let risen = wait_for(WAIT, "problem_counter{reason=TaskHung} to rise", || {
+        first_sample(&prometheus.query(&format!("{task_hung} >= 1")).ok()?)
+    })
+    .unwrap_or_else(|err| panic!("{err}: agent log:\n{}", agent.log()));
+    eprintln!("problem_counter while hung: {risen:?}");
+    wait_for(WAIT, "the NpdNodeProblem alert for TaskHung firing", || {
+        has_alert(
+            &prometheus.alerts().ok()?,
+            "NpdNodeProblem",
+            &[("reason", "TaskHung")],
+            "firing",
+        )
+        .then_some(())
+    })
+    .unwrap_or_else(|err| panic!("{err}: alerts {:?}", prometheus.alerts()));
+    wait_for_value(&prometheus, deadlock, 1.0);
+    // Pending, not firing: its `for: 5m` is too long for a test (rules-test.yaml's promtool
+    // tests cover it firing after 5 minutes).
+    let pending = wait_for(
+        WAIT,
+        "NpdNodeConditionTrue for KernelDeadlock pending",
+        || {
+            let alerts = prometheus.alerts().ok()?;
+            has_alert(&alerts, "NpdNodeConditionTrue", &deadlock_labels, "pending")
+                .then_some(alerts)
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}: alerts {:?}", prometheus.alerts()));
+    eprintln!("alerts while hung: {pending:?}");
+
+    // Thawed, the task recovers; after the 3 s recovery window the condition clears.
+    fs.thaw().expect("thaw");
+    wait_for_value(&prometheus, deadlock, 0.0);
+    wait_for(WAIT, "NpdNodeConditionTrue for KernelDeadlock gone", || {
+        let alerts = prometheus.alerts().ok()?;
+        (!has_alert(&alerts, "NpdNodeConditionTrue", &deadlock_labels, "pending")).then_some(())
+    })
+    .unwrap_or_else(|err| panic!("{err}: alerts {:?}", prometheus.alerts()));
+    let _ = writer.child.kill();
+    let _ = writer.child.wait();
 }
 
 /// The ServiceMonitor, PodMonitor and Service find the DaemonSet's pods and port, and the
