@@ -20,7 +20,7 @@ use npd_tests::cluster::{ClusterBinaries, TestCluster};
 
 use crate::{
     prereqs::install_missing,
-    util::{output, root, sh_narrating, step},
+    util::{self, output, sh_narrating, step},
 };
 
 /// The Debian source package the recipe was verified with. Only its orig tarball (the
@@ -176,9 +176,7 @@ pub(crate) fn ensure_built() -> anyhow::Result<ApiserverBins> {
 
 /// `<repo>/.npd-cache/apiserver`, without symlinks: Go's GOPATH mode needs the real path.
 fn cache_dir() -> anyhow::Result<PathBuf> {
-    let dir = root().join(".npd-cache/apiserver");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(fs::canonicalize(&dir)?)
+    Ok(fs::canonicalize(util::cache_dir("apiserver")?)?)
 }
 
 /// Serializes builds in one checkout: two at once would trample each other's partial files.

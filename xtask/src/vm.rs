@@ -29,7 +29,7 @@ use self::{
 };
 use crate::{
     build::{self, BuildArgs},
-    util::{self, output, root, step},
+    util::{self, output, step},
 };
 
 /// Guest settings: TCG (nested KVM hangs on this machine kind), as the notes verified.
@@ -103,7 +103,7 @@ pub(crate) fn test_agent(agent: &Path, args: &VmTestArgs) -> anyhow::Result<()> 
         "this npd-agent offers the detectors: {}",
         detectors.join(", ")
     ));
-    let cache = root().join(".npd-cache/vm");
+    let cache = util::cache_dir("vm")?;
     let clock = Instant::now();
     step("fetching QEMU and busybox-static into the cache (private copies: nothing is installed)");
     let vm_tools = VmTools {
