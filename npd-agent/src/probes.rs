@@ -192,6 +192,12 @@ fn comm_field(format: &TracepointFormat, flags: u32, flag: u32) -> (u32, u32) {
     }
 }
 
+/// The oldest kernel on which the OOM programs' cgroup walk (the victim's path and its
+/// limited memory cgroup, read at the kill) was seen to pass the verifier: 6.18 accepts it,
+/// 6.1 gives up at a million instructions. Older kernels attribute an OOM kill through the
+/// cgroup index and find the limited cgroup from its files.
+pub const CGROUP_WALK_SINCE: (u32, u32) = (6, 18);
+
 /// Builds the load-time configuration for this kernel.
 fn probe_config(
     options: &LoadOptions,
@@ -210,7 +216,7 @@ fn probe_config(
             CgroupLayout::Unified => cgroup_mode::UNIFIED,
             CgroupLayout::Legacy => cgroup_mode::MEMORY_V1,
         },
-        _pad: 0,
+        cgroup_walk: u32::from(kernel::version().is_some_and(|v| v >= CGROUP_WALK_SINCE)),
         offsets: resolved.offsets,
         tracepoints: tracepoint_offsets(tracefs)?,
     };

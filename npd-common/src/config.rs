@@ -177,7 +177,10 @@ pub struct ProbeConfig {
     pub page_size: u64,
     /// A [`cgroup_mode`] value.
     pub cgroup_mode: u32,
-    pub _pad: u32,
+    /// Non-zero: the OOM programs read the victim's cgroup path and its limited memory
+    /// cgroup in the kernel (loops the 6.1 verifier gives up on: see the agent's
+    /// `CGROUP_WALK_SINCE`). Zero: the branch is dead and the verifier never walks it.
+    pub cgroup_walk: u32,
     pub offsets: KernelOffsets,
     pub tracepoints: TracepointOffsets,
 }
@@ -192,7 +195,7 @@ impl ProbeConfig {
             tainted_mask_addr: 0,
             page_size: 4096,
             cgroup_mode: cgroup_mode::UNIFIED,
-            _pad: 0,
+            cgroup_walk: 0,
             offsets: KernelOffsets::unknown(),
             tracepoints: TracepointOffsets::unknown(),
         }

@@ -320,7 +320,10 @@ fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
         .rev()
         .map(|name| comm_string(name))
         .collect::<Vec<_>>();
-    if names.iter().any(|name| name.is_empty() || name.contains('/')) {
+    // A name that filled its slot may have been cut.
+    if names.iter().any(|name| {
+        name.is_empty() || name.contains('/') || name.len() >= npd_common::oom::CGROUP_NAME_LEN - 1
+    }) {
         return None;
     }
     Some(format!("/{}", names.join("/")))
@@ -464,6 +467,8 @@ mod tests {
             // The walk stopped short of the root: no path to attribute by.
             (&["ab12", "pod1"], false, None),
             (&["ab12", ""], true, None),
+            // Cut to its slot: not a path to attribute by.
+            (&[&"x".repeat(127)], true, None),
         ];
         for (names, whole, expected) in cases {
             assert_eq!(

@@ -157,14 +157,19 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
             if unsafe { (*record).header.cgroup_id } != 0 {
                 valid |= flags::VICTIM_CGROUP;
             }
-            let kernfs_node = task::cgroup_kernfs_node(victim);
-            // SAFETY: as above.
-            let (depth, whole) = task::cgroup_names(
-                kernfs_node,
-                unsafe { &mut (*record).victim_cgroup_names },
-                unsafe { &mut (*record).victim_cgroup_ids },
-            );
-            let limit = task::memcg_limit(victim, CGROUP_PATH_DEPTH);
+            // Dead code where the agent turned the walk off: the verifier never sees it.
+            let (depth, whole, limit) = if config!(cgroup_walk) != 0 {
+                let kernfs_node = task::cgroup_kernfs_node(victim);
+                // SAFETY: as above.
+                let (depth, whole) = task::cgroup_names(
+                    kernfs_node,
+                    unsafe { &mut (*record).victim_cgroup_names },
+                    unsafe { &mut (*record).victim_cgroup_ids },
+                );
+                (depth, whole, task::memcg_limit(victim, CGROUP_PATH_DEPTH))
+            } else {
+                (0, false, None)
+            };
             // SAFETY: as above.
             unsafe {
                 (*record).victim_cgroup_depth = depth;
