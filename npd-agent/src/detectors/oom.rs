@@ -277,6 +277,7 @@ impl OomDecoder {
             without_tracing_frames(symbolizer.symbolize(&record.trigger_stack[..frames]));
         let memory = record.flags & flags::MEMORY != 0;
         let kb = |value: u64| memory.then_some(value);
+        let kernel_path = kernel_cgroup_path(record);
         let detail = OomKill {
             total_vm_kb: kb(record.total_vm_kb),
             anon_rss_kb: kb(record.anon_rss_kb),
@@ -296,8 +297,10 @@ impl OomDecoder {
                 cgroup_id: record.trigger_cgroup_id,
             },
             trigger_stack,
-            kernel_cgroup_path: kernel_cgroup_path(record),
-            kernel_memcg: kernel_memcg(record),
+            kernel_memcg: kernel_path
+                .as_deref()
+                .and_then(|path| kernel_memcg(record, path)),
+            kernel_cgroup_path: kernel_path,
             memcg_limit_kb: (record.flags & flags::LIMIT != 0)
                 .then(|| record.limit_pages.saturating_mul(self.page_size) / 1024),
         };
@@ -329,19 +332,19 @@ fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
     Some(format!("/{}", names.join("/")))
 }
 
-/// The limited memory cgroup the kernel found, as a path: the victim's path up to the
-/// directory whose id it names (`None` if it is not on that path, e.g. the root).
-fn kernel_memcg(record: &npd_common::oom::OomKill) -> Option<String> {
+/// The limited memory cgroup the kernel found, as a path: `victim` (the victim's path from
+/// the same record) up to the directory whose id it names (`None` if it is not on that path,
+/// e.g. the root).
+fn kernel_memcg(record: &npd_common::oom::OomKill, victim: &str) -> Option<String> {
     if record.flags & flags::LIMIT == 0 {
         return None;
     }
-    let victim = kernel_cgroup_path(record)?;
     let depth = (record.victim_cgroup_depth as usize).min(record.victim_cgroup_ids.len());
     let above = record.victim_cgroup_ids[..depth]
         .iter()
         .position(|&id| id == record.limit_cgroup_id)?;
     // `above` levels above the leaf: drop that many components.
-    let mut path = victim.as_str();
+    let mut path = victim;
     for _ in 0..above {
         path = &path[..path.rfind('/')?];
     }
@@ -450,7 +453,12 @@ mod tests {
                 record.flags |= flags::LIMIT;
                 record.limit_cgroup_id = id;
             }
-            assert_eq!(kernel_memcg(&record).as_deref(), expected, "{limit_id:?}");
+            let victim = kernel_cgroup_path(&record).expect("a whole path");
+            assert_eq!(
+                kernel_memcg(&record, &victim).as_deref(),
+                expected,
+                "{limit_id:?}"
+            );
         }
     }
 
