@@ -10,7 +10,7 @@ use std::{
     env, fmt,
     fs::{self, File},
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -35,6 +35,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 30;
 /// A port picked free may be taken again before etcd or the apiserver binds it.
 const START_ATTEMPTS: usize = 3;
+/// Service ClusterIPs; the first is the `kubernetes` Service's.
+pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 /// The control-plane binaries a [`TestCluster`] runs.
 #[derive(Debug, Clone)]
@@ -70,6 +73,26 @@ impl ClusterBinaries {
     }
 }
 
+/// How a [`TestCluster`] is set up beyond the defaults every test shares.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where the apiserver listens and what it advertises (the `kubernetes` Service's
+    /// endpoint). Loopback unless pods must reach it.
+    pub address: Ipv4Addr,
+    /// Pods get service-account tokens (the admission plugin on; a controller-manager given
+    /// [`TestCluster::service_account_key`] mints them). Off when no controller runs.
+    pub service_account_tokens: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            address: Ipv4Addr::LOCALHOST,
+            service_account_tokens: false,
+        }
+    }
+}
+
 /// A running etcd + kube-apiserver pair, stopped (and its directory removed) by
 /// [`TestCluster::stop`] or on drop.
 pub struct TestCluster {
@@ -81,6 +104,7 @@ pub struct TestCluster {
     server_url: String,
     admin_token: String,
     paths: ClusterPaths,
+    service_account_key: PathBuf,
 }
 
 /// Files inside the cluster's temporary directory.
@@ -128,9 +152,17 @@ impl TestCluster {
 
     /// Starts a cluster and waits until the apiserver reports ready (5-10 s).
     pub fn start_with(binaries: &ClusterBinaries) -> anyhow::Result<Self> {
+        Self::start_with_options(binaries, &ClusterOptions::default())
+    }
+
+    /// [`TestCluster::start_with`], set up as `options` says.
+    pub fn start_with_options(
+        binaries: &ClusterBinaries,
+        options: &ClusterOptions,
+    ) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::try_start(binaries) {
+            match Self::try_start(binaries, options) {
                 Err(error)
                     if attempt < START_ATTEMPTS
                         && format!("{error:#}").contains("address already in use") =>
@@ -142,7 +174,7 @@ impl TestCluster {
         }
     }
 
-    fn try_start(binaries: &ClusterBinaries) -> anyhow::Result<Self> {
+    fn try_start(binaries: &ClusterBinaries, options: &ClusterOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("npd-cluster-")
             .tempdir()
@@ -150,7 +182,8 @@ impl TestCluster {
         let root = dir.path().to_owned();
         let paths = ClusterPaths::new(&root);
         let [etcd_client_port, etcd_peer_port, apiserver_port] = free_ports()?;
-        let server_url = format!("https://127.0.0.1:{apiserver_port}");
+        let address = options.address;
+        let server_url = format!("https://{address}:{apiserver_port}");
         let admin_token = random_token()?;
         let user_token = random_token()?;
 
@@ -202,6 +235,7 @@ impl TestCluster {
             server_url,
             admin_token,
             paths,
+            service_account_key: service_account_key.clone(),
         };
 
         let etcd_client_url = format!("http://127.0.0.1:{etcd_client_port}");
@@ -221,8 +255,8 @@ impl TestCluster {
         apiserver
             .arg(format!("--etcd-servers={etcd_client_url}"))
             .arg(format!("--secure-port={apiserver_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
             .arg(format!("--cert-dir={}", root.join("certs").display()))
             .arg(format!("--token-auth-file={}", tokens.display()))
             .arg("--authorization-mode=RBAC")
@@ -235,11 +269,17 @@ impl TestCluster {
                 "--service-account-signing-key-file={}",
                 service_account_key.display()
             ))
-            // Only allocated from, never routed: no kube-proxy runs.
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // No kube-proxy runs: routed, if at all, by the test node's stand-in.
+            .arg(format!(
+                "--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"
+            ))
+            .arg("--allow-privileged=true")
+            // `kubectl logs` reaches a test node's kubelet by address: nothing resolves names.
+            .arg("--kubelet-preferred-address-types=InternalIP");
+        if !options.service_account_tokens {
             // It would demand service-account tokens that no controller creates.
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--allow-privileged=true");
+            apiserver.arg("--disable-admission-plugins=ServiceAccount");
+        }
         cluster.apiserver_command = std::iter::once(apiserver.get_program())
             .chain(apiserver.get_args())
             .map(ToOwned::to_owned)
@@ -296,6 +336,11 @@ impl TestCluster {
     /// `https://127.0.0.1:PORT`.
     pub fn server_url(&self) -> &str {
         &self.server_url
+    }
+
+    /// The private key service-account tokens are signed with (for a controller-manager).
+    pub fn service_account_key(&self) -> &Path {
+        &self.service_account_key
     }
 
     /// The CA that signed the apiserver's serving certificate (PEM).
@@ -558,7 +603,7 @@ fn write_kubeconfig(
     fs::write(path, config).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null())
@@ -569,7 +614,7 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
 }
 
 /// SIGTERM, then SIGKILL if it has not exited after [`STOP_GRACE`]; always reaped.
-fn stop_child(mut child: Child, name: &str) -> anyhow::Result<ExitStatus> {
+pub(crate) fn stop_child(mut child: Child, name: &str) -> anyhow::Result<ExitStatus> {
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }
@@ -612,7 +657,7 @@ fn run_kubectl(cmd: &mut Command, input: Option<&str>) -> Output {
         .unwrap_or_else(|error| panic!("kubectl did not finish: {error}"))
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     match fs::read_to_string(path) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();

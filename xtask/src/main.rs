@@ -4,7 +4,9 @@
 mod apiserver;
 mod bench;
 mod build;
+mod cluster;
 mod helm;
+mod image;
 mod prereqs;
 mod test;
 mod util;
@@ -36,6 +38,11 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// The real kube-apiserver the cluster tests use: build it, or start one by hand.
     Apiserver(apiserver::ApiserverArgs),
+    /// A real one-node cluster (kubelet on containerd) with npd's image, like kind: build it,
+    /// start one until Ctrl-C, or clean up after a crashed one.
+    Cluster(cluster::ClusterArgs),
+    /// npd's container image, built here without Docker or a registry (an OCI archive).
+    Image(image::ImageArgs),
     /// Fetch helm for the chart tests into .npd-cache (quick once cached); prints its export.
     Helm,
     /// Measure what npd costs (hook overhead, storms, idle footprint) and how fast it
@@ -53,6 +60,8 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => build::lint(),
         Command::VmTest(args) => vm::run(&args),
         Command::Apiserver(args) => apiserver::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Helm => helm::run(),
         Command::Bench(args) => bench::run(&args),
     }

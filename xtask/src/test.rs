@@ -9,10 +9,9 @@ use clap::Args;
 use npd_tests::{cluster, helm::HELM_ENV, machine_lock::MachineLock};
 
 use crate::{
-    apiserver,
     bench::{self, BenchArgs},
     build::{self, BuildArgs},
-    helm,
+    cluster as node_cluster, helm,
     util::{self, root, sh, step},
     vm::{self, VmTestArgs},
 };
@@ -58,7 +57,8 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
              unit tests alone)"
         );
     }
-    let control_plane = apiserver::ensure_built()?;
+    // The node tests run a kubelet, controller-manager and scheduler beside the apiserver.
+    let control_plane = node_cluster::ensure_ready()?;
     // The chart tests lint and render deploy/helm/npd.
     let helm = helm::ensure_fetched()?;
     // The filesystem tests make real XFS images (ext4's tools are on every Debian).
@@ -76,11 +76,6 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     if which("prometheus").is_none() || which("promtool").is_none() {
         step("installing prometheus (the monitoring tests run a real Prometheus and promtool)");
         crate::prereqs::apt_install(&["prometheus".to_owned()])?;
-    }
-    // The daemon tests run a real containerd (Debian's, with runc) on a private socket.
-    if which("containerd").is_none() || which("runc").is_none() {
-        step("installing containerd and runc (the daemon tests probe and restart a real runtime)");
-        crate::prereqs::apt_install(&["containerd".to_owned(), "runc".to_owned()])?;
     }
     let artifacts = build::build(&BuildArgs { debug: false })?;
     step("the names the agent looks programs, maps and globals up by, against the object");
@@ -104,6 +99,7 @@ pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
         .env(cluster::KUBE_APISERVER_ENV, &control_plane.kube_apiserver)
         .env(cluster::ETCD_ENV, &control_plane.etcd)
         .env(HELM_ENV, &helm)
+        .envs(node_cluster::exports(&control_plane))
         .args(["test", "--package", "npd-tests", "--", "--test-threads=1"])
         .args(&args.filter))?;
     if !args.filter.is_empty() {

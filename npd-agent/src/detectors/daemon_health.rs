@@ -23,6 +23,7 @@ use super::{AttachContext, Attached, Detector, DetectorStatus, Runtime};
 use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
+    kernel::procfs,
     problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason},
 };
 
@@ -426,13 +427,11 @@ impl HealthzUrl {
 }
 
 /// Whether the agent shares the network namespace of the host's pid 1 (unknown: assumed).
+/// Whether the agent is in the kubelet's network namespace (the host's, pid 1's, when no
+/// kubelet runs); unknown counts as yes, the probe's own answer then decides.
 fn in_host_network(proc_root: &Path) -> bool {
-    let ours = std::fs::read_link("/proc/self/ns/net");
-    let host = std::fs::read_link(proc_root.join("1/ns/net"));
-    match (ours, host) {
-        (Ok(ours), Ok(host)) => ours == host,
-        _ => true,
-    }
+    let pid = kubelet_pid(proc_root).unwrap_or(1);
+    procfs::shares_network_namespace(proc_root, pid).unwrap_or(true)
 }
 
 impl std::fmt::Display for HealthzUrl {
@@ -456,13 +455,15 @@ pub fn parse_http_response(bytes: &[u8]) -> Option<(u16, String)> {
 
 /// Whether a process named `kubelet` runs (by `/proc/PID/comm`).
 fn kubelet_process_runs(proc_root: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        entry.file_name().to_str().is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
-            && std::fs::read_to_string(entry.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == "kubelet")
+    kubelet_pid(proc_root).is_some()
+}
+
+fn kubelet_pid(proc_root: &Path) -> Option<u32> {
+    std::fs::read_dir(proc_root).ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "kubelet")
+            .then_some(pid)
     })
 }
 

@@ -161,8 +161,71 @@ pub fn cgroup_dir(cgroup_root: &Path, path: &str) -> Option<PathBuf> {
     found
 }
 
+/// Whether this process is in the network namespace of host process `pid` (under
+/// `proc_root`); `None` when nothing tells. The namespace links need ptrace access, which an
+/// agent in a pod lacks for host daemons; `net/tcp` does not, and lists each listening
+/// socket's inode, which no two namespaces share.
+pub fn shares_network_namespace(proc_root: &Path, pid: u32) -> Option<bool> {
+    let host = proc_root.join(pid.to_string());
+    if let (Ok(ours), Ok(theirs)) = (
+        std::fs::read_link("/proc/self/ns/net"),
+        std::fs::read_link(host.join("ns/net")),
+    ) {
+        return Some(ours == theirs);
+    }
+    let ours = listening_sockets_in(Path::new("/proc/self/net"))?;
+    let theirs = listening_sockets_in(&host.join("net"))?;
+    if ours.is_empty() && theirs.is_empty() {
+        return None;
+    }
+    Some(!ours.is_disjoint(&theirs))
+}
+
+fn listening_sockets_in(net: &Path) -> Option<std::collections::BTreeSet<u64>> {
+    let mut inodes = std::collections::BTreeSet::new();
+    let mut read_any = false;
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(net.join(table)) {
+            read_any = true;
+            inodes.extend(listening_socket_inodes(&text));
+        }
+    }
+    read_any.then_some(inodes)
+}
+
+/// The inodes of the LISTEN sockets (state `0A`) in a `/proc/net/tcp`-style table.
+pub fn listening_socket_inodes(table: &str) -> impl Iterator<Item = u64> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        let listening = fields.get(3) == Some(&"0A");
+        fields
+            .get(9)
+            .filter(|_| listening)?
+            .parse()
+            .ok()
+            .filter(|&inode| inode != 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn listening_sockets_are_told_by_state_and_inode() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:2838 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n\
+           1: 0100007F:2838 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 41414 1 0000000000000000 20 4 30 10 -1\n\
+           2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_socket_inodes(table).collect::<Vec<_>>(), [31337]);
+    }
+
+    #[test]
+    fn this_process_shares_its_own_network_namespace() {
+        assert_eq!(
+            shares_network_namespace(Path::new("/proc"), std::process::id()),
+            Some(true)
+        );
+    }
+
     use super::*;
 
     #[test]
