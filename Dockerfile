@@ -25,11 +25,15 @@ RUN curl -sSfo /tmp/rustup-init \
       --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
-RUN cargo xtask build && cp target/release/npd-agent /npd-agent
+# The image's files, laid out by the same code that writes `cargo xtask image`'s OCI archive
+# (npd_tests::images::agent): the agent and the shared libraries ldd resolves for it.
+RUN cargo xtask build \
+ && cargo xtask image --agent target/release/npd-agent --rootfs /rootfs
 
-# The runtime image: just the agent and glibc.
-FROM debian:bookworm-slim
-COPY --from=build /npd-agent /usr/local/bin/npd-agent
+# The runtime image: just the agent and glibc, no shell; the same files and the same
+# entrypoint as `cargo xtask image` builds without Docker.
+FROM scratch
+COPY --from=build /rootfs/ /
 # The agent needs root for its capabilities (see deploy/base/daemonset.yaml); it writes nothing.
 ENTRYPOINT ["/usr/local/bin/npd-agent"]
 CMD ["run"]

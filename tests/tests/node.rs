@@ -3,6 +3,7 @@
 //! and started by that kubelet, hit real problems: an OOM kill, fd exhaustion, a hung task.
 //! Their Events must land on those Pods; the node's conditions must survive the npd pod
 //! being replaced; `/metrics` must answer on the pod's IP; the pod's log must be plain text.
+//! Then the Helm chart installs the same DaemonSet, whose pod must run and turn Ready.
 
 use std::{
     io::{Read, Write},
@@ -13,6 +14,7 @@ use std::{
 
 use npd_tests::{
     agent::{agent_bin, wait_for},
+    helm::Helm,
     images,
     machine::{FrozenFilesystem, Sysctl, require_root},
     node::{self, NodeBinaries, TestNode},
@@ -195,6 +197,84 @@ fn npd_as_shipped_reports_the_problems_of_pods_a_real_kubelet_runs() {
     );
     frozen.thaw().unwrap();
     drop(frozen);
+
+    // The chart installs the same DaemonSet: its pod runs and turns Ready too.
+    ok(
+        &cluster.kubectl(&["delete", "-k", &overlay.to_string_lossy(), "--wait=true"]),
+        "kubectl delete -k",
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "the kustomize npd pods gone",
+        || {
+            let out =
+                cluster.kubectl(&["get", "pods", "-n", NAMESPACE, "-l", SELECTOR, "-o", "name"]);
+            (out.status.success() && out.stdout.is_empty()).then_some(())
+        },
+    )
+    .unwrap();
+    let helm = Helm::from_env().unwrap();
+    let kubeconfig = cluster.admin_kubeconfig().to_string_lossy().into_owned();
+    let (repository, tag) = agent_image.reference.rsplit_once(':').unwrap();
+    let chart = repo_root().join("deploy/helm/npd");
+    ok(
+        &helm.run(&[
+            "install",
+            "npd",
+            &chart.to_string_lossy(),
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={tag}"),
+        ]),
+        "helm install",
+    )
+    .unwrap();
+    if !withheld.is_empty() {
+        // The chart has no value for capabilities (README "Install on a cluster" says why
+        // each is needed): the same edit as the overlay's, made on the installed object.
+        let patch = serde_json::json!([{
+            "op": "replace",
+            "path": "/spec/template/spec/containers/0/securityContext/capabilities/add",
+            "value": capabilities,
+        }]);
+        ok(
+            &cluster.kubectl(&[
+                "patch",
+                "daemonset",
+                "npd",
+                "-n",
+                NAMESPACE,
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ]),
+            "patching the chart's DaemonSet",
+        )
+        .unwrap();
+    }
+    let from_chart = wait_for_npd_pod(&node, Some(&replacement));
+    assert_eq!(
+        from_chart["spec"]["containers"][0]["securityContext"], expected,
+        "the chart's pod runs with the shipped securityContext"
+    );
+    ok(
+        &helm.run(&[
+            "uninstall",
+            "npd",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            NAMESPACE,
+        ]),
+        "helm uninstall",
+    )
+    .unwrap();
 
     node.stop().expect("the node stops and is cleaned up");
 }
