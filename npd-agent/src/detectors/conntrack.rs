@@ -20,6 +20,7 @@ use super::{
 use crate::{
     event::{Event, Source, Task},
     finding,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -132,6 +133,21 @@ pub fn parse_stat(text: &str) -> Option<ConntrackStats> {
     }
     (rows > 0).then_some(stats)
 }
+
+/// The host namespace's table on /metrics.
+pub static ENTRIES: LevelMetric = LevelMetric::gauge(
+    "conntrack_entries",
+    "Connections tracked in the host network namespace",
+);
+pub static ENTRIES_LIMIT: LevelMetric = LevelMetric::gauge(
+    "conntrack_entries_limit",
+    "net.netfilter.nf_conntrack_max: new flows are dropped at this many entries",
+);
+pub static DROPPED_PACKETS: LevelMetric = LevelMetric::counter(
+    "conntrack_dropped_packets",
+    "Packets dropped because no conntrack entry could be allocated (the kernel's drop \
+           counter, summed over CPUs)",
+);
 
 /// Where the runtime reads.
 #[derive(Debug)]
@@ -249,10 +265,15 @@ struct ConntrackRuntime {
 }
 
 impl Sampler for ConntrackRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok((stats, max)) = self.files.read() else {
             return Vec::new();
         };
+        levels.extend([
+            Level::new(&ENTRIES, stats.entries as f64),
+            Level::new(&ENTRIES_LIMIT, max as f64),
+            Level::new(&DROPPED_PACKETS, stats.drop as f64),
+        ]);
         self.watch
             .sample(stats, max)
             .map(|full| Event::new(now_ns, Task::default(), Source::Sampled, full))

@@ -19,6 +19,7 @@ use crate::{
     decode::DecodeError,
     event::{Event, Source},
     kernel::{CgroupLayout, kallsyms::Symbolizer},
+    metrics::Level,
     problem::{Catalog, ConditionType, EventReason},
 };
 
@@ -111,13 +112,21 @@ pub trait Runtime: Debug + Send {
     fn poll(&mut self, _now_ns: u64) -> Vec<Event> {
         Vec::new()
     }
+
+    /// The levels (gauges, the kernel's running totals) read since the last call, for
+    /// /metrics; `None` when nothing was read since (the last set stands).
+    fn take_levels(&mut self) -> Option<Vec<Level>> {
+        None
+    }
 }
 
 /// What a sampled detector's runtime does at its period: the rest of its [`Runtime`] (no
 /// records to decode, nothing between periods) is [`Sampled`]'s. Shared by the agent-only
-/// detectors (clock, pressure, conntrack, zombies, pids).
+/// detectors (clock, pressure, conntrack, zombies, pids, pod_pids).
 pub(crate) trait Sampler: Debug + Send {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event>;
+    /// One reading: the events it makes, and the levels it read pushed onto `levels` (the
+    /// whole set: it replaces the previous reading's on /metrics).
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event>;
 }
 
 /// A [`Sampler`] run every `period_ns`, the first time at the first poll.
@@ -126,6 +135,8 @@ pub(crate) struct Sampled<S> {
     pub(crate) sampler: S,
     period_ns: u64,
     next_ns: u64,
+    /// The last reading's levels, until taken.
+    levels: Option<Vec<Level>>,
 }
 
 impl<S: Sampler + 'static> Sampled<S> {
@@ -134,6 +145,7 @@ impl<S: Sampler + 'static> Sampled<S> {
             sampler,
             period_ns,
             next_ns: 0,
+            levels: None,
         }
     }
 
@@ -148,7 +160,14 @@ impl<S: Sampler> Runtime for Sampled<S> {
             return Vec::new();
         }
         self.next_ns = now_ns + self.period_ns;
-        self.sampler.sample(now_ns)
+        let mut levels = Vec::new();
+        let events = self.sampler.sample(now_ns, &mut levels);
+        self.levels = Some(levels);
+        events
+    }
+
+    fn take_levels(&mut self) -> Option<Vec<Level>> {
+        self.levels.take()
     }
 }
 

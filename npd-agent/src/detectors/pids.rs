@@ -21,6 +21,7 @@ use super::{
 use crate::{
     event::{Event, Source, Task},
     finding,
+    metrics::{Level, LevelMetric},
     problem::{
         Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
     },
@@ -184,6 +185,28 @@ impl Files {
     }
 }
 
+/// The node's tasks and their limits on /metrics.
+pub static TASKS: LevelMetric = LevelMetric::gauge(
+    "tasks",
+    "Tasks (threads) alive on the node: each holds a pid (/proc/loadavg)",
+);
+pub static TASKS_LIMIT: LevelMetric = LevelMetric::gauge(
+    "tasks_limit",
+    "Node-wide limits on tasks, by sysctl: forks fail with EAGAIN at either",
+);
+
+impl TaskCounts {
+    fn levels(self, levels: &mut Vec<Level>) {
+        levels.push(Level::new(&TASKS, self.tasks as f64));
+        for (limit, value) in [
+            (Limit::PidMax, self.pid_max),
+            (Limit::ThreadsMax, self.threads_max),
+        ] {
+            levels.push(Level::new(&TASKS_LIMIT, value as f64).with("limit", limit.as_str()));
+        }
+    }
+}
+
 /// A reading that changed which limits are near (or the first one).
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskLimits {
@@ -288,10 +311,11 @@ struct PidsRuntime {
 }
 
 impl Sampler for PidsRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok(counts) = self.files.read() else {
             return Vec::new();
         };
+        counts.levels(levels);
         self.watch
             .sample(counts)
             .map(|limits| Event::new(now_ns, Task::default(), Source::Sampled, limits))
@@ -319,6 +343,20 @@ mod tests {
             pid_max: 1000,
             threads_max: 2000,
         }
+    }
+
+    #[test]
+    fn counts_are_levels() {
+        let mut levels = Vec::new();
+        counts(120).levels(&mut levels);
+        assert_eq!(
+            levels,
+            [
+                Level::new(&TASKS, 120.0),
+                Level::new(&TASKS_LIMIT, 1000.0).with("limit", "kernel.pid_max"),
+                Level::new(&TASKS_LIMIT, 2000.0).with("limit", "kernel.threads-max"),
+            ]
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::CgroupLayout,
+    metrics::Level,
     problem::{Assessment, EventReason, Report},
 };
 
@@ -261,7 +262,8 @@ struct PodPidsRuntime {
 }
 
 impl Sampler for PodPidsRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    /// Pods' counts are not levels: a pod is no metric label (unbounded).
+    fn sample(&mut self, now_ns: u64, _levels: &mut Vec<Level>) -> Vec<Event> {
         let mut events = Vec::new();
         let mut seen = Vec::new();
         for (cgroup, dir) in pod_cgroups(&self.pids_root) {

@@ -24,6 +24,7 @@ use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::CgroupLayout,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -55,6 +56,11 @@ impl Resource {
         }
     }
 
+    /// Its `resource` label on /metrics.
+    pub fn label(self) -> &'static str {
+        self.file()
+    }
+
     pub fn reason(self) -> EventReason {
         match self {
             Self::Memory => MEMORY_PRESSURE_STALL,
@@ -77,6 +83,59 @@ impl Resource {
 pub enum Line {
     Some,
     Full,
+}
+
+impl Line {
+    pub const ALL: [Self; 2] = [Self::Some, Self::Full];
+
+    /// Its `line` label on /metrics: the kernel's word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Some => "some",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The node's PSI on /metrics, labelled `resource` (memory, io, cpu) and `line` (some,
+/// full): the kernel's running averages as ratios (0-1) and its total stall time.
+pub static STALLED_SECONDS: LevelMetric = LevelMetric::counter(
+    "pressure_stalled_seconds",
+    "Time tasks stalled on the resource since boot (/proc/pressure total; line some: at \
+           least one task, full: all non-idle tasks at once)",
+);
+pub static AVG10_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg10_ratio",
+    "Share of the last 10 s tasks stalled on the resource (/proc/pressure avg10 / 100)",
+);
+pub static AVG60_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg60_ratio",
+    "Share of the last 60 s tasks stalled on the resource (/proc/pressure avg60 / 100)",
+);
+pub static AVG300_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg300_ratio",
+    "Share of the last 300 s tasks stalled on the resource (/proc/pressure avg300 / 100)",
+);
+
+/// A node pressure file's lines as levels.
+pub fn pressure_levels(resource: Resource, pressure: &Pressure, levels: &mut Vec<Level>) {
+    for line in Line::ALL {
+        let Some(averages) = pressure.line(line) else {
+            continue;
+        };
+        for (metric, value) in [
+            (&STALLED_SECONDS, averages.total_us as f64 / 1e6),
+            (&AVG10_RATIO, averages.avg10 / 100.0),
+            (&AVG60_RATIO, averages.avg60 / 100.0),
+            (&AVG300_RATIO, averages.avg300 / 100.0),
+        ] {
+            levels.push(
+                Level::new(metric, value)
+                    .with("resource", resource.label())
+                    .with("line", line.label()),
+            );
+        }
+    }
 }
 
 /// One line of a pressure file: the running averages (percent of wall time over 10 s, 60 s,
@@ -312,13 +371,16 @@ impl PressureRuntime {
 }
 
 impl Sampler for PressureRuntime {
-    /// One reading of every file: the stalls that started.
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    /// One reading of every file: the stalls that started. The node's readings are also
+    /// levels; pods' are not (a pod is no metric label: unbounded, and on cgroup v2 the
+    /// kubelet's cAdvisor already exports containers' PSI).
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let mut events = Vec::new();
         for resource in Resource::ALL {
             let Some(pressure) = Self::read(&self.node.join(resource.file())) else {
                 continue;
             };
+            pressure_levels(resource, &pressure, levels);
             if let Some(stall) = self.watch.sample(&Scope::Node, resource, &pressure) {
                 events.push(Event::new(now_ns, Task::default(), Source::Sampled, stall));
             }
@@ -425,6 +487,41 @@ mod tests {
             "{}",
             report.message
         );
+    }
+
+    #[test]
+    fn the_nodes_pressure_is_published_as_levels_at_each_reading() {
+        let dir = std::env::temp_dir().join(format!("npd-pressure-levels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory"), psi(40.0, 25.0)).unwrap();
+        std::fs::write(dir.join("cpu"), "some avg10=4.00 avg60=6.50 avg300=19.70 total=2500000\n")
+            .unwrap();
+        let mut runtime = Sampled::new(PressureRuntime::new(dir.clone(), None), PERIOD_NS);
+        assert_eq!(runtime.take_levels(), None, "nothing read yet");
+        runtime.poll(1);
+        let levels = runtime.take_levels().expect("the first reading");
+        let value = |metric: &LevelMetric, resource: &str, line: &str| {
+            levels
+                .iter()
+                .find(|l| {
+                    l.metric == metric
+                        && l.labels == [("resource", resource), ("line", line)]
+                })
+                .map(|l| l.value)
+        };
+        assert_eq!(value(&AVG60_RATIO, "memory", "full"), Some(0.25));
+        assert_eq!(value(&AVG60_RATIO, "memory", "some"), Some(0.4));
+        assert_eq!(value(&AVG10_RATIO, "memory", "some"), Some(0.015));
+        assert_eq!(value(&STALLED_SECONDS, "memory", "full"), Some(25.723025));
+        assert_eq!(value(&STALLED_SECONDS, "cpu", "some"), Some(2.5));
+        // A line or file the kernel does not have is no series (not a 0).
+        assert_eq!(value(&AVG60_RATIO, "cpu", "full"), None);
+        assert_eq!(value(&AVG60_RATIO, "io", "some"), None);
+        assert_eq!(levels.len(), 4 * 3);
+        assert_eq!(runtime.take_levels(), None, "handed over once");
+        runtime.poll(2);
+        assert_eq!(runtime.take_levels(), None, "not before the period");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

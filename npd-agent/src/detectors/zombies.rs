@@ -26,6 +26,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     kernel::procfs,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -76,6 +77,12 @@ impl Detector for ZombiesDetector {
         }
     }
 }
+
+/// The node's zombies on /metrics.
+pub static ZOMBIE_PROCESSES: LevelMetric = LevelMetric::gauge(
+    "zombie_processes",
+    "Processes that exited and that their parent has not reaped, on the node",
+);
 
 /// The fields of `/proc/<pid>/stat` zombie counting needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,7 +309,7 @@ impl ZombiesRuntime {
 
 impl Sampler for ZombiesRuntime {
     /// One pass over /proc: an event per parent newly at or above the threshold.
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok(entries) = std::fs::read_dir(&self.host.proc_root) else {
             return Vec::new();
         };
@@ -314,6 +321,7 @@ impl Sampler for ZombiesRuntime {
             .collect();
         let per_parent = count_zombies(&stats);
         let on_node = per_parent.values().sum();
+        levels.push(Level::new(&ZOMBIE_PROCESSES, on_node as f64));
         let mut over = HashMap::new();
         let mut events = Vec::new();
         for (&ppid, &zombies) in per_parent.iter().filter(|(_, n)| **n >= self.threshold) {
