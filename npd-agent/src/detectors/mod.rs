@@ -171,6 +171,55 @@ impl<S: Sampler> Runtime for Sampled<S> {
     }
 }
 
+/// A share of a limit at or above which a level is a problem, and below which it is no
+/// longer one: between the two, it stays what it was (a level hovering at one mark does not
+/// flap).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Watermarks {
+    pub high_percent: f64,
+    pub low_percent: f64,
+}
+
+impl Watermarks {
+    /// 90 % / 80 %: the pids, pod_pids and conntrack defaults.
+    pub const DEFAULT: Self = Self {
+        high_percent: 90.0,
+        low_percent: 80.0,
+    };
+
+    /// Whether a level at `percent` is over, given whether it was.
+    pub fn over(self, percent: f64, was_over: bool) -> bool {
+        percent >= self.high_percent || (was_over && percent >= self.low_percent)
+    }
+}
+
+/// The sampled resource detectors' thresholds (config `pids`, `podPids`, `conntrack`,
+/// `zombies`, `pressure`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceOptions {
+    /// Tasks vs `kernel.pid_max` and `kernel.threads-max`.
+    pub pids: Watermarks,
+    /// A pod's tasks vs its `pids.max`.
+    pub pod_pids: Watermarks,
+    /// Entries vs `nf_conntrack_max`.
+    pub conntrack: Watermarks,
+    /// Unreaped children of one parent (or of one pod's processes together).
+    pub zombies: u64,
+    pub pressure: pressure::PressureOptions,
+}
+
+impl Default for ResourceOptions {
+    fn default() -> Self {
+        Self {
+            pids: Watermarks::DEFAULT,
+            pod_pids: Watermarks::DEFAULT,
+            conntrack: Watermarks::DEFAULT,
+            zombies: zombies::DEFAULT_THRESHOLD,
+            pressure: pressure::PressureOptions::default(),
+        }
+    }
+}
+
 /// A whole file, the error naming it.
 pub(crate) fn read_text(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
@@ -478,6 +527,29 @@ pub(crate) fn attach_tracepoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watermarks_hold_between_the_marks() {
+        let marks = Watermarks {
+            high_percent: 70.0,
+            low_percent: 50.0,
+        };
+        // (percent, over before) -> over now
+        for (percent, before, now) in [
+            (69.9, false, false),
+            (70.0, false, true),
+            (60.0, true, true),
+            (60.0, false, false),
+            (50.0, true, true),
+            (49.9, true, false),
+        ] {
+            assert_eq!(
+                marks.over(percent, before),
+                now,
+                "{percent} % after {before}"
+            );
+        }
+    }
 
     #[test]
     fn every_program_has_one_owner() {

@@ -15,8 +15,8 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use super::{
-    AttachContext, Attached, Detector, DetectorStatus,
-    Sampled, Sampler, read_number, read_text,
+    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, Watermarks, read_number,
+    read_text,
 };
 use crate::{
     event::{Event, Source, Task},
@@ -33,7 +33,8 @@ pub const PID_EXHAUSTION: ConditionType = ConditionType::new(&ConditionSpec {
     type_name: "PIDExhaustion",
     problem_reason: "KernelTaskLimitNear",
     healthy_reason: "KernelHasFreePIDs",
-    healthy_message: "tasks are below 90 % of kernel.pid_max and kernel.threads-max",
+    healthy_message: "tasks are below the high-water mark of kernel.pid_max and \
+                      kernel.threads-max",
     detector: "pids",
     clearing: Clearing::Keyed,
 });
@@ -45,11 +46,6 @@ pub const APPROACHING_THREADS_MAX: EventReason =
 
 /// How often the counts are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// At or above this share of a limit: the condition and an Event...
-pub const HIGH_PERCENT: f64 = 90.0;
-/// ... cleared below this.
-pub const LOW_PERCENT: f64 = 80.0;
 
 #[derive(Debug)]
 pub struct PidsDetector;
@@ -95,7 +91,7 @@ impl Detector for PidsDetector {
             runtime: Sampled::boxed(
                 PidsRuntime {
                     files,
-                    watch: PidsWatch::default(),
+                    watch: PidsWatch::new(ctx.options.resources.pids),
                 },
                 PERIOD_NS,
             ),
@@ -272,13 +268,19 @@ finding!(TaskLimits, "task_limits", {
     }
 });
 
-/// Which limits are near, with hysteresis.
-#[derive(Debug, Default)]
+/// Which limits are near, with hysteresis: at or above the high-water mark of a limit, the
+/// condition and an Event; cleared below the low-water mark.
+#[derive(Debug)]
 pub struct PidsWatch {
+    marks: Watermarks,
     near: Option<Vec<Limit>>,
 }
 
 impl PidsWatch {
+    pub fn new(marks: Watermarks) -> Self {
+        Self { marks, near: None }
+    }
+
     /// A reading: a finding at the first and whenever the set of near limits changes.
     pub fn sample(&mut self, counts: TaskCounts) -> Option<TaskLimits> {
         let before = self.near.clone();
@@ -286,9 +288,7 @@ impl PidsWatch {
         let near: Vec<Limit> = counts
             .usage()
             .into_iter()
-            .filter(|&(limit, _, percent)| {
-                percent >= HIGH_PERCENT || (was_near(limit) && percent >= LOW_PERCENT)
-            })
+            .filter(|&(limit, _, percent)| self.marks.over(percent, was_near(limit)))
             .map(|(limit, _, _)| limit)
             .collect();
         if before.as_ref() == Some(&near) {
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn condition_and_events_follow_the_limits_with_hysteresis() {
-        let mut watch = PidsWatch::default();
+        let mut watch = PidsWatch::new(Watermarks::DEFAULT);
         // The first reading resyncs (clears a restored True), with no Event.
         let first = watch.sample(counts(100)).expect("first reading");
         let assessment = Event::new(1, Task::default(), Source::Sampled, first).assess();

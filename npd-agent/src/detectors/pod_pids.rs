@@ -19,7 +19,8 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use super::{
-    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, pod_cgroups, read_text,
+    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, Watermarks, pod_cgroups,
+    read_text,
 };
 use crate::{
     event::{Event, Source, Task, escape_untrusted},
@@ -35,11 +36,6 @@ pub const APPROACHING_POD_PIDS_LIMIT: EventReason =
 
 /// How often the pods' counters are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// At or above this share of `pids.max`: an Event; again only after dropping below
-/// [`LOW_PERCENT`].
-pub const HIGH_PERCENT: u64 = 90;
-pub const LOW_PERCENT: u64 = 80;
 
 #[derive(Debug)]
 pub struct PodPidsDetector;
@@ -97,7 +93,7 @@ impl Detector for PodPidsDetector {
                 PodPidsRuntime {
                     pids_root,
                     attribution_root: ctx.host.cgroup_root.clone(),
-                    watch: PodPidsWatch::default(),
+                    watch: PodPidsWatch::new(ctx.options.resources.pod_pids),
                 },
                 PERIOD_NS,
             ),
@@ -116,10 +112,10 @@ pub struct PodTasks {
 }
 
 impl PodTasks {
-    fn percent(self) -> Option<u64> {
+    fn percent(self) -> Option<f64> {
         self.max
             .filter(|&max| max > 0)
-            .map(|max| self.current.saturating_mul(100) / max)
+            .map(|max| self.current as f64 * 100.0 / max as f64)
     }
 }
 
@@ -158,7 +154,7 @@ pub struct PodTaskLimit {
     pub tasks: PodTasks,
     /// Forks refused since the last reading.
     pub refused: u64,
-    /// The pod just reached [`HIGH_PERCENT`] of its limit.
+    /// The pod just reached the high-water mark of its limit.
     pub approaching: bool,
 }
 
@@ -183,7 +179,7 @@ finding!(PodTaskLimit, "pod_task_limit", {
             format!(
                 "{} tasks are {} % of the pod's pids.max ({}): forks fail at the limit",
                 self.tasks.current,
-                self.tasks.percent().unwrap_or(0),
+                self.tasks.percent().unwrap_or(0.0).floor(),
                 self.limit()
             )
         }
@@ -210,20 +206,29 @@ finding!(PodTaskLimit, "pod_task_limit", {
     }
 });
 
-/// Per pod: the refused-forks counter last read and whether it is near its limit.
-#[derive(Debug, Default)]
+/// Per pod: the refused-forks counter last read and whether it is near its limit (an Event
+/// at the high-water mark, again only after it dropped below the low one).
+#[derive(Debug)]
 pub struct PodPidsWatch {
+    marks: Watermarks,
     pods: HashMap<String, (u64, bool)>,
 }
 
 impl PodPidsWatch {
+    pub fn new(marks: Watermarks) -> Self {
+        Self {
+            marks,
+            pods: HashMap::new(),
+        }
+    }
+
     /// A pod's reading: a finding when forks were refused since the last one, or when it
     /// just reached the high-water mark. A pod's first reading is its baseline: forks refused
     /// before npd watched it are the kernel's record (`pids.events`), not news.
     pub fn sample(&mut self, cgroup: &str, tasks: PodTasks) -> Option<PodTaskLimit> {
-        let percent = tasks.percent().unwrap_or(0);
+        let percent = tasks.percent().unwrap_or(0.0);
         let Some((refused_before, was_near)) = self.pods.get(cgroup).copied() else {
-            let near = percent >= HIGH_PERCENT;
+            let near = self.marks.over(percent, false);
             self.pods
                 .insert(cgroup.to_owned(), (tasks.refused_total, near));
             return near.then(|| PodTaskLimit {
@@ -233,7 +238,7 @@ impl PodPidsWatch {
                 approaching: true,
             });
         };
-        let near = percent >= HIGH_PERCENT || (was_near && percent >= LOW_PERCENT);
+        let near = self.marks.over(percent, was_near);
         // A counter that went down is a new cgroup under the same path.
         let refused = tasks.refused_total.checked_sub(refused_before).unwrap_or(tasks.refused_total);
         self.pods
@@ -309,7 +314,7 @@ mod tests {
 
     #[test]
     fn refused_forks_and_the_high_water_mark_become_findings() {
-        let mut watch = PodPidsWatch::default();
+        let mut watch = PodPidsWatch::new(Watermarks::DEFAULT);
         let pod = "/kubepods/burstable/pod1";
         // (current, refused so far) -> (refused reported, approaching)
         type Step = ((u64, u64), Option<(u64, bool)>);
@@ -342,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_pod_first_seen_near_its_limit_is_reported_and_unlimited_pods_never() {
-        let mut watch = PodPidsWatch::default();
+        let mut watch = PodPidsWatch::new(Watermarks::DEFAULT);
         let near = watch.sample("/kubepods/pod2", tasks(99, 0)).expect("near at once");
         assert!(near.approaching);
         let event = Event::new(1, Task::default(), Source::Sampled, near);

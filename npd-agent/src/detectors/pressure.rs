@@ -4,16 +4,18 @@
 //! Events, never conditions: the kubelet owns `MemoryPressure` and `DiskPressure`, and those
 //! mean "about to evict", not "stalling".
 //!
-//! Read every [`PERIOD_NS`]. A resource is stalling when its one-minute average (`avg60`) is
-//! at or above its threshold: `full` (every non-idle task stalled at once) for memory and
-//! I/O, `some` (at least one task stalled) for the CPU, whose `full` the kernel does not
-//! define for the whole system. Reported once when the average crosses the threshold, again
-//! only after it fell below half of it.
+//! Read every [`PERIOD_NS`]. A resource is stalling when the kernel's running average over
+//! the configured window (`pressure.window`: 10 s, 1 min or 5 min; default 1 min) is at or
+//! above its threshold: `full` (every non-idle task stalled at once) for memory and I/O,
+//! `some` (at least one task stalled) for the CPU, whose `full` the kernel does not define
+//! for the whole system. Reported once when the average crosses the threshold, again only
+//! after it fell below half of it.
 
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::Ebpf;
@@ -68,12 +70,80 @@ impl Resource {
             Self::Cpu => CPU_PRESSURE_STALL,
         }
     }
+}
 
-    /// The line that counts and its avg60 threshold, in percent.
-    pub fn rule(self) -> (Line, f64) {
+/// Which of the kernel's running averages a threshold applies to: it keeps these three only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Window {
+    #[serde(rename = "10s")]
+    Avg10,
+    #[serde(rename = "1m")]
+    Avg60,
+    #[serde(rename = "5m")]
+    Avg300,
+}
+
+impl Window {
+    pub const ALL: [Self; 3] = [Self::Avg10, Self::Avg60, Self::Avg300];
+
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Avg10 => 10,
+            Self::Avg60 => 60,
+            Self::Avg300 => 300,
+        })
+    }
+
+    /// The window of this length, if the kernel keeps one.
+    pub fn from_duration(duration: Duration) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.duration() == duration)
+    }
+
+    fn of(self, averages: &Averages) -> f64 {
         match self {
-            Self::Memory | Self::Io => (Line::Full, 10.0),
-            Self::Cpu => (Line::Some, 50.0),
+            Self::Avg10 => averages.avg10,
+            Self::Avg60 => averages.avg60,
+            Self::Avg300 => averages.avg300,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Avg10 => "10 s",
+            Self::Avg60 => "minute",
+            Self::Avg300 => "5 minutes",
+        }
+    }
+}
+
+/// When a resource is stalling (config `pressure.*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PressureOptions {
+    pub window: Window,
+    /// Thresholds, percent of the window: memory's and I/O's `full` line, the CPU's `some`.
+    pub memory_full_percent: f64,
+    pub io_full_percent: f64,
+    pub cpu_some_percent: f64,
+}
+
+impl Default for PressureOptions {
+    fn default() -> Self {
+        Self {
+            window: Window::Avg60,
+            memory_full_percent: 10.0,
+            io_full_percent: 10.0,
+            cpu_some_percent: 50.0,
+        }
+    }
+}
+
+impl PressureOptions {
+    /// The line that counts for `resource` and its threshold, in percent.
+    pub fn rule(&self, resource: Resource) -> (Line, f64) {
+        match resource {
+            Resource::Memory => (Line::Full, self.memory_full_percent),
+            Resource::Io => (Line::Full, self.io_full_percent),
+            Resource::Cpu => (Line::Some, self.cpu_some_percent),
         }
     }
 }
@@ -246,7 +316,10 @@ impl Detector for PressureDetector {
         }
         Attached {
             status,
-            runtime: Sampled::boxed(PressureRuntime::new(node, pods), PERIOD_NS),
+            runtime: Sampled::boxed(
+                PressureRuntime::new(node, pods, ctx.options.resources.pressure),
+                PERIOD_NS,
+            ),
         }
     }
 }
@@ -259,13 +332,14 @@ pub enum Scope {
     Pod { cgroup: String },
 }
 
-/// A resource stalling for a minute.
+/// A resource stalling over the window.
 #[derive(Clone, Debug, Serialize)]
 pub struct PressureStall {
     pub resource: Resource,
     pub scope: Scope,
-    /// The line that crossed its threshold and its averages.
+    /// The line that crossed its threshold, over which window, and its averages.
     pub line: Line,
+    pub window: Window,
     pub threshold_percent: f64,
     #[serde(flatten)]
     pub averages: Averages,
@@ -287,9 +361,14 @@ finding!(PressureStall, "pressure_stall", {
             Scope::Pod { cgroup } => format!("in pod cgroup {}", escape_untrusted(cgroup)),
         };
         format!(
-            "{who} {whose} stalled waiting for {what} {:.1} % of the last minute \
-             ({:.1} % of the last 10 s, {:.1} % of 5 min; threshold {:.0} %)",
-            self.averages.avg60, self.averages.avg10, self.averages.avg300, self.threshold_percent
+            "{who} {whose} stalled waiting for {what} {:.1} % of the last {} (threshold {:.0} \
+             %; over 10 s, 1 min, 5 min: {:.1} %, {:.1} %, {:.1} %)",
+            self.window.of(&self.averages),
+            self.window.describe(),
+            self.threshold_percent,
+            self.averages.avg10,
+            self.averages.avg60,
+            self.averages.avg300
         )
     }
 
@@ -309,12 +388,20 @@ finding!(PressureStall, "pressure_stall", {
 });
 
 /// Whether each (scope, resource) is over its threshold, with hysteresis.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PressureWatch {
+    options: PressureOptions,
     over: HashMap<(Scope, Resource), bool>,
 }
 
 impl PressureWatch {
+    pub fn new(options: PressureOptions) -> Self {
+        Self {
+            options,
+            over: HashMap::new(),
+        }
+    }
+
     /// A reading: the stall to report when the average just crossed the threshold.
     pub fn sample(
         &mut self,
@@ -322,21 +409,24 @@ impl PressureWatch {
         resource: Resource,
         pressure: &Pressure,
     ) -> Option<PressureStall> {
-        let (line, threshold) = resource.rule();
+        let (line, threshold) = self.options.rule(resource);
+        let window = self.options.window;
         let averages = pressure.line(line)?;
+        let level = window.of(&averages);
         let over = self.over.entry((scope.clone(), resource)).or_default();
-        if averages.avg60 >= threshold {
+        if level >= threshold {
             let crossed = !*over;
             *over = true;
             return crossed.then(|| PressureStall {
                 resource,
                 scope: scope.clone(),
                 line,
+                window,
                 threshold_percent: threshold,
                 averages,
             });
         }
-        if averages.avg60 < threshold / 2.0 {
+        if level < threshold / 2.0 {
             *over = false;
         }
         None
@@ -357,11 +447,11 @@ pub struct PressureRuntime {
 }
 
 impl PressureRuntime {
-    pub fn new(node: PathBuf, pods: Option<PathBuf>) -> Self {
+    pub fn new(node: PathBuf, pods: Option<PathBuf>, options: PressureOptions) -> Self {
         Self {
             node,
             pods,
-            watch: PressureWatch::default(),
+            watch: PressureWatch::new(options),
         }
     }
 
@@ -455,7 +545,7 @@ mod tests {
 
     #[test]
     fn thresholds_with_hysteresis() {
-        let mut watch = PressureWatch::default();
+        let mut watch = PressureWatch::new(PressureOptions::default());
         let node = Scope::Node;
         let read = |some, full| parse_pressure(&psi(some, full)).unwrap();
         // Memory and I/O count `full`: much `some` alone is no stall.
@@ -490,13 +580,44 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_window_and_threshold_decide() {
+        let options = PressureOptions {
+            window: Window::Avg10,
+            memory_full_percent: 5.0,
+            ..PressureOptions::default()
+        };
+        let mut watch = PressureWatch::new(options);
+        // Over 10 s only: avg60 stays far below the default 10 %.
+        let read = |avg10: f64| {
+            parse_pressure(&format!(
+                "some avg10={avg10:.2} avg60=0.50 avg300=0.10 total=9\n\
+                 full avg10={avg10:.2} avg60=0.50 avg300=0.10 total=7\n"
+            ))
+            .unwrap()
+        };
+        assert!(watch.sample(&Scope::Node, Resource::Memory, &read(4.9)).is_none());
+        let stall = watch
+            .sample(&Scope::Node, Resource::Memory, &read(6.0))
+            .expect("full avg10 at 6 % is over 5 %");
+        assert_eq!((stall.window, stall.threshold_percent), (Window::Avg10, 5.0));
+        let event = Event::new(1, Task::default(), Source::Sampled, stall);
+        let message = event.assess().report.unwrap().message;
+        assert!(
+            message.contains("memory 6.0 % of the last 10 s (threshold 5 %"),
+            "{message}"
+        );
+        // The CPU's default threshold is untouched.
+        assert!(watch.sample(&Scope::Node, Resource::Cpu, &read(40.0)).is_none());
+    }
+
+    #[test]
     fn the_nodes_pressure_is_published_as_levels_at_each_reading() {
         let dir = std::env::temp_dir().join(format!("npd-pressure-levels-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("memory"), psi(40.0, 25.0)).unwrap();
         std::fs::write(dir.join("cpu"), "some avg10=4.00 avg60=6.50 avg300=19.70 total=2500000\n")
             .unwrap();
-        let mut runtime = Sampled::new(PressureRuntime::new(dir.clone(), None), PERIOD_NS);
+        let mut runtime = Sampled::new(PressureRuntime::new(dir.clone(), None, PressureOptions::default()), PERIOD_NS);
         assert_eq!(runtime.take_levels(), None, "nothing read yet");
         runtime.poll(1);
         let levels = runtime.take_levels().expect("the first reading");
@@ -549,7 +670,7 @@ mod tests {
         let proc_pressure = root.join("proc-pressure");
         std::fs::create_dir_all(&proc_pressure).unwrap();
         std::fs::write(proc_pressure.join("memory"), psi(0.0, 0.0)).unwrap();
-        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone())), PERIOD_NS);
+        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone()), PressureOptions::default()), PERIOD_NS);
         let events = runtime.poll(1);
         assert_eq!(events.len(), 1, "{events:?}");
         let event = &events[0];

@@ -1,8 +1,9 @@
 //! Zombies: children that exited and that their parent does not reap (`wait(2)`), counted per
-//! parent from `/proc/<pid>/stat` (state `Z`, ppid) every [`PERIOD_NS`]. A parent with
-//! [`THRESHOLD`] or more is a bug in that program (or a container whose pid 1 is not an init):
-//! each zombie holds a pid, and enough of them exhaust `pids.max` or `kernel.pid_max`. No
-//! kernel hook: one pass over /proc per period, nothing per fork or exit.
+//! parent from `/proc/<pid>/stat` (state `Z`, ppid) every [`PERIOD_NS`]. A parent with the
+//! threshold (`zombies.threshold`, default [`DEFAULT_THRESHOLD`]) or more is a bug in that
+//! program (or a container whose pid 1 is not an init): each zombie holds a pid, and enough
+//! of them exhaust `pids.max` or `kernel.pid_max`. No kernel hook: one pass over /proc per
+//! period, nothing per fork or exit.
 //!
 //! Zombies are also summed per pod (by each parent's cgroup): a pod whose processes each
 //! leave a few unreaped children, none over the threshold alone, still fills its
@@ -36,8 +37,8 @@ pub const EXCESSIVE_ZOMBIES: EventReason = EventReason::warning("ExcessiveZombie
 /// How often /proc is walked.
 pub const PERIOD_NS: u64 = 15_000_000_000;
 
-/// Zombie children of one parent that make a problem.
-pub const THRESHOLD: u64 = 100;
+/// Zombie children of one parent that make a problem, unless configured.
+pub const DEFAULT_THRESHOLD: u64 = 100;
 
 #[derive(Debug)]
 pub struct ZombiesDetector;
@@ -73,7 +74,7 @@ impl Detector for ZombiesDetector {
         );
         Attached {
             status,
-            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), THRESHOLD), PERIOD_NS),
+            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), ctx.options.resources.zombies), PERIOD_NS),
         }
     }
 }
