@@ -7,7 +7,9 @@
 //! Read every [`PERIOD_NS`] from the pids controller's hierarchy (cgroup v2's root, or v1's
 //! `pids` hierarchy beside the memory one); the pod is named by attribution from its cgroup's
 //! twin in the attribution hierarchy (the same directory on v2). A fork refused and retried
-//! between two readings is counted, not missed: the kernel's counter only grows.
+//! between two readings is counted, not missed: the kernel's counter only grows. On v1 the
+//! kernel counts a refusal only in the forking task's own cgroup (a container below the
+//! pod), so there the pod's count is its own plus its children's.
 
 use std::{
     collections::HashMap,
@@ -87,10 +89,15 @@ impl Detector for PodPidsDetector {
             ),
             present,
         );
+        let count = match ctx.host.layout {
+            CgroupLayout::Unified => RefusalCount::Hierarchical,
+            CgroupLayout::Legacy => RefusalCount::Local,
+        };
         Attached {
             status,
             runtime: Sampled::boxed(
                 PodPidsRuntime {
+                    count,
                     pids_root,
                     attribution_root: ctx.host.cgroup_root.clone(),
                     watch: PodPidsWatch::new(ctx.options.resources.pod_pids),
@@ -133,15 +140,40 @@ pub fn parse_pids_events(text: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("max ")?.trim().parse().ok())
 }
 
-fn read_pod(dir: &Path) -> Result<PodTasks, String> {
+/// Where the kernel counts a refused fork in `pids.events`' `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCount {
+    /// cgroup v2: in the cgroup whose limit was hit and its ancestors, so the pod's counter
+    /// includes its containers'.
+    Hierarchical,
+    /// cgroup v1 (and v2's `pids_localevents`): only in the cgroup the forking task is in,
+    /// usually a container below the pod, so the pod's total is the sum over its children.
+    Local,
+}
+
+fn read_pod(dir: &Path, count: RefusalCount) -> Result<PodTasks, String> {
     let max_file = dir.join("pids.max");
-    let events_file = dir.join("pids.events");
+    let refused = |dir: &Path| -> Result<u64, String> {
+        let events_file = dir.join("pids.events");
+        parse_pids_events(&read_text(&events_file)?)
+            .ok_or_else(|| format!("{}: no max line", events_file.display()))
+    };
+    let mut refused_total = refused(dir)?;
+    if count == RefusalCount::Local {
+        // The kubelet's containers are the pod's children; a container gone takes its count
+        // with it (seen as a counter that went down).
+        let children = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                refused_total += refused(&child.path()).unwrap_or(0);
+            }
+        }
+    }
     Ok(PodTasks {
         current: super::read_number(&dir.join("pids.current"))?,
         max: parse_pids_max(&read_text(&max_file)?)
             .ok_or_else(|| format!("{}: unexpected format", max_file.display()))?,
-        refused_total: parse_pids_events(&read_text(&events_file)?)
-            .ok_or_else(|| format!("{}: no max line", events_file.display()))?,
+        refused_total,
     })
 }
 
@@ -260,6 +292,7 @@ impl PodPidsWatch {
 
 #[derive(Debug)]
 struct PodPidsRuntime {
+    count: RefusalCount,
     pids_root: PathBuf,
     /// Where records' cgroup ids are resolved: the pod's directory there names it.
     attribution_root: PathBuf,
@@ -272,7 +305,7 @@ impl Sampler for PodPidsRuntime {
         let mut events = Vec::new();
         let mut seen = Vec::new();
         for (cgroup, dir) in pod_cgroups(&self.pids_root) {
-            let Ok(tasks) = read_pod(&dir) else {
+            let Ok(tasks) = read_pod(&dir, self.count) else {
                 continue;
             };
             if let Some(limit) = self.watch.sample(&cgroup, tasks) {
@@ -362,6 +395,25 @@ mod tests {
         };
         assert!(watch.sample("/kubepods/pod3", unlimited).is_none());
         assert!(watch.sample("/kubepods/pod3", unlimited).is_none());
+    }
+
+    #[test]
+    fn on_cgroup_v1_a_pods_refusals_are_its_containers() {
+        let pod = std::env::temp_dir().join(format!("npd-pod-pids-{}", std::process::id()));
+        let container = pod.join("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        let other = pod.join("fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210");
+        for dir in [&container, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for (dir, refused) in [(&pod, 1), (&container, 5), (&other, 2)] {
+            std::fs::write(dir.join("pids.events"), format!("max {refused}\n")).unwrap();
+        }
+        std::fs::write(pod.join("pids.current"), "20\n").unwrap();
+        std::fs::write(pod.join("pids.max"), "20\n").unwrap();
+        let read = |count| read_pod(&pod, count).unwrap().refused_total;
+        assert_eq!(read(RefusalCount::Local), 8, "the pod's own and its containers'");
+        assert_eq!(read(RefusalCount::Hierarchical), 1, "v2's pod counter has them already");
+        std::fs::remove_dir_all(&pod).unwrap();
     }
 
     #[test]
