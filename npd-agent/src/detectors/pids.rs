@@ -44,6 +44,16 @@ pub const APPROACHING_PID_MAX: EventReason = EventReason::warning("ApproachingKe
 pub const APPROACHING_THREADS_MAX: EventReason =
     EventReason::warning("ApproachingKernelThreadsMax");
 
+/// Why forks refused with EAGAIN are counted from the sampled levels, not hooked (checked on
+/// 6.18's `kernel/fork.c`, `kernel/pid.c`, `kernel/cgroup/pids.c`).
+pub const NO_FORK_FAILURE_HOOK: &str = "fork/clone failing with EAGAIN is not hooked: no \
+    tracepoint fires on copy_process's failure path (kernel.threads-max in copy_process, \
+    kernel.pid_max in alloc_pid, a cgroup's pids.max in pids_can_fork, which only printks a \
+    cgroup's first refusal), and what would see each refusal costs every syscall \
+    (syscalls:sys_exit_clone*) or needs fexit/kprobes on kernel_clone; node-wide exhaustion \
+    is seen from these counts, a pod's refused forks by pod_pids from pids.events' max \
+    counter (none missed), within a period";
+
 /// How often the counts are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
 
@@ -86,6 +96,7 @@ impl Detector for PidsDetector {
             ),
             files.read().map(|_| ()),
         );
+        status.notes.push(NO_FORK_FAILURE_HOOK.to_owned());
         Attached {
             status,
             runtime: Sampled::boxed(
