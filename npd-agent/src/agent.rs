@@ -449,6 +449,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         condition_gauges(&metrics, engine.conditions(), &names);
         sink.events(out);
         deltas.update(&metrics, &source, &engine);
+        for (publisher, levels) in source.decoder.take_levels() {
+            metrics.levels.publish(publisher, levels);
+        }
         if let Some(at) = last_record {
             metrics
                 .last_record_age_seconds

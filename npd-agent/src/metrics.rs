@@ -6,11 +6,15 @@
 //! counter can keep its name `problem_counter` (OpenMetrics counters end in `_total`, and
 //! Prometheus stores the `_total` name it is sent; README "Metrics and health").
 
-use std::{collections::HashSet, sync::atomic::AtomicU64};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -90,6 +94,8 @@ pub struct Metrics {
     /// a failure.
     pub events_pending: Gauge,
     pub events_parked: Gauge,
+    /// What the sampled detectors last read (PSI, task counts, the conntrack table, ...).
+    pub levels: Arc<LevelBoard>,
 }
 
 impl Default for Metrics {
@@ -223,6 +229,8 @@ impl Metrics {
             "Pending Events that failed at least once and wait for their next try",
             events_parked.clone(),
         );
+        let levels = Arc::new(LevelBoard::default());
+        npd.register_collector(Box::new(Arc::clone(&levels)));
         // The kernel's per-detector counters exist at 0 from the start, so a rate or an
         // alert on their increase sees the first drop too.
         for detector in npd_common::counters::Detector::ALL {
@@ -254,6 +262,7 @@ impl Metrics {
             record_latency_seconds,
             events_pending,
             events_parked,
+            levels,
         }
     }
 
@@ -278,6 +287,122 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+}
+
+/// How a level's value behaves: a gauge, or a running total the kernel keeps (exported as a
+/// counter; it restarts from 0 only when the kernel's does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelKind {
+    Gauge,
+    Counter,
+}
+
+/// A metric a sampled detector publishes: its name after `npd_` (a counter's without
+/// `_total`, which the exposition adds), its help and kind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LevelMetric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: LevelKind,
+}
+
+impl LevelMetric {
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            kind: LevelKind::Gauge,
+        }
+    }
+
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            kind: LevelKind::Counter,
+        }
+    }
+}
+
+/// One series of a [`LevelMetric`] as last read. Label values are `&'static`: npd's own
+/// words (a resource, a limit's name), never a pod's or a process's, so the series a detector
+/// can publish are bounded by its code.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Level {
+    pub metric: &'static LevelMetric,
+    pub labels: Vec<(&'static str, &'static str)>,
+    pub value: f64,
+}
+
+impl Level {
+    pub fn new(metric: &'static LevelMetric, value: f64) -> Self {
+        Self {
+            metric,
+            labels: Vec::new(),
+            value,
+        }
+    }
+
+    pub fn with(mut self, key: &'static str, value: &'static str) -> Self {
+        self.labels.push((key, value));
+        self
+    }
+}
+
+/// The levels each sampled detector published last, rendered at each scrape. A detector's
+/// new set replaces its old one whole: a series it could not read this time disappears
+/// instead of going stale.
+#[derive(Debug, Default)]
+pub struct LevelBoard {
+    /// By publisher (the runtime's position in the agent's list).
+    published: Mutex<BTreeMap<usize, Vec<Level>>>,
+}
+
+impl LevelBoard {
+    pub fn publish(&self, publisher: usize, levels: Vec<Level>) {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        published.insert(publisher, levels);
+    }
+}
+
+impl Collector for LevelBoard {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each metric once, with all its series, in the order first published.
+        let mut metrics: Vec<(&LevelMetric, Vec<&Level>)> = Vec::new();
+        for level in published.values().flatten() {
+            match metrics.iter_mut().find(|(m, _)| *m == level.metric) {
+                Some((_, series)) => series.push(level),
+                None => metrics.push((level.metric, vec![level])),
+            }
+        }
+        for (metric, series) in metrics {
+            let metric_type = match metric.kind {
+                LevelKind::Gauge => MetricType::Gauge,
+                LevelKind::Counter => MetricType::Counter,
+            };
+            // Ending in a period like the registered metrics' help (the registry adds it).
+            let help = format!("{}.", metric.help);
+            let mut descriptor =
+                encoder.encode_descriptor(metric.name, &help, None, metric_type)?;
+            for level in series {
+                let mut sample = descriptor.encode_family(&level.labels)?;
+                match metric.kind {
+                    LevelKind::Gauge => sample.encode_gauge(&level.value)?,
+                    LevelKind::Counter => {
+                        sample.encode_counter::<NoLabelSet, _, f64>(&level.value, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -481,6 +606,52 @@ mod tests {
         assert!(wants_openmetrics(Some(
             "application/openmetrics-text, text/plain;q=0"
         )));
+    }
+
+    static STALLED: LevelMetric = LevelMetric::counter("test_stalled_seconds", "Stall time");
+    static TASKS: LevelMetric = LevelMetric::gauge("test_tasks", "Tasks");
+
+    #[test]
+    fn levels_are_rendered_per_metric_and_replaced_per_publisher() {
+        let metrics = Metrics::new();
+        metrics.levels.publish(
+            0,
+            vec![
+                Level::new(&STALLED, 1.5).with("resource", "memory"),
+                Level::new(&TASKS, 120.0),
+            ],
+        );
+        metrics
+            .levels
+            .publish(1, vec![Level::new(&STALLED, 0.25).with("resource", "io")]);
+        let text = metrics.encode_classic();
+        for expected in [
+            "# TYPE npd_test_stalled_seconds_total counter\n\
+             npd_test_stalled_seconds_total{resource=\"memory\"} 1.5\n\
+             npd_test_stalled_seconds_total{resource=\"io\"} 0.25\n",
+            "# HELP npd_test_tasks Tasks.\n# TYPE npd_test_tasks gauge\nnpd_test_tasks 120.0\n",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("# TYPE npd_test_stalled_seconds").count(),
+            1,
+            "{text}"
+        );
+        let openmetrics = metrics.encode();
+        assert!(
+            openmetrics.contains("# TYPE npd_test_stalled_seconds counter\n"),
+            "{openmetrics}"
+        );
+        // A publisher's new set replaces its old one: what it no longer reads is gone.
+        metrics.levels.publish(0, vec![Level::new(&TASKS, 130.0)]);
+        let text = metrics.encode_classic();
+        assert!(text.contains("npd_test_tasks 130.0\n"), "{text}");
+        assert!(!text.contains("resource=\"memory\""), "{text}");
+        assert!(text.contains("resource=\"io\""), "{text}");
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct LoadOptions {
     pub health: detectors::daemon_health::HealthOptions,
     /// Which daemons' starts and exits the kernel reports (`daemons.*`).
     pub daemons: detectors::daemons::DaemonOptions,
+    /// The sampled resource detectors' thresholds (`pids.*`, `pressure.*`, ...).
+    pub resources: detectors::ResourceOptions,
 }
 
 impl Default for LoadOptions {
@@ -89,6 +91,7 @@ impl Default for LoadOptions {
             fallback_hooks_only: false,
             health: detectors::daemon_health::HealthOptions::default(),
             daemons: detectors::daemons::DaemonOptions::default(),
+            resources: detectors::ResourceOptions::default(),
         }
     }
 }

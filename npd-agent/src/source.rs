@@ -17,6 +17,7 @@ use crate::{
     detectors::Runtime,
     event::Event,
     kernel::kallsyms::Symbolizer,
+    metrics::Level,
     probes::{KernelCounters, Probes},
 };
 
@@ -83,6 +84,18 @@ impl Decoder {
             // A record of a detector that is not running: its programs are not attached.
             .ok_or(DecodeError::UnknownKind(kind as u16))?;
         runtime.decode(kind, data, &mut self.symbolizer)
+    }
+
+    /// The levels each runtime read since the last call, by its position (a stable name for
+    /// [`LevelBoard::publish`]).
+    ///
+    /// [`LevelBoard::publish`]: crate::metrics::LevelBoard::publish
+    pub fn take_levels(&mut self) -> Vec<(usize, Vec<Level>)> {
+        self.runtimes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (_, runtime))| Some((i, runtime.take_levels()?)))
+            .collect()
     }
 
     /// What every running detector finds by itself.

@@ -1,5 +1,5 @@
-//! A pod at its pids.max, for real: a pod-shaped pids cgroup limited to 20 tasks, a shell in it
-//! forking until the kernel refuses, and the refused forks as an Event on the Pod on the real
+//! A pod at its pids.max, for real: a pod-shaped pids cgroup limited to 20 tasks, a shell in a
+//! container-shaped cgroup below it forking until the kernel refuses, and the refused forks as an Event on the Pod on the real
 //! API server. The cgroups (and every task in them) are removed by guards, also on failure.
 
 use std::{
@@ -23,6 +23,7 @@ const LIMIT: u32 = 20;
 struct PidsCgroup {
     path: PathBuf,
     created: Vec<PathBuf>,
+    v2: bool,
 }
 
 impl PidsCgroup {
@@ -40,6 +41,7 @@ impl PidsCgroup {
         let mut cgroup = Self {
             path: root.join(relative),
             created: Vec::new(),
+            v2,
         };
         let mut dir = root;
         for part in relative.split('/') {
@@ -56,24 +58,35 @@ impl PidsCgroup {
         Ok(cgroup)
     }
 
-    fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
+    /// A child without a limit of its own (a container below the pod, as the kubelet makes
+    /// them), removed with it.
+    fn child(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        if self.v2 {
+            std::fs::write(self.path.join("cgroup.subtree_control"), "+pids")?;
+        }
+        let dir = self.path.join(name);
+        std::fs::create_dir(&dir)?;
+        self.created.push(dir.clone());
+        Ok(dir)
     }
 }
 
 impl Drop for PidsCgroup {
     fn drop(&mut self) {
-        // Kill until empty: a shell may still be forking while the first kills land.
-        for _ in 0..50 {
-            let procs = std::fs::read_to_string(self.procs_file()).unwrap_or_default();
-            if procs.trim().is_empty() {
-                break;
+        // Kill until empty, deepest first: a shell may still be forking while the first
+        // kills land.
+        for dir in self.created.iter().rev() {
+            for _ in 0..50 {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() {
+                    break;
+                }
+                for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: plain syscall on a pid read from the cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: plain syscall on a pid read from the cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
         for dir in self.created.iter().rev() {
             for _ in 0..50 {
@@ -86,11 +99,12 @@ impl Drop for PidsCgroup {
     }
 }
 
-/// A shell that joins both cgroups and starts 40 sleepers: the 20th task on is refused.
-fn fork_until_refused(pids: &PidsCgroup, memory: &MemoryCgroup) -> Child {
+/// A shell that joins the pids cgroup `pids_dir` and the pod's memory cgroup and starts 40
+/// sleepers: the 20th task on is refused.
+fn fork_until_refused(pids_dir: &Path, memory: &MemoryCgroup) -> Child {
     let script = format!(
         "echo $$ > {} && echo $$ > {} && for i in $(seq 40); do sleep 300 & done; sleep 300",
-        pids.procs_file().display(),
+        pids_dir.join("cgroup.procs").display(),
         memory.procs_file().display()
     );
     Command::new("sh")
@@ -110,11 +124,16 @@ fn forks_refused_at_a_pods_pids_max_are_an_event_on_the_pod() {
     // The memory twin is where the agent's attribution resolves the pod (the same directory
     // on cgroup v2).
     let memory = MemoryCgroup::create(&relative, 256 << 20).expect("pod-shaped memory cgroup");
-    let pids = PidsCgroup::create(&relative, LIMIT).expect("pod-shaped pids cgroup");
+    let mut pids = PidsCgroup::create(&relative, LIMIT).expect("pod-shaped pids cgroup");
+    // The forks happen in a container below the pod, as in a real pod: on cgroup v1 the
+    // kernel counts them there, not in the pod's pids.events.
+    let container = pids
+        .child("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        .expect("container-shaped pids cgroup");
     // The agent's first reading is the pod's baseline: start it before the forks fail.
     let _agent = start_reporting_agent(&cluster, NODE, &["--detectors", "pod_pids"]);
     std::thread::sleep(Duration::from_secs(2));
-    let mut shell = fork_until_refused(&pids, &memory);
+    let mut shell = fork_until_refused(&container, &memory);
 
     let event = wait_for(
         Duration::from_secs(40),

@@ -411,6 +411,170 @@ fn a_real_hung_task_fires_task_hung_and_makes_kernel_deadlock_pending() {
     let _ = writer.child.wait();
 }
 
+/// The kernel's `/proc/pressure/cpu` `some` line: (avg10 %, total s).
+fn cpu_pressure() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").expect("PSI on this kernel");
+    let some = text
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .expect("a some line");
+    let field = |key: &str| -> f64 {
+        some.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {some}"))
+    };
+    (field("avg10="), field("total=") / 1e6)
+}
+
+fn read_number(path: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Processes spinning on the CPU until dropped: more than the machine has CPUs, so that
+/// runnable tasks wait (real CPU pressure).
+struct Spinners(Vec<std::process::Child>);
+
+impl Spinners {
+    fn start(count: usize) -> Self {
+        Self(
+            (0..count)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The sampled detectors' levels as Prometheus stores them: the node's PSI under its names and
+/// types, rising under real CPU pressure, and the task counts and clock state as the kernel
+/// has them.
+#[test]
+fn prometheus_stores_the_nodes_pressure_and_task_levels() {
+    require_root("event sources need the eBPF object loaded");
+    let mut agent = AgentProcess::start(&["--standalone", "--detectors", "pressure,pids,clock"])
+        .expect("npd-agent starts");
+    agent.wait_ready(Duration::from_secs(60)).unwrap();
+    let prometheus = scraping(&agent);
+    let value = |expr: &str| {
+        wait_for(WAIT, expr, || first_sample(&prometheus.query(expr).ok()?))
+            .unwrap_or_else(|err| panic!("{err}: prometheus log:\n{}", prometheus.log()))
+            .1
+    };
+    for (metric, kind) in [
+        ("npd_pressure_stalled_seconds_total", "counter"),
+        ("npd_pressure_avg10_ratio", "gauge"),
+        ("npd_pressure_avg60_ratio", "gauge"),
+        ("npd_pressure_avg300_ratio", "gauge"),
+        ("npd_tasks", "gauge"),
+        ("npd_tasks_limit", "gauge"),
+        ("npd_clock_synchronized", "gauge"),
+    ] {
+        value(metric);
+        let metadata = prometheus
+            .api(&format!("/api/v1/metadata?metric={metric}"))
+            .unwrap();
+        assert_eq!(metadata[metric][0]["type"], kind, "{metric}: {metadata}");
+    }
+    // Every resource and line this kernel has.
+    let series = prometheus.query("npd_pressure_avg60_ratio").unwrap();
+    let mut pairs: Vec<String> = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}/{}", s["metric"]["resource"], s["metric"]["line"]))
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            "\"cpu\"/\"full\"",
+            "\"cpu\"/\"some\"",
+            "\"io\"/\"full\"",
+            "\"io\"/\"some\"",
+            "\"memory\"/\"full\"",
+            "\"memory\"/\"some\"",
+        ]
+    );
+    assert_eq!(
+        value(r#"npd_tasks_limit{limit="kernel.pid_max"}"#),
+        read_number("/proc/sys/kernel/pid_max")
+    );
+    assert_eq!(
+        value(r#"npd_tasks_limit{limit="kernel.threads-max"}"#),
+        read_number("/proc/sys/kernel/threads-max")
+    );
+    let tasks = value("npd_tasks");
+    assert!(
+        tasks > 10.0 && tasks < read_number("/proc/sys/kernel/pid_max"),
+        "{tasks}"
+    );
+    // This machine's kernel says its clock is unsynchronized (README, NTPProblem).
+    // SAFETY: an all-zero timex is valid input; modes 0 only reads.
+    let synchronized = unsafe {
+        let mut timex: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&raw mut timex) != libc::TIME_ERROR
+    };
+    assert_eq!(
+        value("npd_clock_synchronized"),
+        f64::from(u8::from(synchronized))
+    );
+
+    // Real CPU pressure: twice as many spinners as CPUs for 15 s (the avg10 window and a
+    // 10 s sampling period). The stall counter as stored lags the kernel's by at most a period.
+    let stalled = r#"npd_pressure_stalled_seconds_total{resource="cpu",line="some"}"#;
+    let (_, total_before) = cpu_pressure();
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let spinners = Spinners::start(cpus * 2);
+    std::thread::sleep(Duration::from_secs(15));
+    let (avg10_loaded, total_loaded) = cpu_pressure();
+    assert!(
+        avg10_loaded >= 20.0,
+        "the kernel saw CPU pressure: avg10 {avg10_loaded} %"
+    );
+    let risen = wait_for(
+        WAIT,
+        "the stored CPU stall time to take in the load",
+        || {
+            let (_, now) = first_sample(
+                &prometheus
+                    .query(&format!("{stalled} >= {}", total_before + 5.0))
+                    .ok()?,
+            )?;
+            Some(now)
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}: now {:?}", prometheus.query(stalled)));
+    drop(spinners);
+    assert!(
+        risen <= cpu_pressure().1 && risen >= total_before + 5.0,
+        "{risen} between {total_before} + 5 and the kernel's now (under load {total_loaded})"
+    );
+    let ratio = value(r#"max_over_time(npd_pressure_avg10_ratio{resource="cpu",line="some"}[1m])"#);
+    assert!(
+        ratio >= 0.2,
+        "avg10 stored as a ratio while loaded: {ratio}"
+    );
+    let rate = value(&format!("rate({stalled}[1m])"));
+    assert!(rate > 0.0, "rate() of the stall counter: {rate}");
+}
+
 /// The ServiceMonitor, PodMonitor and Service find the DaemonSet's pods and port, and the
 /// annotated overlay renders with the scrape annotations on them.
 #[test]

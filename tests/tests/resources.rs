@@ -323,4 +323,13 @@ fn check_says_where_pressure_comes_from() {
     for name in ["conntrack", "zombies", "pids"] {
         assert_eq!(detector(name)["active"], "sampled");
     }
+    // No kernel hook sees a refused fork here: `check` says why, and what sees it instead.
+    let pids_notes = detector("pids")["notes"].to_string();
+    for part in [
+        "fork/clone failing with EAGAIN is not hooked",
+        "pids_can_fork",
+        "pids.events",
+    ] {
+        assert!(pids_notes.contains(part), "{part:?} in {pids_notes}");
+    }
 }

@@ -60,6 +60,19 @@ pub struct FileConfig {
     pub remediation: RemediationConfig,
     #[serde(default)]
     pub daemons: DaemonsConfig,
+    /// Tasks vs `kernel.pid_max` / `kernel.threads-max` (`pids` detector).
+    #[serde(default)]
+    pub pids: WatermarksConfig,
+    /// A pod's tasks vs its `pids.max` (`pod_pids` detector).
+    #[serde(default)]
+    pub pod_pids: WatermarksConfig,
+    /// Entries vs `nf_conntrack_max` (`conntrack` detector).
+    #[serde(default)]
+    pub conntrack: WatermarksConfig,
+    #[serde(default)]
+    pub zombies: ZombiesConfig,
+    #[serde(default)]
+    pub pressure: PressureConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -119,6 +132,76 @@ pub struct FdPressureConfig {
     /// `--fd-rate-limit`). Default `1s`. `perProcessRateLimit` is its old name.
     #[serde(default, with = "duration", alias = "perProcessRateLimit")]
     pub rate_limit: Option<Duration>,
+}
+
+/// A level's fill of its limit with hysteresis, in percent (`90` or `"90%"`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WatermarksConfig {
+    /// A problem at or above this. Default 90.
+    #[serde(default, deserialize_with = "percent")]
+    pub high_watermark_percent: Option<f64>,
+    /// No longer one below this. Default 80.
+    #[serde(default, deserialize_with = "percent")]
+    pub low_watermark_percent: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZombiesConfig {
+    /// Unreaped children of one parent (or of one pod's processes) that make a problem.
+    /// Default 100.
+    pub threshold: Option<u64>,
+}
+
+/// When PSI is a stall (`pressure` detector).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PressureConfig {
+    /// Which of the kernel's running averages counts: `10s`, `1m` or `5m`. Default `1m`.
+    #[serde(default, with = "duration")]
+    pub window: Option<Duration>,
+    /// Percent of the window all non-idle tasks stalled on memory. Default 10.
+    #[serde(default, deserialize_with = "percent")]
+    pub memory_full_percent: Option<f64>,
+    /// ... on I/O. Default 10.
+    #[serde(default, deserialize_with = "percent")]
+    pub io_full_percent: Option<f64>,
+    /// Percent of the window at least one task waited for a CPU. Default 50.
+    #[serde(default, deserialize_with = "percent")]
+    pub cpu_some_percent: Option<f64>,
+}
+
+/// A percentage as a YAML number (`90`, `12.5`) or a string with its sign (`"90%"`); the
+/// range is validation's.
+fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a percentage (e.g. 90 or \"90%\")")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(v as f64)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(v as f64)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .strip_suffix('%')
+                .and_then(|number| number.trim().parse().ok())
+                .ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a percentage; write a number of percent like 90 or \"90%\""
+                    ))
+                })
+        }
+    }
+    deserializer.deserialize_any(Visitor).map(Some)
 }
 
 /// The node's daemons: where the health probes ask them (`daemon_health`).

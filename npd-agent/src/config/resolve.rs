@@ -136,6 +136,42 @@ impl FileConfig {
             fallback_hooks_only: flags.fallback_hooks_only,
             health: self.health_options(),
             daemons: self.daemon_options(),
+            resources: self.resource_options(),
+        }
+    }
+
+    /// `pids`, `podPids`, `conntrack`, `zombies`, `pressure` over the defaults. Call after
+    /// [`FileConfig::validate`] (a window the kernel does not keep falls back to the default).
+    pub fn resource_options(&self) -> detectors::ResourceOptions {
+        let defaults = detectors::ResourceOptions::default();
+        let marks = |file: &super::WatermarksConfig, default: detectors::Watermarks| {
+            detectors::Watermarks {
+                high_percent: file.high_watermark_percent.unwrap_or(default.high_percent),
+                low_percent: file.low_watermark_percent.unwrap_or(default.low_percent),
+            }
+        };
+        let pressure = &self.pressure;
+        let default_pressure = defaults.pressure;
+        detectors::ResourceOptions {
+            pids: marks(&self.pids, defaults.pids),
+            pod_pids: marks(&self.pod_pids, defaults.pod_pids),
+            conntrack: marks(&self.conntrack, defaults.conntrack),
+            zombies: self.zombies.threshold.unwrap_or(defaults.zombies),
+            pressure: detectors::pressure::PressureOptions {
+                window: pressure
+                    .window
+                    .and_then(detectors::pressure::Window::from_duration)
+                    .unwrap_or(default_pressure.window),
+                memory_full_percent: pressure
+                    .memory_full_percent
+                    .unwrap_or(default_pressure.memory_full_percent),
+                io_full_percent: pressure
+                    .io_full_percent
+                    .unwrap_or(default_pressure.io_full_percent),
+                cpu_some_percent: pressure
+                    .cpu_some_percent
+                    .unwrap_or(default_pressure.cpu_some_percent),
+            },
         }
     }
 

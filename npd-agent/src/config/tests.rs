@@ -33,6 +33,20 @@ fn the_shipped_default_config_parses_and_equals_the_defaults() {
         options.daemons, defaults.daemons,
         "documented daemons.* kernel values"
     );
+    assert_eq!(
+        options.resources, defaults.resources,
+        "documented pids, podPids, conntrack, zombies, pressure values"
+    );
+    // Issue 17's conditions are listed with their names.
+    for (key, name) in [
+        ("ntpProblem", "NTPProblem"),
+        ("pidExhaustion", "PIDExhaustion"),
+    ] {
+        assert_eq!(
+            config.kubernetes.conditions.get(key).map(String::as_str),
+            Some(name)
+        );
+    }
     // Its documented values are the defaults once enabled.
     let mut enabled = config.clone();
     enabled.remediation.taints.enabled = Some(true);
@@ -239,4 +253,139 @@ fn errors_name_the_key_and_what_is_allowed() {
     assert!(err.contains("recoveryWindow"), "{err}");
     let err = parse("detectors: [fd, disk]\n").unwrap_err();
     assert!(err.contains("hung_task"), "{err}");
+}
+
+#[test]
+fn resource_thresholds_resolve_over_the_defaults() {
+    use crate::detectors::{
+        ResourceOptions, Watermarks,
+        pressure::{PressureOptions, Window},
+    };
+    let config = parse(
+        "pids:\n  highWatermarkPercent: 95\n  lowWatermarkPercent: 85\npodPids:\n  \
+         highWatermarkPercent: 75%\n  lowWatermarkPercent: \"60 %\"\nzombies:\n  threshold: 1\n\
+         pressure:\n  window: 10s\n  memoryFullPercent: 2.5\n",
+    )
+    .unwrap();
+    let defaults = ResourceOptions::default();
+    assert_eq!(
+        config.load_options(&ProbeFlags::default()).resources,
+        ResourceOptions {
+            pids: Watermarks {
+                high_percent: 95.0,
+                low_percent: 85.0
+            },
+            pod_pids: Watermarks {
+                high_percent: 75.0,
+                low_percent: 60.0
+            },
+            conntrack: defaults.conntrack,
+            zombies: 1,
+            pressure: PressureOptions {
+                window: Window::Avg10,
+                memory_full_percent: 2.5,
+                ..defaults.pressure
+            },
+        }
+    );
+    // Any spelling of a window the kernel keeps.
+    for (text, window) in [("60s", Window::Avg60), ("5m", Window::Avg300)] {
+        let config = parse(&format!("pressure:\n  window: {text}\n")).unwrap();
+        assert_eq!(config.resource_options().pressure.window, window, "{text}");
+    }
+}
+
+#[test]
+fn resource_threshold_errors_name_the_key_and_what_is_allowed() {
+    // (file, the key named, what the message says)
+    let cases = [
+        (
+            "pids:\n  highWatermarkPercent: 0\n",
+            "pids.highWatermarkPercent",
+            "must be above 0 and at most 100 (percent), not 0",
+        ),
+        (
+            "conntrack:\n  highWatermarkPercent: 101\n",
+            "conntrack.highWatermarkPercent",
+            "not 101",
+        ),
+        (
+            "podPids:\n  lowWatermarkPercent: -5\n",
+            "podPids.lowWatermarkPercent",
+            "not -5",
+        ),
+        (
+            "pids:\n  lowWatermarkPercent: 90\n",
+            "pids.lowWatermarkPercent",
+            "(90 %) must be below pids.highWatermarkPercent (90 %), or the problem never clears",
+        ),
+        // A high-water mark under the default low one.
+        (
+            "conntrack:\n  highWatermarkPercent: 70\n",
+            "conntrack.lowWatermarkPercent",
+            "(80 %) must be below conntrack.highWatermarkPercent (70 %)",
+        ),
+        (
+            "pids:\n  highWatermarkPercent: 90 percent\n",
+            "pids.highWatermarkPercent",
+            "`90 percent` is not a percentage; write a number of percent like 90 or \"90%\"",
+        ),
+        (
+            "pids:\n  highWatermarkPercent: [90]\n",
+            "pids.highWatermarkPercent",
+            "expected a percentage",
+        ),
+        (
+            "pressure:\n  memoryFullPercent: 150%\n",
+            "pressure.memoryFullPercent",
+            "not 150",
+        ),
+        (
+            "pressure:\n  cpuSomePercent: 0\n",
+            "pressure.cpuSomePercent",
+            "must be above 0",
+        ),
+        (
+            "pressure:\n  ioFullPercent: .nan\n",
+            "pressure.ioFullPercent",
+            "not NaN",
+        ),
+        (
+            "pressure:\n  window: 2m\n",
+            "pressure.window",
+            "must be 10s, 1m or 5m, the windows the kernel averages PSI over, not 2m",
+        ),
+        (
+            "pressure:\n  window: 60\n",
+            "pressure.window",
+            "has a number without a unit",
+        ),
+        (
+            "pressure:\n  memoryPercent: 10\n",
+            "pressure",
+            "unknown field `memoryPercent`",
+        ),
+        (
+            "zombies:\n  threshold: 0\n",
+            "zombies.threshold",
+            "must be at least 1",
+        ),
+        (
+            "zombies:\n  threshold: -3\n",
+            "zombies.threshold",
+            "expected u64",
+        ),
+        (
+            "zombies:\n  threshold: 50%\n",
+            "zombies.threshold",
+            "invalid type",
+        ),
+    ];
+    for (text, key, problem) in cases {
+        let err = parse(text).expect_err(text);
+        assert!(
+            err.contains(&format!("`{key}")) && err.contains(problem),
+            "{text:?}: the error should name `{key}` and say {problem:?}: {err}"
+        );
+    }
 }

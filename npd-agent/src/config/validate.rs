@@ -123,7 +123,68 @@ impl FileConfig {
             }
         }
         self.validate_remediation()?;
+        self.validate_resources()?;
         self.engine().map(|_| ())
+    }
+
+    /// The sampled resource detectors' thresholds: percentages of a limit in (0, 100], each
+    /// low-water mark below its high one, a zombie count of at least 1, a PSI window the
+    /// kernel keeps.
+    fn validate_resources(&self) -> Result<(), ConfigFileError> {
+        let invalid = |key: &str, problem: String| ConfigFileError::Invalid {
+            key: key.to_owned(),
+            problem,
+        };
+        let pressure = &self.pressure;
+        let resolved = self.resource_options();
+        for (section, file, marks) in [
+            ("pids", &self.pids, resolved.pids),
+            ("podPids", &self.pod_pids, resolved.pod_pids),
+            ("conntrack", &self.conntrack, resolved.conntrack),
+        ] {
+            let high = format!("{section}.highWatermarkPercent");
+            let low = format!("{section}.lowWatermarkPercent");
+            for (key, value) in [
+                (&high, file.high_watermark_percent),
+                (&low, file.low_watermark_percent),
+            ] {
+                check_percent(key, value)?;
+            }
+            if marks.low_percent >= marks.high_percent {
+                return Err(invalid(
+                    &low,
+                    format!(
+                        "({} %) must be below {high} ({} %), or the problem never clears",
+                        marks.low_percent, marks.high_percent
+                    ),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("pressure.memoryFullPercent", pressure.memory_full_percent),
+            ("pressure.ioFullPercent", pressure.io_full_percent),
+            ("pressure.cpuSomePercent", pressure.cpu_some_percent),
+        ] {
+            check_percent(key, value)?;
+        }
+        if self.zombies.threshold == Some(0) {
+            return Err(invalid(
+                "zombies.threshold",
+                "must be at least 1 (zombie children of one parent)".to_owned(),
+            ));
+        }
+        if let Some(window) = pressure.window
+            && detectors::pressure::Window::from_duration(window).is_none()
+        {
+            return Err(invalid(
+                "pressure.window",
+                format!(
+                    "must be 10s, 1m or 5m, the windows the kernel averages PSI over, not {}",
+                    crate::engine::human_duration(window)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `kubernetes.conditions`: known keys, non-empty names, none the kubelet owns and no
@@ -243,6 +304,17 @@ impl FileConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A percentage of a limit: above 0 (0 would always be a problem) and at most 100.
+fn check_percent(key: &str, value: Option<f64>) -> Result<(), ConfigFileError> {
+    match value {
+        Some(percent) if !(percent > 0.0 && percent <= 100.0) => Err(ConfigFileError::Invalid {
+            key: key.to_owned(),
+            problem: format!("must be above 0 and at most 100 (percent), not {percent}"),
+        }),
+        _ => Ok(()),
     }
 }
 

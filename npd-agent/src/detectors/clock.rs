@@ -12,6 +12,7 @@ use super::{AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler}
 use crate::{
     event::{Event, Source, Task},
     finding,
+    metrics::{Level, LevelMetric},
     problem::{
         Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
     },
@@ -136,6 +137,31 @@ impl ClockState {
     }
 }
 
+/// The kernel's clock state on /metrics.
+pub static SYNCHRONIZED: LevelMetric = LevelMetric::gauge(
+    "clock_synchronized",
+    "1 while the kernel says its clock is synchronized (adjtimex(2) is not TIME_ERROR)",
+);
+pub static MAX_ERROR_SECONDS: LevelMetric = LevelMetric::gauge(
+    "clock_max_error_seconds",
+    "The kernel's maximum error of its clock (adjtimex maxerror); past 16 s it counts \
+           as unsynchronized",
+);
+pub static OFFSET_SECONDS: LevelMetric = LevelMetric::gauge(
+    "clock_offset_seconds",
+    "The last clock offset the time daemon gave the kernel (adjtimex offset)",
+);
+
+impl ClockState {
+    fn levels(self, levels: &mut Vec<Level>) {
+        levels.extend([
+            Level::new(&SYNCHRONIZED, f64::from(u8::from(self.synchronized()))),
+            Level::new(&MAX_ERROR_SECONDS, self.maxerror_us as f64 / 1e6),
+            Level::new(&OFFSET_SECONDS, self.offset_us as f64 / 1e6),
+        ]);
+    }
+}
+
 /// A reading that changed the clock's synchronisation (or the first one).
 #[derive(Clone, Debug, Serialize)]
 pub struct ClockSync {
@@ -182,10 +208,11 @@ struct ClockRuntime {
 }
 
 impl Sampler for ClockRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok(clock) = ClockState::read() else {
             return Vec::new();
         };
+        clock.levels(levels);
         let synchronized = clock.synchronized();
         // Only changes (and the first reading, which resyncs a restored condition).
         if self.last == Some(synchronized) {

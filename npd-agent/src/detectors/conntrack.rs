@@ -14,12 +14,13 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use super::{
-    AttachContext, Attached, Detector, DetectorStatus,
-    Sampled, Sampler, read_number, read_text,
+    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, Watermarks, read_number,
+    read_text,
 };
 use crate::{
     event::{Event, Source, Task},
     finding,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -28,11 +29,6 @@ pub const CONNTRACK_FULL: EventReason = EventReason::warning("ConntrackFull");
 
 /// How often the table is read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// Entries at or above this share of the limit make a problem...
-pub const HIGH_PERCENT: f64 = 90.0;
-/// ... reported again only after the table went below this.
-pub const LOW_PERCENT: f64 = 80.0;
 
 /// The per-CPU statistics of pid 1's network namespace, below the proc root.
 const STAT_FILE: &str = "1/net/stat/nf_conntrack";
@@ -86,7 +82,7 @@ impl Detector for ConntrackDetector {
             runtime: Sampled::boxed(
                 ConntrackRuntime {
                     files: Files::new(&ctx.host.proc_root),
-                    watch: ConntrackWatch::default(),
+                    watch: ConntrackWatch::new(ctx.options.resources.conntrack),
                 },
                 PERIOD_NS,
             ),
@@ -132,6 +128,21 @@ pub fn parse_stat(text: &str) -> Option<ConntrackStats> {
     }
     (rows > 0).then_some(stats)
 }
+
+/// The host namespace's table on /metrics.
+pub static ENTRIES: LevelMetric = LevelMetric::gauge(
+    "conntrack_entries",
+    "Connections tracked in the host network namespace",
+);
+pub static ENTRIES_LIMIT: LevelMetric = LevelMetric::gauge(
+    "conntrack_entries_limit",
+    "net.netfilter.nf_conntrack_max: new flows are dropped at this many entries",
+);
+pub static DROPPED_PACKETS: LevelMetric = LevelMetric::counter(
+    "conntrack_dropped_packets",
+    "Packets dropped because no conntrack entry could be allocated (the kernel's drop \
+           counter, summed over CPUs)",
+);
 
 /// Where the runtime reads.
 #[derive(Debug)]
@@ -206,14 +217,24 @@ finding!(ConntrackFull, "conntrack_full", {
     }
 });
 
-/// The fill level with hysteresis, and the drop counter's last value.
-#[derive(Debug, Default)]
+/// The fill level with hysteresis (a problem at the high-water mark, reported again only
+/// after the table went below the low one), and the drop counter's last value.
+#[derive(Debug)]
 pub struct ConntrackWatch {
+    marks: Watermarks,
     over: bool,
     last_drop: Option<u64>,
 }
 
 impl ConntrackWatch {
+    pub fn new(marks: Watermarks) -> Self {
+        Self {
+            marks,
+            over: false,
+            last_drop: None,
+        }
+    }
+
     /// A sample: the finding to report, if any.
     pub fn sample(&mut self, stats: ConntrackStats, max: u64) -> Option<ConntrackFull> {
         // 0 means no limit.
@@ -226,12 +247,9 @@ impl ConntrackWatch {
             .last_drop
             .map_or(0, |last| stats.drop.saturating_sub(last));
         self.last_drop = Some(stats.drop);
-        let crossed = !self.over && percent >= HIGH_PERCENT;
-        if percent >= HIGH_PERCENT {
-            self.over = true;
-        } else if percent < LOW_PERCENT {
-            self.over = false;
-        }
+        let over = self.marks.over(percent, self.over);
+        let crossed = over && !self.over;
+        self.over = over;
         (crossed || dropped > 0).then_some(ConntrackFull {
             entries: stats.entries,
             max,
@@ -249,10 +267,15 @@ struct ConntrackRuntime {
 }
 
 impl Sampler for ConntrackRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok((stats, max)) = self.files.read() else {
             return Vec::new();
         };
+        levels.extend([
+            Level::new(&ENTRIES, stats.entries as f64),
+            Level::new(&ENTRIES_LIMIT, max as f64),
+            Level::new(&DROPPED_PACKETS, stats.drop as f64),
+        ]);
         self.watch
             .sample(stats, max)
             .map(|full| Event::new(now_ns, Task::default(), Source::Sampled, full))
@@ -299,7 +322,7 @@ mod tests {
 
     #[test]
     fn reports_crossing_ninety_percent_once_and_every_drop() {
-        let mut watch = ConntrackWatch::default();
+        let mut watch = ConntrackWatch::new(Watermarks::DEFAULT);
         assert!(watch.sample(stats(100, 7), 1000).is_none());
         let full = watch.sample(stats(950, 7), 1000).expect("crossed 90 %");
         assert_eq!((full.percent.round(), full.dropped), (95.0, 0));
@@ -313,7 +336,7 @@ mod tests {
         // Below 80 %: re-armed.
         assert!(watch.sample(stats(920, 19), 1000).is_some());
         // No limit: never full.
-        let mut unlimited = ConntrackWatch::default();
+        let mut unlimited = ConntrackWatch::new(Watermarks::DEFAULT);
         assert!(unlimited.sample(stats(1_000_000, 0), 0).is_none());
 
         let event = Event::new(1, Task::default(), Source::Sampled, full);

@@ -19,6 +19,7 @@ use crate::{
     decode::DecodeError,
     event::{Event, Source},
     kernel::{CgroupLayout, kallsyms::Symbolizer},
+    metrics::Level,
     problem::{Catalog, ConditionType, EventReason},
 };
 
@@ -111,13 +112,21 @@ pub trait Runtime: Debug + Send {
     fn poll(&mut self, _now_ns: u64) -> Vec<Event> {
         Vec::new()
     }
+
+    /// The levels (gauges, the kernel's running totals) read since the last call, for
+    /// /metrics; `None` when nothing was read since (the last set stands).
+    fn take_levels(&mut self) -> Option<Vec<Level>> {
+        None
+    }
 }
 
 /// What a sampled detector's runtime does at its period: the rest of its [`Runtime`] (no
 /// records to decode, nothing between periods) is [`Sampled`]'s. Shared by the agent-only
-/// detectors (clock, pressure, conntrack, zombies, pids).
+/// detectors (clock, pressure, conntrack, zombies, pids, pod_pids).
 pub(crate) trait Sampler: Debug + Send {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event>;
+    /// One reading: the events it makes, and the levels it read pushed onto `levels` (the
+    /// whole set: it replaces the previous reading's on /metrics).
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event>;
 }
 
 /// A [`Sampler`] run every `period_ns`, the first time at the first poll.
@@ -126,6 +135,8 @@ pub(crate) struct Sampled<S> {
     pub(crate) sampler: S,
     period_ns: u64,
     next_ns: u64,
+    /// The last reading's levels, until taken.
+    levels: Option<Vec<Level>>,
 }
 
 impl<S: Sampler + 'static> Sampled<S> {
@@ -134,6 +145,7 @@ impl<S: Sampler + 'static> Sampled<S> {
             sampler,
             period_ns,
             next_ns: 0,
+            levels: None,
         }
     }
 
@@ -148,7 +160,63 @@ impl<S: Sampler> Runtime for Sampled<S> {
             return Vec::new();
         }
         self.next_ns = now_ns + self.period_ns;
-        self.sampler.sample(now_ns)
+        let mut levels = Vec::new();
+        let events = self.sampler.sample(now_ns, &mut levels);
+        self.levels = Some(levels);
+        events
+    }
+
+    fn take_levels(&mut self) -> Option<Vec<Level>> {
+        self.levels.take()
+    }
+}
+
+/// A share of a limit at or above which a level is a problem, and below which it is no
+/// longer one: between the two, it stays what it was (a level hovering at one mark does not
+/// flap).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Watermarks {
+    pub high_percent: f64,
+    pub low_percent: f64,
+}
+
+impl Watermarks {
+    /// 90 % / 80 %: the pids, pod_pids and conntrack defaults.
+    pub const DEFAULT: Self = Self {
+        high_percent: 90.0,
+        low_percent: 80.0,
+    };
+
+    /// Whether a level at `percent` is over, given whether it was.
+    pub fn over(self, percent: f64, was_over: bool) -> bool {
+        percent >= self.high_percent || (was_over && percent >= self.low_percent)
+    }
+}
+
+/// The sampled resource detectors' thresholds (config `pids`, `podPids`, `conntrack`,
+/// `zombies`, `pressure`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceOptions {
+    /// Tasks vs `kernel.pid_max` and `kernel.threads-max`.
+    pub pids: Watermarks,
+    /// A pod's tasks vs its `pids.max`.
+    pub pod_pids: Watermarks,
+    /// Entries vs `nf_conntrack_max`.
+    pub conntrack: Watermarks,
+    /// Unreaped children of one parent (or of one pod's processes together).
+    pub zombies: u64,
+    pub pressure: pressure::PressureOptions,
+}
+
+impl Default for ResourceOptions {
+    fn default() -> Self {
+        Self {
+            pids: Watermarks::DEFAULT,
+            pod_pids: Watermarks::DEFAULT,
+            conntrack: Watermarks::DEFAULT,
+            zombies: zombies::DEFAULT_THRESHOLD,
+            pressure: pressure::PressureOptions::default(),
+        }
     }
 }
 
@@ -459,6 +527,29 @@ pub(crate) fn attach_tracepoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watermarks_hold_between_the_marks() {
+        let marks = Watermarks {
+            high_percent: 70.0,
+            low_percent: 50.0,
+        };
+        // (percent, over before) -> over now
+        for (percent, before, now) in [
+            (69.9, false, false),
+            (70.0, false, true),
+            (60.0, true, true),
+            (60.0, false, false),
+            (50.0, true, true),
+            (49.9, true, false),
+        ] {
+            assert_eq!(
+                marks.over(percent, before),
+                now,
+                "{percent} % after {before}"
+            );
+        }
+    }
 
     #[test]
     fn every_program_has_one_owner() {

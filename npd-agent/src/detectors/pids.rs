@@ -15,12 +15,13 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use super::{
-    AttachContext, Attached, Detector, DetectorStatus,
-    Sampled, Sampler, read_number, read_text,
+    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, Watermarks, read_number,
+    read_text,
 };
 use crate::{
     event::{Event, Source, Task},
     finding,
+    metrics::{Level, LevelMetric},
     problem::{
         Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
     },
@@ -32,7 +33,8 @@ pub const PID_EXHAUSTION: ConditionType = ConditionType::new(&ConditionSpec {
     type_name: "PIDExhaustion",
     problem_reason: "KernelTaskLimitNear",
     healthy_reason: "KernelHasFreePIDs",
-    healthy_message: "tasks are below 90 % of kernel.pid_max and kernel.threads-max",
+    healthy_message: "tasks are below the high-water mark of kernel.pid_max and \
+                      kernel.threads-max",
     detector: "pids",
     clearing: Clearing::Keyed,
 });
@@ -42,13 +44,18 @@ pub const APPROACHING_PID_MAX: EventReason = EventReason::warning("ApproachingKe
 pub const APPROACHING_THREADS_MAX: EventReason =
     EventReason::warning("ApproachingKernelThreadsMax");
 
+/// Why forks refused with EAGAIN are counted from the sampled levels, not hooked (checked on
+/// 6.18's `kernel/fork.c`, `kernel/pid.c`, `kernel/cgroup/pids.c`).
+pub const NO_FORK_FAILURE_HOOK: &str = "fork/clone failing with EAGAIN is not hooked: no \
+    tracepoint fires on copy_process's failure path (kernel.threads-max in copy_process, \
+    kernel.pid_max in alloc_pid, a cgroup's pids.max in pids_can_fork, which only printks a \
+    cgroup's first refusal), and what would see each refusal costs every syscall \
+    (syscalls:sys_exit_clone*) or needs fexit/kprobes on kernel_clone; node-wide exhaustion \
+    is seen from these counts, a pod's refused forks by pod_pids from pids.events' max \
+    counter (none missed), within a period";
+
 /// How often the counts are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// At or above this share of a limit: the condition and an Event...
-pub const HIGH_PERCENT: f64 = 90.0;
-/// ... cleared below this.
-pub const LOW_PERCENT: f64 = 80.0;
 
 #[derive(Debug)]
 pub struct PidsDetector;
@@ -89,12 +96,13 @@ impl Detector for PidsDetector {
             ),
             files.read().map(|_| ()),
         );
+        status.notes.push(NO_FORK_FAILURE_HOOK.to_owned());
         Attached {
             status,
             runtime: Sampled::boxed(
                 PidsRuntime {
                     files,
-                    watch: PidsWatch::default(),
+                    watch: PidsWatch::new(ctx.options.resources.pids),
                 },
                 PERIOD_NS,
             ),
@@ -184,6 +192,28 @@ impl Files {
     }
 }
 
+/// The node's tasks and their limits on /metrics.
+pub static TASKS: LevelMetric = LevelMetric::gauge(
+    "tasks",
+    "Tasks (threads) alive on the node: each holds a pid (/proc/loadavg)",
+);
+pub static TASKS_LIMIT: LevelMetric = LevelMetric::gauge(
+    "tasks_limit",
+    "Node-wide limits on tasks, by sysctl: forks fail with EAGAIN at either",
+);
+
+impl TaskCounts {
+    fn levels(self, levels: &mut Vec<Level>) {
+        levels.push(Level::new(&TASKS, self.tasks as f64));
+        for (limit, value) in [
+            (Limit::PidMax, self.pid_max),
+            (Limit::ThreadsMax, self.threads_max),
+        ] {
+            levels.push(Level::new(&TASKS_LIMIT, value as f64).with("limit", limit.as_str()));
+        }
+    }
+}
+
 /// A reading that changed which limits are near (or the first one).
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskLimits {
@@ -249,13 +279,19 @@ finding!(TaskLimits, "task_limits", {
     }
 });
 
-/// Which limits are near, with hysteresis.
-#[derive(Debug, Default)]
+/// Which limits are near, with hysteresis: at or above the high-water mark of a limit, the
+/// condition and an Event; cleared below the low-water mark.
+#[derive(Debug)]
 pub struct PidsWatch {
+    marks: Watermarks,
     near: Option<Vec<Limit>>,
 }
 
 impl PidsWatch {
+    pub fn new(marks: Watermarks) -> Self {
+        Self { marks, near: None }
+    }
+
     /// A reading: a finding at the first and whenever the set of near limits changes.
     pub fn sample(&mut self, counts: TaskCounts) -> Option<TaskLimits> {
         let before = self.near.clone();
@@ -263,9 +299,7 @@ impl PidsWatch {
         let near: Vec<Limit> = counts
             .usage()
             .into_iter()
-            .filter(|&(limit, _, percent)| {
-                percent >= HIGH_PERCENT || (was_near(limit) && percent >= LOW_PERCENT)
-            })
+            .filter(|&(limit, _, percent)| self.marks.over(percent, was_near(limit)))
             .map(|(limit, _, _)| limit)
             .collect();
         if before.as_ref() == Some(&near) {
@@ -288,10 +322,11 @@ struct PidsRuntime {
 }
 
 impl Sampler for PidsRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok(counts) = self.files.read() else {
             return Vec::new();
         };
+        counts.levels(levels);
         self.watch
             .sample(counts)
             .map(|limits| Event::new(now_ns, Task::default(), Source::Sampled, limits))
@@ -322,8 +357,22 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_levels() {
+        let mut levels = Vec::new();
+        counts(120).levels(&mut levels);
+        assert_eq!(
+            levels,
+            [
+                Level::new(&TASKS, 120.0),
+                Level::new(&TASKS_LIMIT, 1000.0).with("limit", "kernel.pid_max"),
+                Level::new(&TASKS_LIMIT, 2000.0).with("limit", "kernel.threads-max"),
+            ]
+        );
+    }
+
+    #[test]
     fn condition_and_events_follow_the_limits_with_hysteresis() {
-        let mut watch = PidsWatch::default();
+        let mut watch = PidsWatch::new(Watermarks::DEFAULT);
         // The first reading resyncs (clears a restored True), with no Event.
         let first = watch.sample(counts(100)).expect("first reading");
         let assessment = Event::new(1, Task::default(), Source::Sampled, first).assess();

@@ -7,7 +7,9 @@
 //! Read every [`PERIOD_NS`] from the pids controller's hierarchy (cgroup v2's root, or v1's
 //! `pids` hierarchy beside the memory one); the pod is named by attribution from its cgroup's
 //! twin in the attribution hierarchy (the same directory on v2). A fork refused and retried
-//! between two readings is counted, not missed: the kernel's counter only grows.
+//! between two readings is counted, not missed: the kernel's counter only grows. On v1 the
+//! kernel counts a refusal only in the forking task's own cgroup (a container below the
+//! pod), so there the pod's count is its own plus its children's.
 
 use std::{
     collections::HashMap,
@@ -19,12 +21,14 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use super::{
-    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, pod_cgroups, read_text,
+    AttachContext, Attached, Detector, DetectorStatus, Sampled, Sampler, Watermarks, pod_cgroups,
+    read_text,
 };
 use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::CgroupLayout,
+    metrics::Level,
     problem::{Assessment, EventReason, Report},
 };
 
@@ -34,11 +38,6 @@ pub const APPROACHING_POD_PIDS_LIMIT: EventReason =
 
 /// How often the pods' counters are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
-
-/// At or above this share of `pids.max`: an Event; again only after dropping below
-/// [`LOW_PERCENT`].
-pub const HIGH_PERCENT: u64 = 90;
-pub const LOW_PERCENT: u64 = 80;
 
 #[derive(Debug)]
 pub struct PodPidsDetector;
@@ -90,13 +89,18 @@ impl Detector for PodPidsDetector {
             ),
             present,
         );
+        let count = match ctx.host.layout {
+            CgroupLayout::Unified => RefusalCount::Hierarchical,
+            CgroupLayout::Legacy => RefusalCount::Local,
+        };
         Attached {
             status,
             runtime: Sampled::boxed(
                 PodPidsRuntime {
+                    count,
                     pids_root,
                     attribution_root: ctx.host.cgroup_root.clone(),
-                    watch: PodPidsWatch::default(),
+                    watch: PodPidsWatch::new(ctx.options.resources.pod_pids),
                 },
                 PERIOD_NS,
             ),
@@ -115,10 +119,10 @@ pub struct PodTasks {
 }
 
 impl PodTasks {
-    fn percent(self) -> Option<u64> {
+    fn percent(self) -> Option<f64> {
         self.max
             .filter(|&max| max > 0)
-            .map(|max| self.current.saturating_mul(100) / max)
+            .map(|max| self.current as f64 * 100.0 / max as f64)
     }
 }
 
@@ -136,15 +140,40 @@ pub fn parse_pids_events(text: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("max ")?.trim().parse().ok())
 }
 
-fn read_pod(dir: &Path) -> Result<PodTasks, String> {
+/// Where the kernel counts a refused fork in `pids.events`' `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCount {
+    /// cgroup v2: in the cgroup whose limit was hit and its ancestors, so the pod's counter
+    /// includes its containers'.
+    Hierarchical,
+    /// cgroup v1 (and v2's `pids_localevents`): only in the cgroup the forking task is in,
+    /// usually a container below the pod, so the pod's total is the sum over its children.
+    Local,
+}
+
+fn read_pod(dir: &Path, count: RefusalCount) -> Result<PodTasks, String> {
     let max_file = dir.join("pids.max");
-    let events_file = dir.join("pids.events");
+    let refused = |dir: &Path| -> Result<u64, String> {
+        let events_file = dir.join("pids.events");
+        parse_pids_events(&read_text(&events_file)?)
+            .ok_or_else(|| format!("{}: no max line", events_file.display()))
+    };
+    let mut refused_total = refused(dir)?;
+    if count == RefusalCount::Local {
+        // The kubelet's containers are the pod's children; a container gone takes its count
+        // with it (seen as a counter that went down).
+        let children = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                refused_total += refused(&child.path()).unwrap_or(0);
+            }
+        }
+    }
     Ok(PodTasks {
         current: super::read_number(&dir.join("pids.current"))?,
         max: parse_pids_max(&read_text(&max_file)?)
             .ok_or_else(|| format!("{}: unexpected format", max_file.display()))?,
-        refused_total: parse_pids_events(&read_text(&events_file)?)
-            .ok_or_else(|| format!("{}: no max line", events_file.display()))?,
+        refused_total,
     })
 }
 
@@ -157,7 +186,7 @@ pub struct PodTaskLimit {
     pub tasks: PodTasks,
     /// Forks refused since the last reading.
     pub refused: u64,
-    /// The pod just reached [`HIGH_PERCENT`] of its limit.
+    /// The pod just reached the high-water mark of its limit.
     pub approaching: bool,
 }
 
@@ -182,7 +211,7 @@ finding!(PodTaskLimit, "pod_task_limit", {
             format!(
                 "{} tasks are {} % of the pod's pids.max ({}): forks fail at the limit",
                 self.tasks.current,
-                self.tasks.percent().unwrap_or(0),
+                self.tasks.percent().unwrap_or(0.0).floor(),
                 self.limit()
             )
         }
@@ -209,20 +238,29 @@ finding!(PodTaskLimit, "pod_task_limit", {
     }
 });
 
-/// Per pod: the refused-forks counter last read and whether it is near its limit.
-#[derive(Debug, Default)]
+/// Per pod: the refused-forks counter last read and whether it is near its limit (an Event
+/// at the high-water mark, again only after it dropped below the low one).
+#[derive(Debug)]
 pub struct PodPidsWatch {
+    marks: Watermarks,
     pods: HashMap<String, (u64, bool)>,
 }
 
 impl PodPidsWatch {
+    pub fn new(marks: Watermarks) -> Self {
+        Self {
+            marks,
+            pods: HashMap::new(),
+        }
+    }
+
     /// A pod's reading: a finding when forks were refused since the last one, or when it
     /// just reached the high-water mark. A pod's first reading is its baseline: forks refused
     /// before npd watched it are the kernel's record (`pids.events`), not news.
     pub fn sample(&mut self, cgroup: &str, tasks: PodTasks) -> Option<PodTaskLimit> {
-        let percent = tasks.percent().unwrap_or(0);
+        let percent = tasks.percent().unwrap_or(0.0);
         let Some((refused_before, was_near)) = self.pods.get(cgroup).copied() else {
-            let near = percent >= HIGH_PERCENT;
+            let near = self.marks.over(percent, false);
             self.pods
                 .insert(cgroup.to_owned(), (tasks.refused_total, near));
             return near.then(|| PodTaskLimit {
@@ -232,7 +270,7 @@ impl PodPidsWatch {
                 approaching: true,
             });
         };
-        let near = percent >= HIGH_PERCENT || (was_near && percent >= LOW_PERCENT);
+        let near = self.marks.over(percent, was_near);
         // A counter that went down is a new cgroup under the same path.
         let refused = tasks.refused_total.checked_sub(refused_before).unwrap_or(tasks.refused_total);
         self.pods
@@ -254,6 +292,7 @@ impl PodPidsWatch {
 
 #[derive(Debug)]
 struct PodPidsRuntime {
+    count: RefusalCount,
     pids_root: PathBuf,
     /// Where records' cgroup ids are resolved: the pod's directory there names it.
     attribution_root: PathBuf,
@@ -261,11 +300,12 @@ struct PodPidsRuntime {
 }
 
 impl Sampler for PodPidsRuntime {
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    /// Pods' counts are not levels: a pod is no metric label (unbounded).
+    fn sample(&mut self, now_ns: u64, _levels: &mut Vec<Level>) -> Vec<Event> {
         let mut events = Vec::new();
         let mut seen = Vec::new();
         for (cgroup, dir) in pod_cgroups(&self.pids_root) {
-            let Ok(tasks) = read_pod(&dir) else {
+            let Ok(tasks) = read_pod(&dir, self.count) else {
                 continue;
             };
             if let Some(limit) = self.watch.sample(&cgroup, tasks) {
@@ -307,7 +347,7 @@ mod tests {
 
     #[test]
     fn refused_forks_and_the_high_water_mark_become_findings() {
-        let mut watch = PodPidsWatch::default();
+        let mut watch = PodPidsWatch::new(Watermarks::DEFAULT);
         let pod = "/kubepods/burstable/pod1";
         // (current, refused so far) -> (refused reported, approaching)
         type Step = ((u64, u64), Option<(u64, bool)>);
@@ -340,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_pod_first_seen_near_its_limit_is_reported_and_unlimited_pods_never() {
-        let mut watch = PodPidsWatch::default();
+        let mut watch = PodPidsWatch::new(Watermarks::DEFAULT);
         let near = watch.sample("/kubepods/pod2", tasks(99, 0)).expect("near at once");
         assert!(near.approaching);
         let event = Event::new(1, Task::default(), Source::Sampled, near);
@@ -355,6 +395,25 @@ mod tests {
         };
         assert!(watch.sample("/kubepods/pod3", unlimited).is_none());
         assert!(watch.sample("/kubepods/pod3", unlimited).is_none());
+    }
+
+    #[test]
+    fn on_cgroup_v1_a_pods_refusals_are_its_containers() {
+        let pod = std::env::temp_dir().join(format!("npd-pod-pids-{}", std::process::id()));
+        let container = pod.join("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        let other = pod.join("fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210");
+        for dir in [&container, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for (dir, refused) in [(&pod, 1), (&container, 5), (&other, 2)] {
+            std::fs::write(dir.join("pids.events"), format!("max {refused}\n")).unwrap();
+        }
+        std::fs::write(pod.join("pids.current"), "20\n").unwrap();
+        std::fs::write(pod.join("pids.max"), "20\n").unwrap();
+        let read = |count| read_pod(&pod, count).unwrap().refused_total;
+        assert_eq!(read(RefusalCount::Local), 8, "the pod's own and its containers'");
+        assert_eq!(read(RefusalCount::Hierarchical), 1, "v2's pod counter has them already");
+        std::fs::remove_dir_all(&pod).unwrap();
     }
 
     #[test]

@@ -4,16 +4,18 @@
 //! Events, never conditions: the kubelet owns `MemoryPressure` and `DiskPressure`, and those
 //! mean "about to evict", not "stalling".
 //!
-//! Read every [`PERIOD_NS`]. A resource is stalling when its one-minute average (`avg60`) is
-//! at or above its threshold: `full` (every non-idle task stalled at once) for memory and
-//! I/O, `some` (at least one task stalled) for the CPU, whose `full` the kernel does not
-//! define for the whole system. Reported once when the average crosses the threshold, again
-//! only after it fell below half of it.
+//! Read every [`PERIOD_NS`]. A resource is stalling when the kernel's running average over
+//! the configured window (`pressure.window`: 10 s, 1 min or 5 min; default 1 min) is at or
+//! above its threshold: `full` (every non-idle task stalled at once) for memory and I/O,
+//! `some` (at least one task stalled) for the CPU, whose `full` the kernel does not define
+//! for the whole system. Reported once when the average crosses the threshold, again only
+//! after it fell below half of it.
 
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::Ebpf;
@@ -24,6 +26,7 @@ use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::CgroupLayout,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -55,6 +58,11 @@ impl Resource {
         }
     }
 
+    /// Its `resource` label on /metrics.
+    pub fn label(self) -> &'static str {
+        self.file()
+    }
+
     pub fn reason(self) -> EventReason {
         match self {
             Self::Memory => MEMORY_PRESSURE_STALL,
@@ -62,12 +70,80 @@ impl Resource {
             Self::Cpu => CPU_PRESSURE_STALL,
         }
     }
+}
 
-    /// The line that counts and its avg60 threshold, in percent.
-    pub fn rule(self) -> (Line, f64) {
+/// Which of the kernel's running averages a threshold applies to: it keeps these three only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Window {
+    #[serde(rename = "10s")]
+    Avg10,
+    #[serde(rename = "1m")]
+    Avg60,
+    #[serde(rename = "5m")]
+    Avg300,
+}
+
+impl Window {
+    pub const ALL: [Self; 3] = [Self::Avg10, Self::Avg60, Self::Avg300];
+
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Avg10 => 10,
+            Self::Avg60 => 60,
+            Self::Avg300 => 300,
+        })
+    }
+
+    /// The window of this length, if the kernel keeps one.
+    pub fn from_duration(duration: Duration) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.duration() == duration)
+    }
+
+    fn of(self, averages: &Averages) -> f64 {
         match self {
-            Self::Memory | Self::Io => (Line::Full, 10.0),
-            Self::Cpu => (Line::Some, 50.0),
+            Self::Avg10 => averages.avg10,
+            Self::Avg60 => averages.avg60,
+            Self::Avg300 => averages.avg300,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Avg10 => "10 s",
+            Self::Avg60 => "minute",
+            Self::Avg300 => "5 minutes",
+        }
+    }
+}
+
+/// When a resource is stalling (config `pressure.*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PressureOptions {
+    pub window: Window,
+    /// Thresholds, percent of the window: memory's and I/O's `full` line, the CPU's `some`.
+    pub memory_full_percent: f64,
+    pub io_full_percent: f64,
+    pub cpu_some_percent: f64,
+}
+
+impl Default for PressureOptions {
+    fn default() -> Self {
+        Self {
+            window: Window::Avg60,
+            memory_full_percent: 10.0,
+            io_full_percent: 10.0,
+            cpu_some_percent: 50.0,
+        }
+    }
+}
+
+impl PressureOptions {
+    /// The line that counts for `resource` and its threshold, in percent.
+    pub fn rule(&self, resource: Resource) -> (Line, f64) {
+        match resource {
+            Resource::Memory => (Line::Full, self.memory_full_percent),
+            Resource::Io => (Line::Full, self.io_full_percent),
+            Resource::Cpu => (Line::Some, self.cpu_some_percent),
         }
     }
 }
@@ -77,6 +153,59 @@ impl Resource {
 pub enum Line {
     Some,
     Full,
+}
+
+impl Line {
+    pub const ALL: [Self; 2] = [Self::Some, Self::Full];
+
+    /// Its `line` label on /metrics: the kernel's word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Some => "some",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The node's PSI on /metrics, labelled `resource` (memory, io, cpu) and `line` (some,
+/// full): the kernel's running averages as ratios (0-1) and its total stall time.
+pub static STALLED_SECONDS: LevelMetric = LevelMetric::counter(
+    "pressure_stalled_seconds",
+    "Time tasks stalled on the resource since boot (/proc/pressure total; line some: at \
+           least one task, full: all non-idle tasks at once)",
+);
+pub static AVG10_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg10_ratio",
+    "Share of the last 10 s tasks stalled on the resource (/proc/pressure avg10 / 100)",
+);
+pub static AVG60_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg60_ratio",
+    "Share of the last 60 s tasks stalled on the resource (/proc/pressure avg60 / 100)",
+);
+pub static AVG300_RATIO: LevelMetric = LevelMetric::gauge(
+    "pressure_avg300_ratio",
+    "Share of the last 300 s tasks stalled on the resource (/proc/pressure avg300 / 100)",
+);
+
+/// A node pressure file's lines as levels.
+pub fn pressure_levels(resource: Resource, pressure: &Pressure, levels: &mut Vec<Level>) {
+    for line in Line::ALL {
+        let Some(averages) = pressure.line(line) else {
+            continue;
+        };
+        for (metric, value) in [
+            (&STALLED_SECONDS, averages.total_us as f64 / 1e6),
+            (&AVG10_RATIO, averages.avg10 / 100.0),
+            (&AVG60_RATIO, averages.avg60 / 100.0),
+            (&AVG300_RATIO, averages.avg300 / 100.0),
+        ] {
+            levels.push(
+                Level::new(metric, value)
+                    .with("resource", resource.label())
+                    .with("line", line.label()),
+            );
+        }
+    }
 }
 
 /// One line of a pressure file: the running averages (percent of wall time over 10 s, 60 s,
@@ -187,7 +316,10 @@ impl Detector for PressureDetector {
         }
         Attached {
             status,
-            runtime: Sampled::boxed(PressureRuntime::new(node, pods), PERIOD_NS),
+            runtime: Sampled::boxed(
+                PressureRuntime::new(node, pods, ctx.options.resources.pressure),
+                PERIOD_NS,
+            ),
         }
     }
 }
@@ -200,13 +332,14 @@ pub enum Scope {
     Pod { cgroup: String },
 }
 
-/// A resource stalling for a minute.
+/// A resource stalling over the window.
 #[derive(Clone, Debug, Serialize)]
 pub struct PressureStall {
     pub resource: Resource,
     pub scope: Scope,
-    /// The line that crossed its threshold and its averages.
+    /// The line that crossed its threshold, over which window, and its averages.
     pub line: Line,
+    pub window: Window,
     pub threshold_percent: f64,
     #[serde(flatten)]
     pub averages: Averages,
@@ -228,9 +361,14 @@ finding!(PressureStall, "pressure_stall", {
             Scope::Pod { cgroup } => format!("in pod cgroup {}", escape_untrusted(cgroup)),
         };
         format!(
-            "{who} {whose} stalled waiting for {what} {:.1} % of the last minute \
-             ({:.1} % of the last 10 s, {:.1} % of 5 min; threshold {:.0} %)",
-            self.averages.avg60, self.averages.avg10, self.averages.avg300, self.threshold_percent
+            "{who} {whose} stalled waiting for {what} {:.1} % of the last {} (threshold {:.0} \
+             %; over 10 s, 1 min, 5 min: {:.1} %, {:.1} %, {:.1} %)",
+            self.window.of(&self.averages),
+            self.window.describe(),
+            self.threshold_percent,
+            self.averages.avg10,
+            self.averages.avg60,
+            self.averages.avg300
         )
     }
 
@@ -250,12 +388,20 @@ finding!(PressureStall, "pressure_stall", {
 });
 
 /// Whether each (scope, resource) is over its threshold, with hysteresis.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PressureWatch {
+    options: PressureOptions,
     over: HashMap<(Scope, Resource), bool>,
 }
 
 impl PressureWatch {
+    pub fn new(options: PressureOptions) -> Self {
+        Self {
+            options,
+            over: HashMap::new(),
+        }
+    }
+
     /// A reading: the stall to report when the average just crossed the threshold.
     pub fn sample(
         &mut self,
@@ -263,21 +409,24 @@ impl PressureWatch {
         resource: Resource,
         pressure: &Pressure,
     ) -> Option<PressureStall> {
-        let (line, threshold) = resource.rule();
+        let (line, threshold) = self.options.rule(resource);
+        let window = self.options.window;
         let averages = pressure.line(line)?;
+        let level = window.of(&averages);
         let over = self.over.entry((scope.clone(), resource)).or_default();
-        if averages.avg60 >= threshold {
+        if level >= threshold {
             let crossed = !*over;
             *over = true;
             return crossed.then(|| PressureStall {
                 resource,
                 scope: scope.clone(),
                 line,
+                window,
                 threshold_percent: threshold,
                 averages,
             });
         }
-        if averages.avg60 < threshold / 2.0 {
+        if level < threshold / 2.0 {
             *over = false;
         }
         None
@@ -298,11 +447,11 @@ pub struct PressureRuntime {
 }
 
 impl PressureRuntime {
-    pub fn new(node: PathBuf, pods: Option<PathBuf>) -> Self {
+    pub fn new(node: PathBuf, pods: Option<PathBuf>, options: PressureOptions) -> Self {
         Self {
             node,
             pods,
-            watch: PressureWatch::default(),
+            watch: PressureWatch::new(options),
         }
     }
 
@@ -312,13 +461,16 @@ impl PressureRuntime {
 }
 
 impl Sampler for PressureRuntime {
-    /// One reading of every file: the stalls that started.
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    /// One reading of every file: the stalls that started. The node's readings are also
+    /// levels; pods' are not (a pod is no metric label: unbounded, and on cgroup v2 the
+    /// kubelet's cAdvisor already exports containers' PSI).
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let mut events = Vec::new();
         for resource in Resource::ALL {
             let Some(pressure) = Self::read(&self.node.join(resource.file())) else {
                 continue;
             };
+            pressure_levels(resource, &pressure, levels);
             if let Some(stall) = self.watch.sample(&Scope::Node, resource, &pressure) {
                 events.push(Event::new(now_ns, Task::default(), Source::Sampled, stall));
             }
@@ -393,7 +545,7 @@ mod tests {
 
     #[test]
     fn thresholds_with_hysteresis() {
-        let mut watch = PressureWatch::default();
+        let mut watch = PressureWatch::new(PressureOptions::default());
         let node = Scope::Node;
         let read = |some, full| parse_pressure(&psi(some, full)).unwrap();
         // Memory and I/O count `full`: much `some` alone is no stall.
@@ -428,6 +580,72 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_window_and_threshold_decide() {
+        let options = PressureOptions {
+            window: Window::Avg10,
+            memory_full_percent: 5.0,
+            ..PressureOptions::default()
+        };
+        let mut watch = PressureWatch::new(options);
+        // Over 10 s only: avg60 stays far below the default 10 %.
+        let read = |avg10: f64| {
+            parse_pressure(&format!(
+                "some avg10={avg10:.2} avg60=0.50 avg300=0.10 total=9\n\
+                 full avg10={avg10:.2} avg60=0.50 avg300=0.10 total=7\n"
+            ))
+            .unwrap()
+        };
+        assert!(watch.sample(&Scope::Node, Resource::Memory, &read(4.9)).is_none());
+        let stall = watch
+            .sample(&Scope::Node, Resource::Memory, &read(6.0))
+            .expect("full avg10 at 6 % is over 5 %");
+        assert_eq!((stall.window, stall.threshold_percent), (Window::Avg10, 5.0));
+        let event = Event::new(1, Task::default(), Source::Sampled, stall);
+        let message = event.assess().report.unwrap().message;
+        assert!(
+            message.contains("memory 6.0 % of the last 10 s (threshold 5 %"),
+            "{message}"
+        );
+        // The CPU's default threshold is untouched.
+        assert!(watch.sample(&Scope::Node, Resource::Cpu, &read(40.0)).is_none());
+    }
+
+    #[test]
+    fn the_nodes_pressure_is_published_as_levels_at_each_reading() {
+        let dir = std::env::temp_dir().join(format!("npd-pressure-levels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory"), psi(40.0, 25.0)).unwrap();
+        std::fs::write(dir.join("cpu"), "some avg10=4.00 avg60=6.50 avg300=19.70 total=2500000\n")
+            .unwrap();
+        let mut runtime = Sampled::new(PressureRuntime::new(dir.clone(), None, PressureOptions::default()), PERIOD_NS);
+        assert_eq!(runtime.take_levels(), None, "nothing read yet");
+        runtime.poll(1);
+        let levels = runtime.take_levels().expect("the first reading");
+        let value = |metric: &LevelMetric, resource: &str, line: &str| {
+            levels
+                .iter()
+                .find(|l| {
+                    l.metric == metric
+                        && l.labels == [("resource", resource), ("line", line)]
+                })
+                .map(|l| l.value)
+        };
+        assert_eq!(value(&AVG60_RATIO, "memory", "full"), Some(0.25));
+        assert_eq!(value(&AVG60_RATIO, "memory", "some"), Some(0.4));
+        assert_eq!(value(&AVG10_RATIO, "memory", "some"), Some(0.015));
+        assert_eq!(value(&STALLED_SECONDS, "memory", "full"), Some(25.723025));
+        assert_eq!(value(&STALLED_SECONDS, "cpu", "some"), Some(2.5));
+        // A line or file the kernel does not have is no series (not a 0).
+        assert_eq!(value(&AVG60_RATIO, "cpu", "full"), None);
+        assert_eq!(value(&AVG60_RATIO, "io", "some"), None);
+        assert_eq!(levels.len(), 4 * 3);
+        assert_eq!(runtime.take_levels(), None, "handed over once");
+        runtime.poll(2);
+        assert_eq!(runtime.take_levels(), None, "not before the period");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn per_pod_pressure_from_a_cgroup_v2_tree() {
         let root = std::env::temp_dir().join(format!("npd-pressure-{}", std::process::id()));
         let uid = "0b2c8a4e-5a31-4c1e-9d5c-3f2a1b0c9d8e";
@@ -452,7 +670,7 @@ mod tests {
         let proc_pressure = root.join("proc-pressure");
         std::fs::create_dir_all(&proc_pressure).unwrap();
         std::fs::write(proc_pressure.join("memory"), psi(0.0, 0.0)).unwrap();
-        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone())), PERIOD_NS);
+        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone()), PressureOptions::default()), PERIOD_NS);
         let events = runtime.poll(1);
         assert_eq!(events.len(), 1, "{events:?}");
         let event = &events[0];

@@ -1,8 +1,9 @@
 //! Zombies: children that exited and that their parent does not reap (`wait(2)`), counted per
-//! parent from `/proc/<pid>/stat` (state `Z`, ppid) every [`PERIOD_NS`]. A parent with
-//! [`THRESHOLD`] or more is a bug in that program (or a container whose pid 1 is not an init):
-//! each zombie holds a pid, and enough of them exhaust `pids.max` or `kernel.pid_max`. No
-//! kernel hook: one pass over /proc per period, nothing per fork or exit.
+//! parent from `/proc/<pid>/stat` (state `Z`, ppid) every [`PERIOD_NS`]. A parent with the
+//! threshold (`zombies.threshold`, default [`DEFAULT_THRESHOLD`]) or more is a bug in that
+//! program (or a container whose pid 1 is not an init): each zombie holds a pid, and enough
+//! of them exhaust `pids.max` or `kernel.pid_max`. No kernel hook: one pass over /proc per
+//! period, nothing per fork or exit.
 //!
 //! Zombies are also summed per pod (by each parent's cgroup): a pod whose processes each
 //! leave a few unreaped children, none over the threshold alone, still fills its
@@ -26,6 +27,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     kernel::procfs,
+    metrics::{Level, LevelMetric},
     problem::{Assessment, EventReason, Report},
 };
 
@@ -35,8 +37,8 @@ pub const EXCESSIVE_ZOMBIES: EventReason = EventReason::warning("ExcessiveZombie
 /// How often /proc is walked.
 pub const PERIOD_NS: u64 = 15_000_000_000;
 
-/// Zombie children of one parent that make a problem.
-pub const THRESHOLD: u64 = 100;
+/// Zombie children of one parent that make a problem, unless configured.
+pub const DEFAULT_THRESHOLD: u64 = 100;
 
 #[derive(Debug)]
 pub struct ZombiesDetector;
@@ -72,10 +74,16 @@ impl Detector for ZombiesDetector {
         );
         Attached {
             status,
-            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), THRESHOLD), PERIOD_NS),
+            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), ctx.options.resources.zombies), PERIOD_NS),
         }
     }
 }
+
+/// The node's zombies on /metrics.
+pub static ZOMBIE_PROCESSES: LevelMetric = LevelMetric::gauge(
+    "zombie_processes",
+    "Processes that exited and that their parent has not reaped, on the node",
+);
 
 /// The fields of `/proc/<pid>/stat` zombie counting needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,7 +310,7 @@ impl ZombiesRuntime {
 
 impl Sampler for ZombiesRuntime {
     /// One pass over /proc: an event per parent newly at or above the threshold.
-    fn sample(&mut self, now_ns: u64) -> Vec<Event> {
+    fn sample(&mut self, now_ns: u64, levels: &mut Vec<Level>) -> Vec<Event> {
         let Ok(entries) = std::fs::read_dir(&self.host.proc_root) else {
             return Vec::new();
         };
@@ -314,6 +322,7 @@ impl Sampler for ZombiesRuntime {
             .collect();
         let per_parent = count_zombies(&stats);
         let on_node = per_parent.values().sum();
+        levels.push(Level::new(&ZOMBIE_PROCESSES, on_node as f64));
         let mut over = HashMap::new();
         let mut events = Vec::new();
         for (&ppid, &zombies) in per_parent.iter().filter(|(_, n)| **n >= self.threshold) {

@@ -32,6 +32,7 @@ pub use events::{EventReason, EventStats, EventTarget, EventType, ProblemEvent};
 pub use fd_pressure::FileTableSample;
 pub(crate) use subject::{describe_task, frame_function};
 pub use time::Timestamp;
+pub(crate) use time::human_duration;
 
 use deadlock::DeadlockState;
 use events::EventQueue;
