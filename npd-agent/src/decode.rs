@@ -161,6 +161,7 @@ mod tests {
             failures_total: 10,
             first_failure_ns: 1,
             nofile_limit: 64,
+            cgroup: npd_common::cgroup::KernelCgroupPath::EMPTY,
         }
     }
 

@@ -1,12 +1,12 @@
 //! fd exhaustion: an fd-creating syscall failed with EMFILE (the process hit RLIMIT_NOFILE)
 //! or ENFILE (the system file table is full).
 
-use crate::{RecordHeader, TASK_COMM_LEN, assert_layout, impl_pod};
+use crate::{RecordHeader, TASK_COMM_LEN, assert_layout, cgroup::KernelCgroupPath, impl_pod};
 
 pub const EMFILE: i32 = 24;
 pub const ENFILE: i32 = 23;
 
-pub const FD_EXHAUSTED_VERSION: u8 = 1;
+pub const FD_EXHAUSTED_VERSION: u8 = 2;
 
 /// One reported failure, standing for `suppressed` more of the same process since the
 /// previous record (the kernel rate-limits per process).
@@ -27,9 +27,13 @@ pub struct FdExhausted {
     pub first_failure_ns: u64,
     /// The process's RLIMIT_NOFILE soft limit at the failure; `u64::MAX` if unknown.
     pub nofile_limit: u64,
+    /// The process's cgroup path, read in the kernel at the failure where the agent turned
+    /// the walk on (`depth` 0 otherwise): a container that fails and exits at once takes its
+    /// cgroup with it before the agent could look its id up.
+    pub cgroup: KernelCgroupPath,
 }
 
-assert_layout!(FdExhausted, 88);
+assert_layout!(FdExhausted, 88 + size_of::<KernelCgroupPath>());
 impl_pod!(FdExhausted);
 
 /// Per-process rate-limit state, the value of the `FD_RATE_LIMIT` LRU hash keyed by tgid.

@@ -6,6 +6,7 @@
 //! whatever compiler produced them.
 #![no_std]
 
+pub mod cgroup;
 pub mod config;
 pub mod counters;
 pub mod record;

@@ -4,11 +4,7 @@ use crate::{MAX_STACK_DEPTH, RecordHeader, TASK_COMM_LEN, assert_layout, impl_po
 
 pub const OOM_KILL_VERSION: u8 = 2;
 
-/// Bytes kept of each cgroup directory name in [`OomKill::victim_cgroup_names`]; a kubelet's
-/// longest (`cri-containerd-<64 hex>.scope`) is 86.
-pub const CGROUP_NAME_LEN: usize = 128;
-/// Cgroup levels read above the victim; a pod's container is four below the root.
-pub const CGROUP_PATH_DEPTH: usize = 8;
+pub use crate::cgroup::{CGROUP_NAME_LEN, CGROUP_PATH_DEPTH};
 
 /// Set in [`OomKill::flags`] for each group of fields the hook could read.
 pub mod flags {

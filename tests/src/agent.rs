@@ -336,6 +336,18 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Asserts an event-dump event is attributed to the cgroup `path` and, by it, to the pod
+/// `uid` and its container `container_id`.
+pub fn assert_attributed_to_container(event: &Value, path: &str, uid: &str, container_id: &str) {
+    let attribution = &event["attribution"];
+    assert_eq!(attribution["cgroup"], path, "{event:#}");
+    assert_eq!(attribution["pod"]["uid"], uid, "{attribution:#}");
+    assert_eq!(
+        attribution["pod"]["container_id"], container_id,
+        "{attribution:#}"
+    );
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub fn wait_for<T>(
     timeout: Duration,

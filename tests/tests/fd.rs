@@ -8,8 +8,8 @@ use std::{
 };
 
 use npd_tests::{
-    agent::{EventDump, active_hook, run_json},
-    machine::{Sysctl, own_cgroup_id, require_root},
+    agent::{EventDump, active_hook, assert_attributed_to_container, run_json},
+    machine::{MemoryCgroup, Sysctl, own_cgroup_id, require_root},
 };
 use serde_json::Value;
 
@@ -180,4 +180,40 @@ fn enfile_is_reported_when_the_system_file_table_is_full() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["errno"], "ENFILE");
     assert_eq!(events[0]["syscall"], "openat");
+}
+
+/// Containers that fail and exit at once, one after another, as a crash-looping pod's do:
+/// each cgroup is created after the agent last looked at the hierarchy and removed as soon
+/// as its process is gone, so only the path the kernel read at the failure can name the pod
+/// (the agent rescans the hierarchy at most every 2 s, and these are gone by then). Found on
+/// the one-node cluster: a pod's `npd-provoke emfile` got an Event on the Node only.
+#[test]
+fn failures_of_containers_gone_at_once_are_attributed_to_their_pods() {
+    require_root("loads eBPF programs and creates memory cgroups");
+    let mut dump = EventDump::start(&["--detectors", "fd"]).expect("event-dump starts");
+    let prefix = format!("npd-test-fd-early-{}", std::process::id());
+    for attempt in 0..3_u32 {
+        let uid = format!("0000000{attempt}-5555-6666-7777-888888888888");
+        let container = format!("{:x}", attempt + 10).repeat(64);
+        let relative = format!("{prefix}/kubepods/besteffort/pod{uid}/{container}");
+        let cgroup = MemoryCgroup::create(&relative, 64 << 20).expect("memory cgroup");
+        let procs = cgroup.procs_file();
+        let out = provoke(&[
+            "emfile",
+            "--limit",
+            "16",
+            "--cgroup-procs",
+            procs.to_str().unwrap(),
+        ]);
+        let pid = out["pid"].as_u64().expect("the provoker's pid");
+        // Gone with its container, as the runtime removes it.
+        drop(cgroup);
+
+        dump.collect_until(WAIT, |seen| {
+            seen.iter()
+                .any(|e| e["pid"] == pid && e["kind"] == "fd_exhausted")
+        });
+        let events = dump.for_pid(pid);
+        assert_attributed_to_container(events[0], &format!("/{relative}"), &uid, &container);
+    }
 }

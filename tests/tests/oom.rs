@@ -5,7 +5,7 @@
 use std::{os::unix::process::ExitStatusExt, time::Duration};
 
 use npd_tests::{
-    agent::{EventDump, Provoked},
+    agent::{EventDump, Provoked, assert_attributed_to_container},
     machine::{MemoryCgroup, require_root},
 };
 
@@ -103,19 +103,7 @@ fn containers_killed_in_their_first_second_are_attributed_to_their_pods() {
         });
         let events = dump.for_pid(pid);
         assert_eq!(events.len(), 1, "one oom_kill for the victim: {events:#?}");
-        let attribution = &events[0]["attribution"];
-        assert_eq!(
-            attribution["cgroup"],
-            format!("/{relative}").as_str(),
-            "attempt {attempt}: {:#}",
-            events[0]
-        );
-        assert_eq!(attribution["pod"]["uid"], uid.as_str(), "{attribution:#}");
-        assert_eq!(
-            attribution["pod"]["container_id"],
-            container.as_str(),
-            "{attribution:#}"
-        );
+        assert_attributed_to_container(events[0], &format!("/{relative}"), &uid, &container);
         // The container's cgroup hit its limit; gone, it is named from the kernel's reading.
         assert_eq!(events[0]["memcg"], format!("/{relative}").as_str());
         assert_eq!(events[0]["memcg_limit_kb"], LIMIT / 1024);

@@ -1,6 +1,29 @@
 //! Who owns a cgroup, from its path alone: the kubelet's naming for both cgroup drivers and
 //! the common runtimes, or the systemd unit of a process outside pods. Pure string work.
 
+/// The path the kernel wrote into a record (names leaf first), when it is whole and every
+/// name is intact; `None` otherwise (the agent then goes by the cgroup id).
+pub fn from_kernel_names(path: &npd_common::cgroup::KernelCgroupPath) -> Option<String> {
+    if path.whole == 0 {
+        return None;
+    }
+    let depth = (path.depth as usize).min(path.names.len());
+    let names = path.names[..depth]
+        .iter()
+        .rev()
+        .map(|name| crate::event::comm_string(name))
+        .collect::<Vec<_>>();
+    // A name that filled its slot may have been cut.
+    let cut = |name: &String| name.len() >= npd_common::cgroup::CGROUP_NAME_LEN - 1;
+    if names
+        .iter()
+        .any(|name| name.is_empty() || name.contains('/') || cut(name))
+    {
+        return None;
+    }
+    Some(format!("/{}", names.join("/")))
+}
+
 /// A pod's QoS class, as the kubelet encodes it in the cgroup path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Qos {
@@ -167,6 +190,42 @@ fn unit<'a>(segments: &[&'a str]) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_make_a_path_only_when_whole_and_intact() {
+        use npd_common::cgroup::{CGROUP_NAME_LEN, KernelCgroupPath};
+        let path = |names: &[&[u8]], whole: u32| {
+            let mut path = KernelCgroupPath::EMPTY;
+            for (slot, name) in path.names.iter_mut().zip(names) {
+                slot[..name.len()].copy_from_slice(name);
+            }
+            path.depth = names.len() as u32;
+            path.whole = whole;
+            from_kernel_names(&path)
+        };
+        let long = [b'x'; CGROUP_NAME_LEN - 1];
+        // (names leaf first, whole, the path)
+        type Case<'a> = (&'a [&'a [u8]], u32, Option<&'a str>);
+        let cases: [Case<'_>; 6] = [
+            (
+                &[b"ctr", b"pod1", b"kubepods"],
+                1,
+                Some("/kubepods/pod1/ctr"),
+            ),
+            (&[], 1, Some("/")),
+            (&[b"ctr", b"pod1"], 0, None),
+            (&[b"ctr", b"", b"kubepods"], 1, None),
+            (&[b"a/b"], 1, None),
+            (&[&long], 1, None),
+        ];
+        for (names, whole, expected) in cases {
+            assert_eq!(
+                path(names, whole).as_deref(),
+                expected,
+                "{names:?} whole {whole}"
+            );
+        }
+    }
 
     const UID: &str = "5f0c8f6e-2d4a-4d8e-9a51-3b8d1c2e7f10";
     const UID_: &str = "5f0c8f6e_2d4a_4d8e_9a51_3b8d1c2e7f10";

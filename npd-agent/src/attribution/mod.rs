@@ -12,7 +12,7 @@ use std::{
     time::Instant,
 };
 
-pub use cgroup_path::{CgroupOwner, PodCgroup, Qos, parse_cgroup_path};
+pub use cgroup_path::{CgroupOwner, PodCgroup, Qos, from_kernel_names, parse_cgroup_path};
 pub use index::{CgroupIndex, CgroupIndexOptions, ScanSummary};
 
 use crate::event::{Attribution, Event, PodRef};

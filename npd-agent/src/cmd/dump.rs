@@ -179,6 +179,7 @@ mod tests {
                 failures_total: 13,
                 nofile_limit: Some(1024),
                 flushed: false,
+                kernel_cgroup_path: None,
             }),
             Box::new(HungTask {
                 stack: vec!["percpu_rwsem_wait+0x15f".into()],

@@ -379,9 +379,17 @@ pub struct FdExhausted {
     /// True when the agent reports failures the kernel folded away after a storm's last
     /// record (no kernel record stands for them).
     pub flushed: bool,
+    /// The process's cgroup path as the kernel read it at the failure, if it did; the
+    /// attribution, not the event, carries it to users.
+    #[serde(skip)]
+    pub kernel_cgroup_path: Option<String>,
 }
 
 finding!(FdExhausted, "fd_exhausted", {
+    fn cgroup_path(&self) -> Option<&str> {
+        self.kernel_cgroup_path.as_deref()
+    }
+
     fn summary(&self) -> String {
         let limit = self
             .nofile_limit
@@ -493,6 +501,7 @@ impl FdAccounting {
                 failures_total: record.failures_total,
                 nofile_limit: (record.nofile_limit != u64::MAX).then_some(record.nofile_limit),
                 flushed: false,
+                kernel_cgroup_path: crate::attribution::from_kernel_names(&record.cgroup),
             },
         )
     }
@@ -538,6 +547,7 @@ impl FdAccounting {
                         failures_total: state.failures,
                         nofile_limit: None,
                         flushed: true,
+                        kernel_cgroup_path: None,
                     },
                 ));
             } else if quiet_for >= IDLE_EVICT_NS {
@@ -609,7 +619,30 @@ mod tests {
             failures_total: total,
             first_failure_ns: first,
             nofile_limit: 32,
+            cgroup: npd_common::cgroup::KernelCgroupPath::EMPTY,
         }
+    }
+
+    /// A path the kernel read names the process's cgroup even when the process and its
+    /// cgroup are gone by the time the agent sees the record; a partial walk names nothing.
+    #[test]
+    fn the_kernels_cgroup_path_is_the_events_when_whole() {
+        let leaf_first = ["c0ffee", "pod1234", "burstable", "kubepods"];
+        let mut with_path = record(9, 1, 1);
+        for (slot, name) in with_path.cgroup.names.iter_mut().zip(leaf_first) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        with_path.cgroup.depth = leaf_first.len() as u32;
+        with_path.cgroup.whole = 1;
+        let mut acc = FdAccounting::default();
+        let event = acc.on_record(&with_path);
+        assert_eq!(
+            event.detail.cgroup_path(),
+            Some("/kubepods/burstable/pod1234/c0ffee")
+        );
+        with_path.cgroup.whole = 0;
+        let event = acc.on_record(&with_path);
+        assert_eq!(event.detail.cgroup_path(), None);
     }
 
     #[test]

@@ -317,19 +317,12 @@ fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
     if record.flags & flags::VICTIM_CGROUP_PATH == 0 {
         return None;
     }
-    let depth = (record.victim_cgroup_depth as usize).min(record.victim_cgroup_names.len());
-    let names = record.victim_cgroup_names[..depth]
-        .iter()
-        .rev()
-        .map(|name| comm_string(name))
-        .collect::<Vec<_>>();
-    // A name that filled its slot may have been cut.
-    if names.iter().any(|name| {
-        name.is_empty() || name.contains('/') || name.len() >= npd_common::oom::CGROUP_NAME_LEN - 1
-    }) {
-        return None;
-    }
-    Some(format!("/{}", names.join("/")))
+    crate::attribution::from_kernel_names(&npd_common::cgroup::KernelCgroupPath {
+        names: record.victim_cgroup_names,
+        ids: record.victim_cgroup_ids,
+        depth: record.victim_cgroup_depth,
+        whole: 1,
+    })
 }
 
 /// The limited memory cgroup the kernel found, as a path: `victim` (the victim's path from

@@ -142,9 +142,21 @@ fn emit(errno: i32, syscall_nr: i32, hook: Hook, tally: &Tally) -> bool {
         hook,
         Subject::current(),
         |record| {
-            let signal = task::read_ptr(task::current_task(), config!(offsets.task_signal));
+            let current = task::current_task();
+            let signal = task::read_ptr(current, config!(offsets.task_signal));
             let nofile_limit = task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
                 .unwrap_or(u64::MAX);
+            // Dead code where the agent turned the walk off: the verifier never sees it.
+            let (depth, whole) = if config!(cgroup_walk) != 0 {
+                // SAFETY: `record` points into the reserved entry (see `emit::record`).
+                task::cgroup_names(
+                    task::cgroup_kernfs_node(current),
+                    unsafe { &mut (*record).cgroup.names },
+                    unsafe { &mut (*record).cgroup.ids },
+                )
+            } else {
+                (0, false)
+            };
             // SAFETY: `record` points into the reserved entry (see `emit::record`).
             unsafe {
                 (*record).errno = errno;
@@ -153,6 +165,8 @@ fn emit(errno: i32, syscall_nr: i32, hook: Hook, tally: &Tally) -> bool {
                 (*record).failures_total = tally.failures_total;
                 (*record).first_failure_ns = tally.first_failure_ns;
                 (*record).nofile_limit = nofile_limit;
+                (*record).cgroup.depth = depth;
+                (*record).cgroup.whole = u32::from(whole);
             }
         },
     )

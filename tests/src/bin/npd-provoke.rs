@@ -108,7 +108,13 @@ fn listener() -> anyhow::Result<i32> {
     }
 }
 
-fn emfile(limit: u64, syscall: &str) -> anyhow::Result<()> {
+/// Fails one `syscall` with EMFILE, after joining the cgroup whose `cgroup.procs` is `procs`
+/// (if not empty).
+fn emfile(limit: u64, syscall: &str, procs: &str) -> anyhow::Result<()> {
+    if !procs.is_empty() {
+        std::fs::write(procs, std::process::id().to_string())
+            .with_context(|| format!("joining {procs}"))?;
+    }
     let listener = listener()?;
     set_nofile(limit)?;
     fill_fd_table(limit)?;
@@ -261,6 +267,7 @@ fn main() -> anyhow::Result<()> {
         Some("emfile") => emfile(
             arg(&args, "--limit", 16)?,
             &arg(&args, "--syscall", "openat".to_owned())?,
+            &arg(&args, "--cgroup-procs", String::new())?,
         ),
         Some("storm") => storm(
             arg(&args, "--limit", 16)?,
@@ -278,7 +285,7 @@ fn main() -> anyhow::Result<()> {
             arg(&args, "--mb", 512)?,
         ),
         _ => bail!(
-            "usage: npd-provoke emfile [--limit N] [--syscall NAME] | storm [--limit N] \
+            "usage: npd-provoke emfile [--limit N] [--syscall NAME] [--cgroup-procs FILE] | storm [--limit N] \
              [--seconds S] [--threads T] [--failures N] | enfile [--uid UID] | write --path P \
              [--then-sleep S] | oom --cgroup-procs FILE [--mb N]"
         ),

@@ -174,6 +174,7 @@ fn fd(secs: u64, pid: u32, errno: Errno, suppressed: u64, flushed: bool) -> Even
             failures_total: suppressed + 1,
             nofile_limit: Some(1024),
             flushed,
+            kernel_cgroup_path: None,
         },
     )
 }
