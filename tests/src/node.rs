@@ -656,6 +656,33 @@ pub fn write_npd_overlay(
     Ok(())
 }
 
+/// The securityContext of npd's container in `deploy`'s DaemonSet, as JSON.
+pub fn shipped_security_context(deploy: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = deploy.join("base/daemonset.yaml");
+    let text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let daemonset: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    let context = &daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    if !context.is_object() {
+        bail!("{} has no container securityContext", path.display());
+    }
+    Ok(context.clone())
+}
+
+/// The capabilities `deploy`'s DaemonSet adds, split into those a container on this machine
+/// can have and those its bounding set withholds (the overlay and the tests leave those out,
+/// and say so).
+pub fn shipped_capabilities_here(deploy: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let added: Vec<String> =
+        serde_json::from_value(shipped_security_context(deploy)?["capabilities"]["add"].clone())
+            .context("the securityContext's capabilities.add is not a list of names")?;
+    let withheld = withheld_capabilities(&added)?;
+    let kept = added
+        .into_iter()
+        .filter(|cap| !withheld.contains(cap))
+        .collect();
+    Ok((kept, withheld))
+}
+
 /// The capabilities (Kubernetes names: `SYS_RESOURCE`) of `wanted` that this machine's
 /// bounding set withholds, so that no container here can have them.
 pub fn withheld_capabilities(wanted: &[String]) -> anyhow::Result<Vec<String>> {
@@ -952,6 +979,18 @@ mod tests {
         assert_eq!(bridge["ipMasq"], false);
         assert_eq!(bridge["ipam"]["dataDir"], "/tmp/npd-node-x/cni-ipam");
         assert_eq!(bridge["ipam"]["subnet"], POD_SUBNET);
+    }
+
+    #[test]
+    fn the_shipped_capabilities_are_read_from_deploy() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let context = shipped_security_context(&deploy).unwrap();
+        assert_eq!(context["privileged"], false);
+        let (kept, withheld) = shipped_capabilities_here(&deploy).unwrap();
+        let mut all = [kept, withheld].concat();
+        all.sort();
+        assert_eq!(all, ["BPF", "PERFMON", "SYSLOG", "SYS_RESOURCE"]);
+        assert!(shipped_security_context(Path::new("/nonexistent")).is_err());
     }
 
     #[test]

@@ -52,22 +52,13 @@ fn npd_as_shipped_reports_the_problems_of_pods_a_real_kubelet_runs() {
     // The DaemonSet as shipped; only a capability this machine withholds from every process
     // (none can have it) is left out, and said.
     let deploy = repo_root().join("deploy");
-    let shipped = shipped_security_context(&deploy);
-    let added: Vec<String> =
-        serde_json::from_value(shipped["capabilities"]["add"].clone()).unwrap();
-    let withheld = node::withheld_capabilities(&added).unwrap();
-    let mut expected = shipped.clone();
+    let (capabilities, withheld) = node::shipped_capabilities_here(&deploy).unwrap();
+    let mut expected = node::shipped_security_context(&deploy).unwrap();
     if !withheld.is_empty() {
         eprintln!("this machine's bounding set withholds {withheld:?}: the DaemonSet goes without");
-        let kept: Vec<String> = added
-            .into_iter()
-            .filter(|c| !withheld.contains(c))
-            .collect();
-        expected["capabilities"]["add"] = serde_json::json!(kept);
+        expected["capabilities"]["add"] = serde_json::json!(capabilities);
     }
     let overlay = scratch.path().join("overlay");
-    let capabilities: Vec<String> =
-        serde_json::from_value(expected["capabilities"]["add"].clone()).unwrap();
     node::write_npd_overlay(
         &overlay,
         &deploy,
@@ -277,13 +268,6 @@ fn npd_as_shipped_reports_the_problems_of_pods_a_real_kubelet_runs() {
     .unwrap();
 
     node.stop().expect("the node stops and is cleaned up");
-}
-
-/// deploy/base/daemonset.yaml's container securityContext, as JSON.
-fn shipped_security_context(deploy: &Path) -> Value {
-    let text = std::fs::read_to_string(deploy.join("base/daemonset.yaml")).unwrap();
-    let daemonset: Value = serde_yaml_ng::from_str(&text).unwrap();
-    daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"].clone()
 }
 
 /// Waits for an npd pod (not `other_than`) Running and Ready, and returns it.

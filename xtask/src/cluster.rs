@@ -2,7 +2,7 @@
 //! use kind: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a kubelet on
 //! Debian's containerd and runc, with npd's image imported, until Ctrl-C.
 
-use std::{fs, path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -152,13 +152,7 @@ fn start() -> anyhow::Result<()> {
     )?;
     let overlay = node.dir().join("npd");
     let deploy = root().join("deploy");
-    let shipped = shipped_capabilities(&deploy)?;
-    let withheld = node::withheld_capabilities(&shipped)?;
-    let capabilities: Vec<String> = shipped
-        .iter()
-        .filter(|cap| !withheld.contains(cap))
-        .cloned()
-        .collect();
+    let (capabilities, withheld) = node::shipped_capabilities_here(&deploy)?;
     if !withheld.is_empty() {
         step(format!(
             "this machine withholds {} from every process (its bounding set), so no container \
@@ -198,29 +192,4 @@ fn start() -> anyhow::Result<()> {
         "signal {signal}: stopping the node and removing what it made"
     ));
     node.stop()
-}
-
-/// The capabilities deploy/base/daemonset.yaml adds, in order (its `add:` list).
-pub(crate) fn shipped_capabilities(deploy: &Path) -> anyhow::Result<Vec<String>> {
-    let path = deploy.join("base/daemonset.yaml");
-    let text = fs::read_to_string(&path)?;
-    let mut lines = text
-        .lines()
-        .skip_while(|line| line.trim() != "add:")
-        .skip(1);
-    let mut capabilities = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.trim();
-        if line.starts_with('#') {
-            continue;
-        }
-        match line.strip_prefix("- ") {
-            Some(name) => capabilities.push(name.trim().to_owned()),
-            None => break,
-        }
-    }
-    if capabilities.is_empty() {
-        bail!("{} adds no capabilities under `add:`", path.display());
-    }
-    Ok(capabilities)
 }
