@@ -24,11 +24,17 @@ pub(crate) struct Idle {
     pub(crate) cpu: procfs::CpuTime,
     pub(crate) memory_start: procfs::Memory,
     pub(crate) memory_end: procfs::Memory,
+    /// Times the agent's threads were put on a CPU over `seconds`.
+    pub(crate) wakeups: u64,
 }
 
 impl Idle {
     pub(crate) fn cpu_percent(&self) -> f64 {
         self.cpu.percent_of_core(self.seconds)
+    }
+
+    pub(crate) fn wakeups_per_minute(&self) -> f64 {
+        self.wakeups as f64 * 60.0 / self.seconds
     }
 }
 
@@ -37,15 +43,18 @@ pub(crate) fn measure(agent: &AgentProcess, seconds: f64) -> anyhow::Result<Idle
     let pid = agent.pid();
     let memory_start = procfs::memory(pid)?;
     let cpu_start = procfs::CpuTime::read(pid)?;
+    let scheduled_start = procfs::times_scheduled(pid)?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     let cpu = procfs::CpuTime::read(pid)?.since(cpu_start);
+    let wakeups = procfs::times_scheduled(pid)?.saturating_sub(scheduled_start);
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Idle {
         seconds: elapsed,
         cpu,
         memory_start,
         memory_end: procfs::memory(pid)?,
+        wakeups,
     })
 }
 

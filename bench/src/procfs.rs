@@ -71,6 +71,24 @@ fn sched_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
+/// How many times the process's living threads were put on a CPU (the third field of
+/// /proc/PID/task/*/schedstat): for a daemon that sleeps between events, its wakeups.
+pub(crate) fn times_scheduled(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut count = 0u64;
+    for task in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        // A thread may end between the listing and the read.
+        if let Ok(text) = fs::read_to_string(task?.path().join("schedstat")) {
+            count += parse_times_scheduled(&text).unwrap_or(0);
+        }
+    }
+    Ok(count)
+}
+
+fn parse_times_scheduled(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// User + system CPU seconds of a process, all its threads, dead ones included.
 fn stat_seconds(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
@@ -331,4 +349,16 @@ fn active_hooks(agent: &Path) -> String {
                 .join(", ")
         })
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_third_schedstat_field_counts_times_scheduled() {
+        assert_eq!(
+            super::parse_times_scheduled("8147112 233840 57\n"),
+            Some(57)
+        );
+        assert_eq!(super::parse_times_scheduled("8147112 233840\n"), None);
+    }
 }

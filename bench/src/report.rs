@@ -454,6 +454,17 @@ fn footprint_rows(table: &mut Table, details: &mut String, footprint: &Footprint
         }),
     );
     table.row(
+        "idle: agent wakeups",
+        format!(
+            "{:.0} a minute (its threads put on a CPU {} times in {:.0} s)",
+            idle.wakeups_per_minute(),
+            idle.wakeups,
+            idle.seconds
+        ),
+        "(reported; issue 20: only when something is pending)",
+        String::new(),
+    );
+    table.row(
         "start-up: agent CPU until ready",
         cpu_time(footprint.start_cpu),
         "(reported)",
