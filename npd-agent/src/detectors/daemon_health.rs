@@ -47,7 +47,8 @@ pub const KUBELET_UNHEALTHY: ConditionType = ConditionType::new(&ConditionSpec {
     type_name: "KubeletUnhealthy",
     problem_reason: "KubeletUnhealthy",
     healthy_reason: "KubeletIsHealthy",
-    healthy_message: "the kubelet's healthz endpoint answers ok, or no kubelet runs here",
+    healthy_message: "the kubelet's healthz endpoint answers ok, no kubelet runs here, or npd \
+                      cannot reach it (in a pod off the host's network; `npd-agent check` says)",
     detector: "daemon_health",
     clearing: Clearing::Keyed,
 });
