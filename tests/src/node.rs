@@ -527,6 +527,7 @@ impl Drop for TestNode {
 /// CNI's network namespaces, the links, the nftables table, the pods' cgroups. Pod logs and
 /// other shared entries cannot be told apart from others' after the fact and stay.
 pub fn clean_leftovers() -> anyhow::Result<()> {
+    refuse_on_a_real_node()?;
     let dirs: Vec<PathBuf> = fs::read_dir(env::temp_dir())?
         .filter_map(Result::ok)
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(DIR_PREFIX))
@@ -815,7 +816,51 @@ fn preflight() -> anyhow::Result<()> {
             bail!("{path} is missing: install Debian's {package} (`cargo xtask test` does)");
         }
     }
+    refuse_on_a_real_node()?;
+    if let Some(left) = pod_cgroup_roots().first() {
+        bail!(
+            "{} exists: a test node was not cleaned up (`cargo xtask cluster clean` removes \
+             what is left)",
+            left.display()
+        );
+    }
     Ok(())
+}
+
+/// A test node shares the `kubepods` cgroups with any other kubelet here, and its cleanup
+/// kills every process in them: on a machine where a real kubelet runs, that would be its
+/// pods. So neither a node nor `clean` starts there.
+fn refuse_on_a_real_node() -> anyhow::Result<()> {
+    let foreign = foreign_kubelets();
+    if !foreign.is_empty() {
+        bail!(
+            "a kubelet that is not a test node's runs here (pid {}): a test node would share \
+             its pods' cgroups, and cleaning up would kill its pods. Use a machine without one",
+            foreign
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Processes named `kubelet` whose command line names no test node directory.
+fn foreign_kubelets() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let ours = String::from_utf8_lossy(&cmdline).contains(&format!("/{DIR_PREFIX}"));
+            (comm.trim_end() == "kubelet" && !ours).then_some(pid)
+        })
+        .collect()
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
