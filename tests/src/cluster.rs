@@ -50,25 +50,14 @@ impl ClusterBinaries {
     /// From `NPD_KUBE_APISERVER` and `NPD_ETCD`, failing with directions when they are unset
     /// (a test that needs a cluster must fail without one, never pass quietly).
     pub fn from_env() -> anyhow::Result<Self> {
-        let binary =
-            |var: &str| -> anyhow::Result<PathBuf> {
-                let path = env::var_os(var).filter(|value| !value.is_empty()).with_context(|| {
-                format!(
-                    "{var} is not set. The cluster tests run a real kube-apiserver and etcd, \
-                     which `cargo xtask test` builds and passes in {KUBE_APISERVER_ENV} and \
-                     {ETCD_ENV}: run the tests through `cargo xtask test` (or set both with \
-                     `eval \"$(cargo xtask apiserver build)\"`)"
-                )
-            })?;
-                let path = PathBuf::from(path);
-                if !path.is_file() {
-                    bail!("{var}={} is not a file", path.display());
-                }
-                Ok(path)
-            };
+        let missing = format!(
+            "The cluster tests run a real kube-apiserver and etcd, which `cargo xtask test` \
+             builds and passes in {KUBE_APISERVER_ENV} and {ETCD_ENV}: run the tests through \
+             `cargo xtask test` (or set both with `eval \"$(cargo xtask apiserver build)\"`)"
+        );
         Ok(Self {
-            kube_apiserver: binary(KUBE_APISERVER_ENV)?,
-            etcd: binary(ETCD_ENV)?,
+            kube_apiserver: binary_from_env(KUBE_APISERVER_ENV, &missing)?,
+            etcd: binary_from_env(ETCD_ENV, &missing)?,
         })
     }
 }
@@ -91,6 +80,19 @@ impl Default for ClusterOptions {
             service_account_tokens: false,
         }
     }
+}
+
+/// The program whose path `var` holds, failing with `missing` (what sets it) when it is
+/// unset, and when it names no file.
+pub(crate) fn binary_from_env(var: &str, missing: &str) -> anyhow::Result<PathBuf> {
+    let path = env::var_os(var)
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .with_context(|| format!("{var} is not set. {missing}"))?;
+    if !path.is_file() {
+        bail!("{var}={} is not a file", path.display());
+    }
+    Ok(path)
 }
 
 /// A running etcd + kube-apiserver pair, stopped (and its directory removed) by

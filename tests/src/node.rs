@@ -27,9 +27,12 @@ use std::{
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::cluster::{
-    ClusterBinaries, ClusterOptions, KUBERNETES_SERVICE_IP, TestCluster, log_tail, spawn_logged,
-    stop_child,
+use crate::{
+    cluster::{
+        ClusterBinaries, ClusterOptions, KUBERNETES_SERVICE_IP, TestCluster, binary_from_env,
+        log_tail, spawn_logged, stop_child,
+    },
+    machine::command,
 };
 
 pub const KUBELET_ENV: &str = "NPD_KUBELET";
@@ -75,24 +78,13 @@ pub struct NodeBinaries {
 impl NodeBinaries {
     /// From the environment `cargo xtask test` sets, failing with directions.
     pub fn from_env() -> anyhow::Result<Self> {
-        let binary = |var: &str| -> anyhow::Result<PathBuf> {
-            let path = env::var_os(var)
-                .filter(|value| !value.is_empty())
-                .map(PathBuf::from)
-                .with_context(|| {
-                    format!(
-                        "{var} is not set. The node tests run a real kubelet, \
-                         kube-controller-manager and kube-scheduler, which `cargo xtask test` \
-                         builds and passes in {KUBELET_ENV}, {CONTROLLER_MANAGER_ENV} and \
-                         {SCHEDULER_ENV} (or set them with `eval \"$(cargo xtask cluster \
-                         build)\"`)"
-                    )
-                })?;
-            if !path.is_file() {
-                bail!("{var}={} is not a file", path.display());
-            }
-            Ok(path)
-        };
+        let missing = format!(
+            "The node tests run a real kubelet, kube-controller-manager and kube-scheduler, \
+             which `cargo xtask test` builds and passes in {KUBELET_ENV}, \
+             {CONTROLLER_MANAGER_ENV} and {SCHEDULER_ENV} (or set them with `eval \"$(cargo \
+             xtask cluster build)\"`)"
+        );
+        let binary = |var: &str| binary_from_env(var, &missing);
         Ok(Self {
             cluster: ClusterBinaries::from_env()?,
             kubelet: binary(KUBELET_ENV)?,
@@ -168,12 +160,12 @@ impl TestNode {
         };
         // From here on, drop undoes whatever has been done.
         // A bridge with no ports is a dummy link; the dummy driver may be absent (it is here).
-        run("ip", &["link", "add", NODE_LINK, "type", "bridge"])?;
-        run(
+        command("ip", &["link", "add", NODE_LINK, "type", "bridge"])?;
+        command(
             "ip",
             &["addr", "add", &format!("{NODE_IP}/32"), "dev", NODE_LINK],
         )?;
-        run("ip", &["link", "set", NODE_LINK, "up"])?;
+        command("ip", &["link", "set", NODE_LINK, "up"])?;
         let cluster = TestCluster::start_with_options(
             &binaries.cluster,
             &ClusterOptions {
@@ -569,14 +561,14 @@ fn sweep(dir: Option<&Path>, shared_before: &SharedDirs) -> anyhow::Result<()> {
     }
     for link in [BRIDGE, NODE_LINK] {
         if link_exists(link) {
-            note(run("ip", &["link", "del", link]).map(drop));
+            note(command("ip", &["link", "del", link]).map(drop));
         }
     }
     let table = Command::new("nft")
         .args(["list", "table", "ip", NFT_TABLE])
         .output();
     if table.is_ok_and(|out| out.status.success()) {
-        note(run("nft", &["delete", "table", "ip", NFT_TABLE]).map(drop));
+        note(command("nft", &["delete", "table", "ip", NFT_TABLE]).map(drop));
     }
     note(remove_pod_cgroups());
     match errors.into_iter().next() {
@@ -848,6 +840,17 @@ fn refuse_on_a_real_node() -> anyhow::Result<()> {
 
 /// Processes named `kubelet` whose command line names no test node directory.
 fn foreign_kubelets() -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, comm, cmdline)| {
+            comm == "kubelet" && !cmdline.contains(&format!("/{DIR_PREFIX}"))
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// Every process: pid, comm and command line (arguments joined by NULs).
+fn processes() -> Vec<(u32, String, String)> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -855,21 +858,15 @@ fn foreign_kubelets() -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
-            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
-            let ours = String::from_utf8_lossy(&cmdline).contains(&format!("/{DIR_PREFIX}"));
-            (comm.trim_end() == "kubelet" && !ours).then_some(pid)
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            Some((
+                pid,
+                comm.trim_end().to_owned(),
+                String::from_utf8_lossy(&cmdline).into_owned(),
+            ))
         })
         .collect()
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    ensure_success(&output, &format!("{program} {}", args.join(" ")))?;
-    Ok(output)
 }
 
 fn ensure_success(output: &Output, what: &str) -> anyhow::Result<()> {
@@ -939,14 +936,10 @@ fn kill_pod_processes() -> anyhow::Result<()> {
 /// Kills processes whose command line names `dir` (containerd, its shims, the kubelet).
 fn kill_processes_mentioning(dir: &Path) -> anyhow::Result<()> {
     let needle = dir.to_string_lossy().into_owned();
-    for entry in fs::read_dir("/proc")?.filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(&needle) {
+    for (pid, _, cmdline) in processes() {
+        if pid != std::process::id() && cmdline.contains(&needle) {
             // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
     }
     Ok(())

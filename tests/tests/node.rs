@@ -5,12 +5,7 @@
 //! being replaced; `/metrics` must answer on the pod's IP; the pod's log must be plain text.
 //! Then the Helm chart installs the same DaemonSet, whose pod must run and turn Ready.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use npd_tests::{
     agent::{agent_bin, wait_for},
@@ -18,6 +13,7 @@ use npd_tests::{
     images,
     machine::{FrozenFilesystem, Sysctl, require_root},
     node::{self, NodeBinaries, TestNode},
+    prometheus::http_get,
     reporting::{events, ok, repo_root},
 };
 use serde_json::Value;
@@ -100,8 +96,10 @@ fn npd_as_shipped_reports_the_problems_of_pods_a_real_kubelet_runs() {
     );
 
     // `/metrics` through the pod's IP, as Prometheus scrapes it.
-    let metrics = http_get(&pod_ip, METRICS_PORT, "/metrics");
-    assert!(metrics.contains("problem_gauge{"), "{metrics}");
+    let address = std::net::SocketAddr::new(pod_ip.parse().unwrap(), METRICS_PORT);
+    let metrics = http_get(address, "/metrics", &[]).unwrap();
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    assert!(metrics.body.contains("problem_gauge{"), "{}", metrics.body);
 
     // npd's conditions on the Node; in a pod it cannot reach the kubelet's loopback healthz,
     // which must not make the kubelet look down.
@@ -396,22 +394,4 @@ fn wait_for_pod_event(node: &TestNode, reason: &str, pod: &str) -> Value {
             String::from_utf8_lossy(&described.stdout)
         )
     })
-}
-
-/// A plain HTTP/1.0 GET; the body.
-fn http_get(host: &str, port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect((host, port))
-        .unwrap_or_else(|error| panic!("connecting to {host}:{port}: {error}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{head}"
-    );
-    body.to_owned()
 }

@@ -228,7 +228,8 @@ fn lock(cache: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-fn is_installed(package: &str) -> bool {
+/// Whether Debian's `package` is installed (dpkg's own word).
+pub(crate) fn is_installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|status| status.trim() == "install ok installed")
 }

@@ -2,8 +2,6 @@
 //! use kind: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a kubelet on
 //! Debian's containerd and runc, with npd's image imported, until Ctrl-C.
 
-use std::process::Command;
-
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use npd_tests::{
@@ -76,7 +74,7 @@ pub(crate) fn run(args: &ClusterArgs) -> anyhow::Result<()> {
 pub(crate) fn ensure_ready() -> anyhow::Result<ApiserverBins> {
     let missing: Vec<String> = PACKAGES
         .iter()
-        .filter(|(package, _)| !is_installed(package))
+        .filter(|(package, _)| !apiserver::is_installed(package))
         .map(|(package, _)| (*package).to_owned())
         .collect();
     let why: Vec<String> = PACKAGES
@@ -97,11 +95,6 @@ pub(crate) fn exports(bins: &ApiserverBins) -> Vec<(&'static str, std::path::Pat
         ),
         (node::SCHEDULER_ENV, bins.component("kube-scheduler")),
     ]
-}
-
-fn is_installed(package: &str) -> bool {
-    util::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_ok_and(|status| status.trim() == "install ok installed")
 }
 
 fn require_root() -> anyhow::Result<()> {

@@ -1,14 +1,15 @@
 //! Who owns a cgroup, from its path alone: the kubelet's naming for both cgroup drivers and
 //! the common runtimes, or the systemd unit of a process outside pods. Pure string work.
 
-/// The path the kernel wrote into a record (names leaf first), when it is whole and every
-/// name is intact; `None` otherwise (the agent then goes by the cgroup id).
-pub fn from_kernel_names(path: &npd_common::cgroup::KernelCgroupPath) -> Option<String> {
-    if path.whole == 0 {
-        return None;
-    }
-    let depth = (path.depth as usize).min(path.names.len());
-    let names = path.names[..depth]
+/// The path from the directory names the kernel wrote into a record (leaf first, `depth`
+/// of them), when every name is intact; `None` otherwise (the agent then goes by the cgroup
+/// id). The caller knows whether the walk reached the root.
+pub fn from_kernel_names(
+    names: &[[u8; npd_common::cgroup::CGROUP_NAME_LEN]],
+    depth: u32,
+) -> Option<String> {
+    let depth = (depth as usize).min(names.len());
+    let names = names[..depth]
         .iter()
         .rev()
         .map(|name| crate::event::comm_string(name))
@@ -192,38 +193,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_names_make_a_path_only_when_whole_and_intact() {
+    fn kernel_names_make_a_path_only_when_intact() {
         use npd_common::cgroup::{CGROUP_NAME_LEN, KernelCgroupPath};
-        let path = |names: &[&[u8]], whole: u32| {
+        let path = |names: &[&[u8]]| {
             let mut path = KernelCgroupPath::EMPTY;
             for (slot, name) in path.names.iter_mut().zip(names) {
                 slot[..name.len()].copy_from_slice(name);
             }
-            path.depth = names.len() as u32;
-            path.whole = whole;
-            from_kernel_names(&path)
+            from_kernel_names(&path.names, names.len() as u32)
         };
         let long = [b'x'; CGROUP_NAME_LEN - 1];
-        // (names leaf first, whole, the path)
-        type Case<'a> = (&'a [&'a [u8]], u32, Option<&'a str>);
-        let cases: [Case<'_>; 6] = [
-            (
-                &[b"ctr", b"pod1", b"kubepods"],
-                1,
-                Some("/kubepods/pod1/ctr"),
-            ),
-            (&[], 1, Some("/")),
-            (&[b"ctr", b"pod1"], 0, None),
-            (&[b"ctr", b"", b"kubepods"], 1, None),
-            (&[b"a/b"], 1, None),
-            (&[&long], 1, None),
+        // (names leaf first, the path)
+        type Case<'a> = (&'a [&'a [u8]], Option<&'a str>);
+        let cases: [Case<'_>; 5] = [
+            (&[b"ctr", b"pod1", b"kubepods"], Some("/kubepods/pod1/ctr")),
+            (&[], Some("/")),
+            (&[b"ctr", b"", b"kubepods"], None),
+            (&[b"a/b"], None),
+            (&[&long], None),
         ];
-        for (names, whole, expected) in cases {
-            assert_eq!(
-                path(names, whole).as_deref(),
-                expected,
-                "{names:?} whole {whole}"
-            );
+        for (names, expected) in cases {
+            assert_eq!(path(names).as_deref(), expected, "{names:?}");
         }
     }
 

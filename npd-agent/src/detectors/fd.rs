@@ -501,7 +501,7 @@ impl FdAccounting {
                 failures_total: record.failures_total,
                 nofile_limit: (record.nofile_limit != u64::MAX).then_some(record.nofile_limit),
                 flushed: false,
-                kernel_cgroup_path: crate::attribution::from_kernel_names(&record.cgroup),
+                kernel_cgroup_path: kernel_cgroup_path(&record.cgroup),
             },
         )
     }
@@ -563,6 +563,14 @@ impl FdAccounting {
         self.accounted.retain(|key, _| live.contains(key));
         events
     }
+}
+
+/// The process's cgroup path from the names the kernel wrote, when the walk reached the root.
+fn kernel_cgroup_path(path: &npd_common::cgroup::KernelCgroupPath) -> Option<String> {
+    if path.whole == 0 {
+        return None;
+    }
+    crate::attribution::from_kernel_names(&path.names, path.depth)
 }
 
 fn syscall_label(nr: i32) -> String {

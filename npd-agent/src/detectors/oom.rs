@@ -317,12 +317,7 @@ fn kernel_cgroup_path(record: &npd_common::oom::OomKill) -> Option<String> {
     if record.flags & flags::VICTIM_CGROUP_PATH == 0 {
         return None;
     }
-    crate::attribution::from_kernel_names(&npd_common::cgroup::KernelCgroupPath {
-        names: record.victim_cgroup_names,
-        ids: record.victim_cgroup_ids,
-        depth: record.victim_cgroup_depth,
-        whole: 1,
-    })
+    crate::attribution::from_kernel_names(&record.victim_cgroup_names, record.victim_cgroup_depth)
 }
 
 /// The limited memory cgroup the kernel found, as a path: `victim` (the victim's path from
