@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context;
 use npd_tests::{
     agent::AgentProcess,
+    bpf_objects::{BpfObject, bpf_objects},
     machine::{MemoryCgroup, MemoryController},
 };
 use serde::Serialize;
@@ -130,7 +131,7 @@ pub(crate) struct Footprint {
     pub(crate) idle: Idle,
     pub(crate) cgroup: CgroupMemory,
     /// The maps and programs the agent holds, with the kernel's memory accounting.
-    pub(crate) bpf: Vec<procfs::BpfObject>,
+    pub(crate) bpf: Vec<BpfObject>,
 }
 
 impl Footprint {
@@ -154,7 +155,7 @@ pub(crate) fn run(seconds: f64) -> anyhow::Result<Footprint> {
     let start_cpu = procfs::CpuTime::read(agent.pid())?;
     std::thread::sleep(SETTLE);
     let idle = measure(&agent, seconds)?;
-    let bpf = procfs::bpf_objects(agent.pid())?;
+    let bpf = bpf_objects(agent.pid())?;
     let charged = CgroupMemory::read(&cgroup, controller)?;
     agent.stop()?;
     drop(cgroup);

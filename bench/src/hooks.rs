@@ -6,10 +6,13 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use npd_tests::agent::AgentProcess;
+use npd_tests::{
+    agent::AgentProcess,
+    bpf_objects::{BpfObject, bpf_objects},
+};
 use serde::Serialize;
 
-use crate::{interrupt, procfs, stats};
+use crate::{interrupt, stats};
 
 /// One iteration of a loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -536,17 +539,17 @@ pub(crate) fn run(settings: HookSettings) -> anyhow::Result<HookOverhead> {
 fn program_cost(cpu: usize, settings: HookSettings) -> anyhow::Result<Option<ProgramCost>> {
     let _stats = interrupt::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let agent = start_agent(&[])?;
-    let fd_program = |objects: &[procfs::BpfObject]| {
+    let fd_program = |objects: &[BpfObject]| {
         objects
             .iter()
             .find(|o| o.kind == "prog" && o.name.starts_with("fd_sys_exit"))
             .cloned()
     };
-    let before = fd_program(&procfs::bpf_objects(agent.pid())?);
+    let before = fd_program(&bpf_objects(agent.pid())?);
     for op in Op::ALL.into_iter().filter(|op| op.is_watched()) {
         measure(op, cpu, &settings)?;
     }
-    let after = fd_program(&procfs::bpf_objects(agent.pid())?);
+    let after = fd_program(&bpf_objects(agent.pid())?);
     agent.stop()?;
     Ok(before.zip(after).and_then(|(before, after)| {
         let runs = after.run_cnt.saturating_sub(before.run_cnt);

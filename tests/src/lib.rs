@@ -3,6 +3,7 @@
 //! Kubernetes control plane to report to.
 
 pub mod agent;
+pub mod bpf_objects;
 pub mod cluster;
 pub mod faults;
 pub mod helm;
