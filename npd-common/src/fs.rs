@@ -276,7 +276,12 @@ pub struct FsConfig {
 }
 
 assert_layout!(FsConfig, 8 + (3 * 6 + 5) * 4 + 4);
-impl_pod!(FsConfig, FsTracepointOffsets, FsEventOffsets, BlockEventOffsets);
+impl_pod!(
+    FsConfig,
+    FsTracepointOffsets,
+    FsEventOffsets,
+    BlockEventOffsets
+);
 
 impl FsConfig {
     pub const fn new() -> Self {

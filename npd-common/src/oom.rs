@@ -63,7 +63,17 @@ pub struct OomKill {
 
 assert_layout!(
     OomKill,
-    48 + 5 * 8 + 8 + 8 + 8 + 16 + 8 + 8 * MAX_STACK_DEPTH + CGROUP_NAME_LEN * CGROUP_PATH_DEPTH + 8 * CGROUP_PATH_DEPTH + 8 + 16
+    48 + 5 * 8
+        + 8
+        + 8
+        + 8
+        + 16
+        + 8
+        + 8 * MAX_STACK_DEPTH
+        + CGROUP_NAME_LEN * CGROUP_PATH_DEPTH
+        + 8 * CGROUP_PATH_DEPTH
+        + 8
+        + 16
 );
 impl_pod!(OomKill);
 

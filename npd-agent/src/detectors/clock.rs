@@ -13,9 +13,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     metrics::{Level, LevelMetric},
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 /// NPD's `NTPProblem` (its plugin asks systemd about ntp; npd asks the kernel).
@@ -182,8 +180,12 @@ finding!(ClockSync, "clock_sync", {
     fn assess(&self, _event: &Event) -> Assessment {
         if self.synchronized {
             // Resync, not Clear: it also clears a True condition restored from the Node.
-            return Assessment::default()
-                .with_condition(NTP_PROBLEM, Change::Resync { current: Vec::new() });
+            return Assessment::default().with_condition(
+                NTP_PROBLEM,
+                Change::Resync {
+                    current: Vec::new(),
+                },
+            );
         }
         let message = self.clock.describe();
         Assessment::report(Report {
@@ -237,7 +239,11 @@ mod tests {
 
     fn state(unsync: bool) -> ClockState {
         ClockState {
-            state: if unsync { libc::TIME_ERROR } else { libc::TIME_OK },
+            state: if unsync {
+                libc::TIME_ERROR
+            } else {
+                libc::TIME_OK
+            },
             unsync_flag: unsync,
             maxerror_us: 16_000_000,
             esterror_us: 16_000_000,

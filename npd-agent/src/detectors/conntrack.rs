@@ -109,8 +109,11 @@ pub fn parse_stat(text: &str) -> Option<ConntrackStats> {
     let header: Vec<&str> = lines.next()?.split_whitespace().collect();
     let column = |name: &str| header.iter().position(|h| *h == name);
     let entries = column("entries")?;
-    let (drop, early_drop, insert_failed) =
-        (column("drop"), column("early_drop"), column("insert_failed"));
+    let (drop, early_drop, insert_failed) = (
+        column("drop"),
+        column("early_drop"),
+        column("insert_failed"),
+    );
     let mut stats = ConntrackStats::default();
     let mut rows = 0;
     for line in lines {
@@ -342,14 +345,21 @@ mod tests {
         let event = Event::new(1, Task::default(), Source::Sampled, full);
         let report = event.assess().report.unwrap();
         assert_eq!(report.reason, CONNTRACK_FULL);
-        assert!(report.message.contains("95 % (950 of 1000"), "{}", report.message);
+        assert!(
+            report.message.contains("95 % (950 of 1000"),
+            "{}",
+            report.message
+        );
     }
 
     #[test]
     fn reads_the_files_under_a_proc_root() {
         let root = std::env::temp_dir().join(format!("npd-conntrack-{}", std::process::id()));
         let files = Files::new(&root);
-        assert!(files.read().is_err(), "no module: an error the runtime skips");
+        assert!(
+            files.read().is_err(),
+            "no module: an error the runtime skips"
+        );
         std::fs::create_dir_all(root.join("sys/net/netfilter")).unwrap();
         std::fs::write(root.join(MAX_FILE), "1000\n").unwrap();
         std::fs::write(root.join(COUNT_FILE), "12\n").unwrap();

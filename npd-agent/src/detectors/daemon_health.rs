@@ -76,7 +76,10 @@ pub struct HealthOptions {
 impl Default for HealthOptions {
     fn default() -> Self {
         Self {
-            runtime_endpoints: DEFAULT_RUNTIME_ENDPOINTS.iter().map(PathBuf::from).collect(),
+            runtime_endpoints: DEFAULT_RUNTIME_ENDPOINTS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             kubelet_healthz: DEFAULT_KUBELET_HEALTHZ.to_owned(),
             timeout: Duration::from_secs(5),
             period: Duration::from_secs(10),
@@ -296,14 +299,11 @@ pub fn runtime_verdict(probe: &RuntimeProbe) -> Verdict {
                 escape_untrusted(&version.runtime_name),
                 escape_untrusted(&version.runtime_version)
             );
-            let reason = runtime_of(path, Some(&version.runtime_name))
-                .or_else(|| runtime_of(path, None));
+            let reason =
+                runtime_of(path, Some(&version.runtime_name)).or_else(|| runtime_of(path, None));
             match runtime_ready {
                 Some((true, _, _)) => Verdict::Healthy {
-                    what: format!(
-                        "{name} at {} is ready",
-                        escape_untrusted(&path_text(path))
-                    ),
+                    what: format!("{name} at {} is ready", escape_untrusted(&path_text(path))),
                 },
                 Some((false, why, message)) => Verdict::Unhealthy {
                     reason,
@@ -329,7 +329,10 @@ pub enum KubeletProbe {
     NotListening,
     /// Timed out, reset, or not HTTP.
     Failed(String),
-    Answered { status: u16, body: String },
+    Answered {
+        status: u16,
+        body: String,
+    },
 }
 
 /// The kubelet's verdict. Nothing listening is "no kubelet" (not applicable) unless a kubelet
@@ -460,12 +463,15 @@ fn kubelet_process_runs(proc_root: &Path) -> bool {
 }
 
 fn kubelet_pid(proc_root: &Path) -> Option<u32> {
-    std::fs::read_dir(proc_root).ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-        std::fs::read_to_string(entry.path().join("comm"))
-            .is_ok_and(|comm| comm.trim_end() == "kubelet")
-            .then_some(pid)
-    })
+    std::fs::read_dir(proc_root)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == "kubelet")
+                .then_some(pid)
+        })
 }
 
 /// A daemon's health changed (or was first seen).
@@ -514,7 +520,12 @@ finding!(DaemonHealth, "daemon_health", {
                 )
                 .with_condition_reason(*reason),
             Verdict::Healthy { .. } | Verdict::NotApplicable { .. } => Assessment::default()
-                .with_condition(self.condition(), Change::Resync { current: Vec::new() }),
+                .with_condition(
+                    self.condition(),
+                    Change::Resync {
+                        current: Vec::new(),
+                    },
+                ),
         }
     }
 });
@@ -693,10 +704,7 @@ async fn probe_kubelet(url: &HealthzUrl, timeout: Duration) -> KubeletProbe {
         Ok(Err(err)) => KubeletProbe::Failed(err.to_string()),
         Ok(Ok(bytes)) => match parse_http_response(&bytes) {
             Some((status, body)) => KubeletProbe::Answered { status, body },
-            None => KubeletProbe::Failed(format!(
-                "not an HTTP response ({} bytes)",
-                bytes.len()
-            )),
+            None => KubeletProbe::Failed(format!("not an HTTP response ({} bytes)", bytes.len())),
         },
     }
 }
@@ -769,7 +777,10 @@ pub mod cri {
 
     /// The CRI versions asked, newest first: containerd 1.6 serves both, CRI-O and
     /// containerd 2 only v1, older runtimes only v1alpha2.
-    const SERVICES: [&str; 2] = ["runtime.v1.RuntimeService", "runtime.v1alpha2.RuntimeService"];
+    const SERVICES: [&str; 2] = [
+        "runtime.v1.RuntimeService",
+        "runtime.v1alpha2.RuntimeService",
+    ];
 
     #[derive(Debug)]
     pub struct Client {
@@ -785,7 +796,11 @@ pub mod cri {
             let channel = Endpoint::from_static("http://localhost")
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(TokioIo::new)
+                    }
                 }))
                 .await
                 .map_err(|e| error_chain(&e))?;
@@ -864,14 +879,24 @@ mod tests {
                 path: "/healthz".to_owned(),
             }
         );
-        assert_eq!(HealthzUrl::parse("http://node").unwrap().to_string(), "http://node:80/");
+        assert_eq!(
+            HealthzUrl::parse("http://node").unwrap().to_string(),
+            "http://node:80/"
+        );
         assert!(HealthzUrl::parse("https://127.0.0.1:10250/healthz").is_err());
         assert!(HealthzUrl::parse("http://:1/").is_err());
         assert!(HealthzUrl::parse("http://h:99999/").is_err());
         assert!(url().is_loopback());
         assert!(HealthzUrl::parse("http://[::1]:1/").unwrap().is_loopback());
-        assert!(!HealthzUrl::parse("http://10.0.0.1:1/").unwrap().is_loopback());
-        assert!(in_host_network(Path::new("/proc")), "the tests run in one namespace");
+        assert!(
+            !HealthzUrl::parse("http://10.0.0.1:1/")
+                .unwrap()
+                .is_loopback()
+        );
+        assert!(
+            in_host_network(Path::new("/proc")),
+            "the tests run in one namespace"
+        );
     }
 
     #[test]
@@ -885,7 +910,11 @@ mod tests {
             Some((500, "[-]syncloop failed".to_owned()))
         );
         assert_eq!(parse_http_response(b"garbage\r\n\r\n"), None);
-        assert_eq!(parse_http_response(b"HTTP/1.1 200 OK\r\n"), None, "no end of head");
+        assert_eq!(
+            parse_http_response(b"HTTP/1.1 200 OK\r\n"),
+            None,
+            "no end of head"
+        );
     }
 
     #[test]
@@ -909,11 +938,20 @@ mod tests {
             (NotListening, false, false, "n/a"),
             (NotListening, true, false, "unhealthy"),
             (NotListening, false, true, "unhealthy"),
-            (Failed("no answer within 5s".to_owned()), false, false, "unhealthy"),
+            (
+                Failed("no answer within 5s".to_owned()),
+                false,
+                false,
+                "unhealthy",
+            ),
         ];
         for (probe, runs, seen, expected) in cases {
             let verdict = kubelet_verdict(&probe, &url(), runs, seen);
-            assert_eq!(state(&verdict), expected, "{probe:?} runs {runs} seen {seen}");
+            assert_eq!(
+                state(&verdict),
+                expected,
+                "{probe:?} runs {runs} seen {seen}"
+            );
         }
         let Verdict::Unhealthy { message, reason } =
             kubelet_verdict(&answered(500, "bad\x1b[31m"), &url(), true, false)
@@ -921,7 +959,10 @@ mod tests {
             panic!()
         };
         assert_eq!(reason, None, "KubeletUnhealthy: the spec's reason");
-        assert!(message.contains("answered 500") && !message.contains('\x1b'), "{message}");
+        assert!(
+            message.contains("answered 500") && !message.contains('\x1b'),
+            "{message}"
+        );
     }
 
     fn answered(path: &str, name: &str, ready: Option<bool>) -> RuntimeProbe {
@@ -954,7 +995,10 @@ mod tests {
         ));
         let (reason, message) = unhealthy(&answered(containerd, "containerd", Some(false)));
         assert_eq!(reason, Some(CONTAINERD_UNHEALTHY));
-        assert!(message.contains("RuntimeReady false: Why said"), "{message}");
+        assert!(
+            message.contains("RuntimeReady false: Why said"),
+            "{message}"
+        );
         // The runtime's own name wins over the path's.
         let (reason, _) = unhealthy(&answered("/tmp/x.sock", "cri-o", None));
         assert_eq!(reason, Some(CRIO_UNHEALTHY));
@@ -964,13 +1008,19 @@ mod tests {
             error: "no answer within 5s".to_owned(),
         });
         assert_eq!(reason, Some(CRIO_UNHEALTHY));
-        assert!(message.contains("did not answer Version: no answer"), "{message}");
+        assert!(
+            message.contains("did not answer Version: no answer"),
+            "{message}"
+        );
         let (reason, message) = unhealthy(&RuntimeProbe::NotASocket {
             path: PathBuf::from("/run/my runtime.sock"),
             what: "a regular file",
         });
         assert_eq!(reason, None, "unknown runtime: the spec's reason");
-        assert!(message.contains("\"/run/my runtime.sock\" is a regular file"), "{message}");
+        assert!(
+            message.contains("\"/run/my runtime.sock\" is a regular file"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -991,12 +1041,17 @@ mod tests {
             ))
         );
         for verdict in [
-            Verdict::Healthy { what: String::new() },
+            Verdict::Healthy {
+                what: String::new(),
+            },
             Verdict::NotApplicable { why: String::new() },
         ] {
             assert_eq!(
                 assess(verdict).condition,
-                Some((CONTAINER_RUNTIME_UNHEALTHY, Change::Resync { current: vec![] }))
+                Some((
+                    CONTAINER_RUNTIME_UNHEALTHY,
+                    Change::Resync { current: vec![] }
+                ))
             );
         }
         let kubelet = health_event(1, KUBELET, Verdict::NotApplicable { why: String::new() });
@@ -1023,13 +1078,25 @@ mod tests {
             status: 200,
             body: "ok".to_owned(),
         };
-        assert_eq!(runtime.on_answers(&round(KubeletProbe::NotListening), 1).len(), 2);
-        assert!(runtime.on_answers(&round(KubeletProbe::NotListening), 2).is_empty());
+        assert_eq!(
+            runtime
+                .on_answers(&round(KubeletProbe::NotListening), 1)
+                .len(),
+            2
+        );
+        assert!(
+            runtime
+                .on_answers(&round(KubeletProbe::NotListening), 2)
+                .is_empty()
+        );
         assert_eq!(runtime.on_answers(&round(ok()), 3).len(), 1);
         // Seen healthy: gone now is down, not "no kubelet".
         let down = runtime.on_answers(&round(KubeletProbe::NotListening), 4);
         let health = down[0].detail_as::<DaemonHealth>().unwrap();
-        assert!(matches!(health.verdict, Verdict::Unhealthy { .. }), "{health:?}");
+        assert!(
+            matches!(health.verdict, Verdict::Unhealthy { .. }),
+            "{health:?}"
+        );
     }
 
     /// A unix socket whose peer writes `reply` to every connection and closes it.
@@ -1049,7 +1116,11 @@ mod tests {
         let timeout = Duration::from_millis(500);
         let within = |probe: &RuntimeProbe, started: std::time::Instant| {
             // Connection, Version and Status each have the timeout.
-            assert!(started.elapsed() < 4 * timeout, "{probe:?} took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < 4 * timeout,
+                "{probe:?} took {:?}",
+                started.elapsed()
+            );
         };
 
         // Accepts (the kernel's backlog) and never answers.
@@ -1083,11 +1154,17 @@ mod tests {
             panic!("{probe:?}")
         };
         assert_eq!(reason, Some(CONTAINERD_UNHEALTHY));
-        assert!(message.ends_with("is a regular file, not a socket"), "{message}");
+        assert!(
+            message.ends_with("is a regular file, not a socket"),
+            "{message}"
+        );
 
         // Nothing there.
         let missing = dir.path().join("none.sock");
-        assert_eq!(probe_runtime(&[missing], timeout).await, RuntimeProbe::NoEndpoint);
+        assert_eq!(
+            probe_runtime(&[missing], timeout).await,
+            RuntimeProbe::NoEndpoint
+        );
     }
 
     #[tokio::test]
@@ -1106,7 +1183,10 @@ mod tests {
         let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = url_of(stuck.local_addr().unwrap().port()).unwrap();
         let probe = probe_kubelet(&url, timeout).await;
-        assert_eq!(probe, KubeletProbe::Failed("no answer within 500ms".to_owned()));
+        assert_eq!(
+            probe,
+            KubeletProbe::Failed("no answer within 500ms".to_owned())
+        );
         // Answers garbage.
         let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = url_of(garbage.local_addr().unwrap().port()).unwrap();
@@ -1139,6 +1219,9 @@ mod tests {
         );
         let socket = dir.path().join("real.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        assert_eq!(find_endpoint(std::slice::from_ref(&socket)), Some((socket, PathKind::Socket)));
+        assert_eq!(
+            find_endpoint(std::slice::from_ref(&socket)),
+            Some((socket, PathKind::Socket))
+        );
     }
 }

@@ -19,9 +19,9 @@ use aya::{
 use npd_common::{
     RecordKind, TASK_COMM_LEN,
     daemons::{
-        CONFIG_GLOBAL, DAEMON_EXIT_VERSION, DAEMON_START_VERSION, DaemonExit, DaemonStartState,
-        STARTS_MAP, DaemonStart, DaemonsConfig, EXEC_BTF_PROGRAM,
-        EXEC_TRACEPOINT_PROGRAM, EXIT_BTF_PROGRAM, EXIT_TRACEPOINT_PROGRAM, MAX_WATCHED,
+        CONFIG_GLOBAL, DAEMON_EXIT_VERSION, DAEMON_START_VERSION, DaemonExit, DaemonStart,
+        DaemonStartState, DaemonsConfig, EXEC_BTF_PROGRAM, EXEC_TRACEPOINT_PROGRAM,
+        EXIT_BTF_PROGRAM, EXIT_TRACEPOINT_PROGRAM, MAX_WATCHED, STARTS_MAP,
     },
 };
 use serde::Serialize;
@@ -35,9 +35,7 @@ use crate::{
     event::{Event, Source, Task, escape_untrusted},
     finding,
     kernel::kallsyms::Symbolizer,
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 pub const FREQUENT_KUBELET_RESTART: ConditionType = ConditionType::new(&ConditionSpec {
@@ -113,7 +111,10 @@ pub fn check_watched(names: &[String]) -> Result<(), String> {
         return Err("is empty".to_owned());
     }
     if names.len() > MAX_WATCHED {
-        return Err(format!("lists {} names; at most {MAX_WATCHED}", names.len()));
+        return Err(format!(
+            "lists {} names; at most {MAX_WATCHED}",
+            names.len()
+        ));
     }
     for name in names {
         if name.is_empty() || name.len() >= TASK_COMM_LEN || name.contains(['/', '\0']) {
@@ -192,8 +193,16 @@ impl Detector for DaemonsDetector {
     fn attach(&self, ebpf: &mut Ebpf, ctx: &AttachContext<'_>) -> Attached {
         let mut status = DetectorStatus::new(self.name());
         for (btf_program, tp_program, event) in [
-            (EXEC_BTF_PROGRAM, EXEC_TRACEPOINT_PROGRAM, "sched_process_exec"),
-            (EXIT_BTF_PROGRAM, EXIT_TRACEPOINT_PROGRAM, "sched_process_exit"),
+            (
+                EXEC_BTF_PROGRAM,
+                EXEC_TRACEPOINT_PROGRAM,
+                "sched_process_exec",
+            ),
+            (
+                EXIT_BTF_PROGRAM,
+                EXIT_TRACEPOINT_PROGRAM,
+                "sched_process_exit",
+            ),
         ] {
             let btf = attach_btf_tracepoint(ebpf, ctx, btf_program, event);
             let btf_ok = btf.is_ok();
@@ -522,7 +531,9 @@ impl Runtime for DaemonsRuntime {
                     record.first_start_ns,
                     record.starts_total,
                 );
-                let restarts = self.restarts.on_starts(&task.comm, new, record.header.ts_ns);
+                let restarts = self
+                    .restarts
+                    .on_starts(&task.comm, new, record.header.ts_ns);
                 Ok(Event::new(
                     record.header.ts_ns,
                     task,
@@ -587,19 +598,34 @@ mod tests {
     fn five_starts_in_twenty_minutes_is_a_restart_loop_until_the_window_is_quiet() {
         let mut windows = RestartWindows::new(&DaemonOptions::default());
         // (minute, starts of containerd then) -> over the threshold after it
-        let steps = [(0, 1, false), (3, 1, false), (6, 1, false), (9, 1, false), (12, 1, true)];
+        let steps = [
+            (0, 1, false),
+            (3, 1, false),
+            (6, 1, false),
+            (9, 1, false),
+            (12, 1, true),
+        ];
         for (minute, starts, over) in steps {
             let restarts = windows.on_starts("containerd", starts, minute * MIN);
             assert_eq!(restarts.starts_in_window >= 5, over, "minute {minute}");
         }
-        assert!(windows.advance(19 * MIN).is_empty(), "still 5 within 20 min");
+        assert!(
+            windows.advance(19 * MIN).is_empty(),
+            "still 5 within 20 min"
+        );
         // The first start leaves the window at minute 20: quiet.
         let quiet = windows.advance(20 * MIN);
         assert_eq!(quiet.len(), 1);
-        assert_eq!((quiet[0].daemon.as_str(), quiet[0].starts_in_window), ("containerd", 4));
+        assert_eq!(
+            (quiet[0].daemon.as_str(), quiet[0].starts_in_window),
+            ("containerd", 4)
+        );
         assert_eq!(
             condition_change(quiet[0].clone()),
-            Some((FREQUENT_CONTAINERD_RESTART, Change::Resync { current: vec![] }))
+            Some((
+                FREQUENT_CONTAINERD_RESTART,
+                Change::Resync { current: vec![] }
+            ))
         );
         assert!(windows.advance(21 * MIN).is_empty(), "reported once");
 
@@ -649,7 +675,11 @@ mod tests {
             (0, "exited with code 0", DAEMON_EXITED),
             (1 << 8, "exited with code 1", DAEMON_DIED),
             (9, "was killed by signal 9 (SIGKILL)", DAEMON_DIED),
-            (0x80 | 11, "was killed by signal 11 (SIGSEGV), core dumped", DAEMON_DIED),
+            (
+                0x80 | 11,
+                "was killed by signal 11 (SIGSEGV), core dumped",
+                DAEMON_DIED,
+            ),
             (-1, "exited (code unknown on this kernel)", DAEMON_DIED),
         ];
         for (raw, text, reason) in cases {
@@ -676,8 +706,14 @@ mod tests {
     fn watched_names_fit_the_kernels_comm() {
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert!(check_watched(&DaemonOptions::default().watched).is_ok());
-        assert!(check_watched(&names(&["containerd-shim"])).is_ok(), "15 bytes");
-        assert!(check_watched(&names(&["containerd-shim-"])).is_err(), "16 bytes");
+        assert!(
+            check_watched(&names(&["containerd-shim"])).is_ok(),
+            "15 bytes"
+        );
+        assert!(
+            check_watched(&names(&["containerd-shim-"])).is_err(),
+            "16 bytes"
+        );
         assert!(check_watched(&names(&["/usr/bin/kubelet"])).is_err());
         assert!(check_watched(&[]).is_err());
         assert!(check_watched(&names(&["a"; 9])).is_err());

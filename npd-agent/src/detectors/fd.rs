@@ -22,9 +22,7 @@ use crate::{
     event::{Event, Source, Task, comm_string},
     finding,
     kernel::kallsyms::Symbolizer,
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 pub use npd_common::fd::{FD_FEXIT_SYSCALLS, RATE_LIMIT_MAP, SYS_EXIT_PROGRAM as PROGRAM};
@@ -47,7 +45,6 @@ pub const FD_EXHAUSTED: EventReason = EventReason::warning("FDExhausted");
 pub struct FdDetector;
 
 pub static DETECTOR: FdDetector = FdDetector;
-
 
 impl Detector for FdDetector {
     fn kernel(&self) -> Option<npd_common::counters::Detector> {
@@ -656,7 +653,11 @@ mod tests {
     #[test]
     fn accounting_counts_every_failure_once() {
         let mut acc = FdAccounting::default();
-        let suppressed = |e: &Event| e.detail_as::<FdExhausted>().expect("an fd event").suppressed;
+        let suppressed = |e: &Event| {
+            e.detail_as::<FdExhausted>()
+                .expect("an fd event")
+                .suppressed
+        };
         // First failure: reported at once, nothing suppressed.
         assert_eq!(suppressed(&acc.on_record(&record(1, 100, 1))), 0);
         // A second later, at the 1000th failure: the record stands for itself and the 998
@@ -677,7 +678,9 @@ mod tests {
     fn check_says_compat_syscalls_are_not_watched_where_the_kernel_runs_them() {
         let kernel = |list: &'static [&'static str]| move |name: &str| list.contains(&name);
         assert!(compat_note(kernel(&["__x64_sys_openat", "__ia32_sys_openat"])).is_some());
-        assert!(compat_note(kernel(&["__arm64_sys_openat", "__arm64_compat_sys_openat"])).is_some());
+        assert!(
+            compat_note(kernel(&["__arm64_sys_openat", "__arm64_compat_sys_openat"])).is_some()
+        );
         assert_eq!(compat_note(kernel(&["__x64_sys_openat"])), None);
     }
 }

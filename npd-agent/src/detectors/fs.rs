@@ -23,8 +23,8 @@ use npd_common::{
     fs::{
         self as abi, BLOCK_RQ_COMPLETE_PROGRAM, BLOCK_RQ_ERROR_PROGRAM, BlockEventOffsets,
         CONFIG_GLOBAL, EXT4_ERROR_PROGRAM, EXT4_SHUTDOWN_PROGRAM, FsConfig, FsEventOffsets,
-        FsRateKey, FsRateState, FsTally, RATE_LIMIT_MAP, XFS_SHUTDOWN_PROGRAM, dev_major, dev_minor,
-        source, string_kind,
+        FsRateKey, FsRateState, FsTally, RATE_LIMIT_MAP, XFS_SHUTDOWN_PROGRAM, dev_major,
+        dev_minor, source, string_kind,
     },
 };
 use serde::Serialize;
@@ -42,9 +42,7 @@ use crate::{
         mountinfo::{Mount, devices_of_type, mounts_of, read_only_after_error},
         tracefs::TracepointFormat,
     },
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 /// NPD's ReadonlyFilesystem: a filesystem the kernel made read-only after an error.
@@ -101,7 +99,12 @@ impl Detector for FsDetector {
     }
 
     fn reasons(&self) -> &'static [EventReason] {
-        &[EXT4_ERROR, FILESYSTEM_SHUTDOWN, FILESYSTEM_READ_ONLY, IO_ERROR]
+        &[
+            EXT4_ERROR,
+            FILESYSTEM_SHUTDOWN,
+            FILESYSTEM_READ_ONLY,
+            IO_ERROR,
+        ]
     }
 
     fn globals(&self, setup: &Setup<'_>) -> Vec<(&'static str, Vec<u8>)> {
@@ -156,7 +159,9 @@ impl Detector for FsDetector {
         };
         status.tried(Source::Tracepoint, attached.join(", "), result);
         if !absent.is_empty() {
-            status.notes.push(format!("not attached: {}", absent.join("; ")));
+            status
+                .notes
+                .push(format!("not attached: {}", absent.join("; ")));
         }
         status.notes.push(
             "covered: ext4, XFS, any block device; not btrfs (no error tracepoint)".to_owned(),
@@ -351,8 +356,10 @@ finding!(FsError, "fs_error", {
                     .with_condition(XFS_SHUTDOWN, Change::Raise { key, message })
             }
             "ext4_shutdown" => {
-                let message =
-                    format!("ext4 on {device} was shut down (flags {:#x}){holds}", self.flags);
+                let message = format!(
+                    "ext4 on {device} was shut down (flags {:#x}){holds}",
+                    self.flags
+                );
                 Assessment::report(report(FILESYSTEM_SHUTDOWN, &key, &message, count))
             }
             _ => {
@@ -609,7 +616,12 @@ impl Runtime for FsRuntime {
                 failures_total: r.tally.failures_total,
                 flushed: false,
             };
-            return Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail));
+            return Ok(Event::new(
+                r.header.ts_ns,
+                Task::from_header(&r.header),
+                hook,
+                detail,
+            ));
         }
         let r: abi::FsError = payload(kind, abi::FS_ERROR_VERSION, data)?;
         let (major, minor) = (dev_major(r.dev), dev_minor(r.dev));
@@ -640,7 +652,12 @@ impl Runtime for FsRuntime {
             suppressed: new.saturating_sub(1),
             failures_total: r.tally.failures_total,
         };
-        Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail))
+        Ok(Event::new(
+            r.header.ts_ns,
+            Task::from_header(&r.header),
+            hook,
+            detail,
+        ))
     }
 
     fn poll(&mut self, now_ns: u64) -> Vec<Event> {
@@ -651,7 +668,11 @@ impl Runtime for FsRuntime {
             || !self.watch.is_empty()
             || !self.read_only.is_empty()
             || !self.shut_down.is_empty();
-        let table = if busy { self.mountinfo() } else { String::new() };
+        let table = if busy {
+            self.mountinfo()
+        } else {
+            String::new()
+        };
         if !self.resynced {
             // At start: every filesystem the kernel marked emergency_ro after an error is
             // current; a ReadonlyFilesystem restored from the Node clears if there is none.
@@ -692,8 +713,11 @@ impl Runtime for FsRuntime {
                 .collect();
             events.push(Self::resync_event(now_ns, "xfs_resync", current));
         }
-        let watched: Vec<((u32, u32), u64)> =
-            self.watch.iter().map(|(dev, until)| (*dev, *until)).collect();
+        let watched: Vec<((u32, u32), u64)> = self
+            .watch
+            .iter()
+            .map(|(dev, until)| (*dev, *until))
+            .collect();
         for (dev, until) in watched {
             let mounts = mounts_of(&table, dev.0, dev.1);
             if mounts.iter().any(|m| m.read_only) {
@@ -736,8 +760,7 @@ impl FsRuntime {
         let Some(map) = self.rate_limits.as_ref() else {
             return Vec::new();
         };
-        let entries: Vec<(FsRateKey, FsRateState)> =
-            map.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(FsRateKey, FsRateState)> = map.iter().filter_map(Result::ok).collect();
         let mut events = Vec::new();
         for (key, state) in entries {
             if key.kind != RecordKind::BlockIoError as u16
@@ -832,7 +855,9 @@ mod tests {
         })
         .assess();
         assert_eq!(ro.report.unwrap().reason, FILESYSTEM_READ_ONLY);
-        assert!(matches!(ro.condition, Some((c, Change::Raise { .. })) if c == READONLY_FILESYSTEM));
+        assert!(
+            matches!(ro.condition, Some((c, Change::Raise { .. })) if c == READONLY_FILESYSTEM)
+        );
         let block = event(BlockIoError {
             major: 7,
             minor: 4,

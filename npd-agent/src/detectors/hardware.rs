@@ -38,9 +38,7 @@ use crate::{
     event::{Event, Finding, Source, Task, comm_string, escape_untrusted},
     finding,
     kernel::{kallsyms::Symbolizer, tracefs::TracepointFormat},
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 /// NPD's CperHardwareErrorFatal: an error the hardware could not correct and the kernel could
@@ -123,7 +121,10 @@ impl Detector for HardwareDetector {
     }
 
     fn conditions(&self) -> &'static [ConditionType] {
-        &[CPER_HARDWARE_ERROR_FATAL, FREQUENT_CORRECTABLE_MEMORY_ERRORS]
+        &[
+            CPER_HARDWARE_ERROR_FATAL,
+            FREQUENT_CORRECTABLE_MEMORY_ERRORS,
+        ]
     }
 
     fn reasons(&self) -> &'static [EventReason] {
@@ -151,11 +152,19 @@ impl Detector for HardwareDetector {
         };
         status.tried(Source::Tracepoint, attached.join(", "), result);
         if !absent.is_empty() {
-            status.notes.push(format!("not attached: {}", absent.join("; ")));
+            status
+                .notes
+                .push(format!("not attached: {}", absent.join("; ")));
         }
         let format = |name: &str| {
-            std::fs::read_to_string(ctx.tracefs.root().join("events/ras").join(name).join("format"))
-                .unwrap_or_default()
+            std::fs::read_to_string(
+                ctx.tracefs
+                    .root()
+                    .join("events/ras")
+                    .join(name)
+                    .join("format"),
+            )
+            .unwrap_or_default()
         };
         let failure_format = format("memory_failure_event");
         let map = ebpf
@@ -935,7 +944,12 @@ impl Runtime for HwRuntime {
                 let r: abi::MachineCheck = payload(kind, abi::MACHINE_CHECK_VERSION, data)?;
                 let uc = u32::from(r.status & mci_status::UC != 0);
                 let pcc = u32::from(r.status & mci_status::PCC != 0);
-                let key = rate_key(kind, 0, uc | pcc << 1, u64::from(r.bank) << 32 | u64::from(r.cpu));
+                let key = rate_key(
+                    kind,
+                    0,
+                    uc | pcc << 1,
+                    u64::from(r.bank) << 32 | u64::from(r.cpu),
+                );
                 let errors = self.account(key, &r.tally);
                 let detail = MachineCheck {
                     severity: Severity::of_machine_check(r.status),
@@ -951,7 +965,12 @@ impl Runtime for HwRuntime {
                     errors_total: r.tally.errors_total,
                     flushed: false,
                 };
-                Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail))
+                Ok(Event::new(
+                    r.header.ts_ns,
+                    Task::from_header(&r.header),
+                    hook,
+                    detail,
+                ))
             }
             RecordKind::MemoryError => {
                 let r: abi::MemoryError = payload(kind, abi::MEMORY_ERROR_VERSION, data)?;
@@ -975,7 +994,12 @@ impl Runtime for HwRuntime {
                     self.rates
                         .add(&detail.location, detail.dimm_name(), r.header.ts_ns, errors);
                 }
-                Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail))
+                Ok(Event::new(
+                    r.header.ts_ns,
+                    Task::from_header(&r.header),
+                    hook,
+                    detail,
+                ))
             }
             RecordKind::MemoryFailure => {
                 let r: abi::MemoryFailure = payload(kind, abi::MEMORY_FAILURE_VERSION, data)?;
@@ -993,7 +1017,12 @@ impl Runtime for HwRuntime {
                     errors_total: r.tally.errors_total,
                     flushed: false,
                 };
-                Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail))
+                Ok(Event::new(
+                    r.header.ts_ns,
+                    Task::from_header(&r.header),
+                    hook,
+                    detail,
+                ))
             }
             RecordKind::PlatformError => {
                 let r: abi::PlatformError = payload(kind, abi::PLATFORM_ERROR_VERSION, data)?;
@@ -1021,7 +1050,12 @@ impl Runtime for HwRuntime {
                     errors_total: r.tally.errors_total,
                     flushed: false,
                 };
-                Ok(Event::new(r.header.ts_ns, Task::from_header(&r.header), hook, detail))
+                Ok(Event::new(
+                    r.header.ts_ns,
+                    Task::from_header(&r.header),
+                    hook,
+                    detail,
+                ))
             }
             other => Err(DecodeError::UnknownKind(other as u16)),
         }
@@ -1029,9 +1063,8 @@ impl Runtime for HwRuntime {
 
     fn poll(&mut self, now_ns: u64) -> Vec<Event> {
         let mut events = self.sweep(now_ns);
-        let rate_event = |detail: CorrectedErrorRate| {
-            Event::new(now_ns, Task::default(), Source::Sweep, detail)
-        };
+        let rate_event =
+            |detail: CorrectedErrorRate| Event::new(now_ns, Task::default(), Source::Sweep, detail);
         events.extend(self.rates.crossings(now_ns).into_iter().map(rate_event));
         let started = *self.started_ns.get_or_insert(now_ns);
         // A FrequentCorrectableMemoryErrors restored from the Node stays until the agent has
@@ -1084,12 +1117,21 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
     #[test]
     fn names_enum_values_from_the_format_file() {
         let types = symbols(MEMORY_FAILURE_FORMAT, "type");
-        assert_eq!(types.get(&0).map(String::as_str), Some("reserved kernel page"));
-        assert_eq!(types.get(&1).map(String::as_str), Some("high-order kernel page"));
+        assert_eq!(
+            types.get(&0).map(String::as_str),
+            Some("reserved kernel page")
+        );
+        assert_eq!(
+            types.get(&1).map(String::as_str),
+            Some("high-order kernel page")
+        );
         assert_eq!(types.get(&11).map(String::as_str), Some("dirty LRU page"));
         assert_eq!(types.len(), 3);
         let results = symbols(MEMORY_FAILURE_FORMAT, "result");
-        assert_eq!(results.values().collect::<Vec<_>>(), ["Ignored", "Failed", "Delayed", "Recovered"]);
+        assert_eq!(
+            results.values().collect::<Vec<_>>(),
+            ["Ignored", "Failed", "Delayed", "Recovered"]
+        );
         assert!(symbols("no print fmt", "type").is_empty());
     }
 
@@ -1097,18 +1139,33 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
     fn severity_of_each_source() {
         let uc = mci_status::VAL | mci_status::UC;
         let cases = [
-            (Severity::of_machine_check(mci_status::VAL), Severity::Corrected),
+            (
+                Severity::of_machine_check(mci_status::VAL),
+                Severity::Corrected,
+            ),
             (Severity::of_machine_check(uc), Severity::Recoverable),
-            (Severity::of_machine_check(uc | mci_status::PCC), Severity::Fatal),
+            (
+                Severity::of_machine_check(uc | mci_status::PCC),
+                Severity::Fatal,
+            ),
             (Severity::of_memory_error(0), Severity::Corrected),
             (Severity::of_memory_error(1), Severity::Uncorrected),
             (Severity::of_memory_error(2), Severity::Recoverable),
             (Severity::of_memory_error(3), Severity::Fatal),
             (Severity::of_memory_error(4), Severity::Informational),
-            (Severity::of_memory_failure("Recovered"), Severity::Recoverable),
-            (Severity::of_memory_failure("Delayed"), Severity::Recoverable),
+            (
+                Severity::of_memory_failure("Recovered"),
+                Severity::Recoverable,
+            ),
+            (
+                Severity::of_memory_failure("Delayed"),
+                Severity::Recoverable,
+            ),
             (Severity::of_memory_failure("Failed"), Severity::Uncorrected),
-            (Severity::of_memory_failure("Ignored"), Severity::Uncorrected),
+            (
+                Severity::of_memory_failure("Ignored"),
+                Severity::Uncorrected,
+            ),
             (Severity::of_platform(2), Severity::Corrected),
             (Severity::of_platform(0), Severity::Recoverable),
             (Severity::of_platform(1), Severity::Fatal),
@@ -1221,7 +1278,13 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         assert_eq!(error.dimm, "CPU_SrcID#0_Chan#1\nDIMM#0");
         assert_eq!((error.errors, error.errors_total), (3, 3));
         // The label is the driver's text: escaped wherever it reaches a message.
-        assert!(event.summary().contains("DIMM \"CPU_SrcID#0_Chan#1\\nDIMM#0\""), "{}", event.summary());
+        assert!(
+            event
+                .summary()
+                .contains("DIMM \"CPU_SrcID#0_Chan#1\\nDIMM#0\""),
+            "{}",
+            event.summary()
+        );
 
         let failure = bytes_of(&abi::MemoryFailure {
             header: RecordHeader {
@@ -1242,7 +1305,10 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         });
         let event = decode(&mut hw, RecordKind::MemoryFailure, &failure);
         let poisoned = event.detail_as::<MemoryFailure>().unwrap();
-        assert_eq!((poisoned.page_type.as_str(), poisoned.result.as_str()), ("dirty LRU page", "Recovered"));
+        assert_eq!(
+            (poisoned.page_type.as_str(), poisoned.result.as_str()),
+            ("dirty LRU page", "Recovered")
+        );
         assert_eq!(poisoned.severity, Severity::Recoverable);
         assert_eq!((event.task.pid, event.task.cgroup_id), (42, 7));
 
@@ -1263,23 +1329,50 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         });
         let event = decode(&mut hw, RecordKind::PlatformError, &aer);
         let platform = event.detail_as::<PlatformError>().unwrap();
-        assert_eq!((platform.source, platform.device.as_str()), ("aer", "0000:3b:00.0"));
+        assert_eq!(
+            (platform.source, platform.device.as_str()),
+            ("aer", "0000:3b:00.0")
+        );
         assert_eq!((platform.severity, platform.cpu), (Severity::Fatal, None));
 
         // A record of another detector's kind is refused.
         let mut symbolizer = Symbolizer::new(Path::new("/nonexistent/kallsyms"));
-        assert!(hw.decode(RecordKind::FsError, &aer, &mut symbolizer).is_err());
+        assert!(
+            hw.decode(RecordKind::FsError, &aer, &mut symbolizer)
+                .is_err()
+        );
     }
 
     #[test]
     fn a_record_counts_only_errors_no_earlier_record_carried() {
         let mut hw = runtime();
         let errors = |event: Event| event.detail_as::<MemoryError>().unwrap().errors;
-        assert_eq!(errors(decode(&mut hw, RecordKind::MemoryError, &memory_error(0, 2, 2))), 2);
+        assert_eq!(
+            errors(decode(
+                &mut hw,
+                RecordKind::MemoryError,
+                &memory_error(0, 2, 2)
+            )),
+            2
+        );
         // The kernel folded 40 more into the next record (its count 1 included).
-        assert_eq!(errors(decode(&mut hw, RecordKind::MemoryError, &memory_error(0, 1, 42))), 40);
+        assert_eq!(
+            errors(decode(
+                &mut hw,
+                RecordKind::MemoryError,
+                &memory_error(0, 1, 42)
+            )),
+            40
+        );
         // The uncorrected ones of the DIMM count apart.
-        assert_eq!(errors(decode(&mut hw, RecordKind::MemoryError, &memory_error(1, 1, 1))), 1);
+        assert_eq!(
+            errors(decode(
+                &mut hw,
+                RecordKind::MemoryError,
+                &memory_error(1, 1, 1)
+            )),
+            1
+        );
     }
 
     fn event(detail: impl Finding) -> Event {
@@ -1330,15 +1423,47 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         // (event, Event reason and count, whether CperHardwareErrorFatal is raised)
         type Case = (Event, Option<(EventReason, u64)>, bool);
         let cases: Vec<Case> = vec![
-            (event(memory(Severity::Corrected, 5)), Some((MEMORY_READ_ERROR, 5)), false),
-            (event(memory(Severity::Recoverable, 1)), Some((CPER_HARDWARE_ERROR_RECOVERABLE, 1)), false),
-            (event(memory(Severity::Uncorrected, 1)), Some((CPER_HARDWARE_ERROR_FATAL_EVENT, 1)), true),
+            (
+                event(memory(Severity::Corrected, 5)),
+                Some((MEMORY_READ_ERROR, 5)),
+                false,
+            ),
+            (
+                event(memory(Severity::Recoverable, 1)),
+                Some((CPER_HARDWARE_ERROR_RECOVERABLE, 1)),
+                false,
+            ),
+            (
+                event(memory(Severity::Uncorrected, 1)),
+                Some((CPER_HARDWARE_ERROR_FATAL_EVENT, 1)),
+                true,
+            ),
             (event(memory(Severity::Informational, 1)), None, false),
-            (event(platform("aer", Severity::Corrected)), Some((CPER_HARDWARE_ERROR_CORRECTED, 1)), false),
-            (event(platform("aer", Severity::Recoverable)), Some((CPER_HARDWARE_ERROR_RECOVERABLE, 1)), false),
-            (event(platform("non_standard", Severity::Fatal)), Some((CPER_HARDWARE_ERROR_FATAL_EVENT, 1)), true),
-            (event(failure("Recovered")), Some((MEMORY_PAGE_POISONED, 1)), false),
-            (event(failure("Failed")), Some((MEMORY_PAGE_POISONED, 1)), true),
+            (
+                event(platform("aer", Severity::Corrected)),
+                Some((CPER_HARDWARE_ERROR_CORRECTED, 1)),
+                false,
+            ),
+            (
+                event(platform("aer", Severity::Recoverable)),
+                Some((CPER_HARDWARE_ERROR_RECOVERABLE, 1)),
+                false,
+            ),
+            (
+                event(platform("non_standard", Severity::Fatal)),
+                Some((CPER_HARDWARE_ERROR_FATAL_EVENT, 1)),
+                true,
+            ),
+            (
+                event(failure("Recovered")),
+                Some((MEMORY_PAGE_POISONED, 1)),
+                false,
+            ),
+            (
+                event(failure("Failed")),
+                Some((MEMORY_PAGE_POISONED, 1)),
+                true,
+            ),
         ];
         for (i, (event, report, fatal)) in cases.into_iter().enumerate() {
             let assessment = event.assess();
@@ -1393,11 +1518,21 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         );
         // Time does not clear it; a restart on the same boot keeps it, a new boot clears it.
         engine.tick(at(100_000));
-        assert_eq!(engine.condition(CPER_HARDWARE_ERROR_FATAL).status, ConditionStatus::True);
-        for (boot, status) in [(Boot::Same, ConditionStatus::True), (Boot::New, ConditionStatus::False)] {
+        assert_eq!(
+            engine.condition(CPER_HARDWARE_ERROR_FATAL).status,
+            ConditionStatus::True
+        );
+        for (boot, status) in [
+            (Boot::Same, ConditionStatus::True),
+            (Boot::New, ConditionStatus::False),
+        ] {
             let mut restarted = Engine::new(EngineConfig::default(), catalog, at(0)).unwrap();
             restarted.restore([fatal.clone()], boot, at(200_000));
-            assert_eq!(restarted.condition(CPER_HARDWARE_ERROR_FATAL).status, status, "{boot:?}");
+            assert_eq!(
+                restarted.condition(CPER_HARDWARE_ERROR_FATAL).status,
+                status,
+                "{boot:?}"
+            );
         }
     }
 
@@ -1411,7 +1546,10 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
             cgroup_id: 7,
         };
         let message = poisoned.assess().report.unwrap().message;
-        assert!(message.contains("while npd-poison (pid 42) ran"), "{message}");
+        assert!(
+            message.contains("while npd-poison (pid 42) ran"),
+            "{message}"
+        );
         assert!(message.contains("SIGBUS"), "{message}");
     }
 
@@ -1427,12 +1565,20 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
                 .collect()
         };
         // (at minute, DIMM, errors added, crossings expected then)
-        type Step = (u64, Option<(&'static str, u64)>, Vec<(&'static str, &'static str, u64)>);
+        type Step = (
+            u64,
+            Option<(&'static str, u64)>,
+            Vec<(&'static str, &'static str, u64)>,
+        );
         let steps: Vec<Step> = vec![
             (0, Some(("mc0/0.0.-1", 6)), vec![]),
             (10, Some(("mc0/0.1.-1", 9)), vec![]),
             // 11 in the hour on the first DIMM: above; the other stays at 9.
-            (20, Some(("mc0/0.0.-1", 5)), vec![("mc0/0.0.-1", "above", 11)]),
+            (
+                20,
+                Some(("mc0/0.0.-1", 5)),
+                vec![("mc0/0.0.-1", "above", 11)],
+            ),
             (30, None, vec![]),
             // The first 6 leave the window: 5 left, below again.
             (61, None, vec![("mc0/0.0.-1", "below", 5)]),
@@ -1444,12 +1590,19 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
             if let Some((dimm, errors)) = add {
                 rates.add(dimm, format!("DIMM {dimm}"), now, errors);
             }
-            let expected: Vec<(String, &str, u64)> =
-                expected.into_iter().map(|(d, s, n)| (d.to_owned(), s, n)).collect();
+            let expected: Vec<(String, &str, u64)> = expected
+                .into_iter()
+                .map(|(d, s, n)| (d.to_owned(), s, n))
+                .collect();
             assert_eq!(states(&mut rates, now), expected, "minute {minute}");
         }
         assert!(rates.current().is_empty());
-        assert!(rates.dimms.values().all(|d| !d.errors.is_empty() || d.above));
+        assert!(
+            rates
+                .dimms
+                .values()
+                .all(|d| !d.errors.is_empty() || d.above)
+        );
     }
 
     #[test]
@@ -1491,11 +1644,17 @@ print fmt: "pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(RE
         let key = rate_key(RecordKind::MachineCheck, 0, 0b11, 4 << 32 | 2);
         let detail = hw.finding_of_key(&key, 7, 9).unwrap();
         let check = detail.as_any().downcast_ref::<MachineCheck>().unwrap();
-        assert_eq!((check.bank, check.cpu, check.severity), (4, 2, Severity::Fatal));
+        assert_eq!(
+            (check.bank, check.cpu, check.severity),
+            (4, 2, Severity::Fatal)
+        );
         assert_eq!((check.errors, check.flushed), (7, true));
         let key = rate_key(RecordKind::MemoryFailure, 0, 1, 0x42);
         let detail = hw.finding_of_key(&key, 1, 1).unwrap();
         let poisoned = detail.as_any().downcast_ref::<MemoryFailure>().unwrap();
-        assert_eq!((poisoned.result.as_str(), poisoned.severity), ("Failed", Severity::Uncorrected));
+        assert_eq!(
+            (poisoned.result.as_str(), poisoned.severity),
+            ("Failed", Severity::Uncorrected)
+        );
     }
 }

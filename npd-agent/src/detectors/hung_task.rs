@@ -20,9 +20,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     kernel::{CgroupLayout, kallsyms::Symbolizer, procfs},
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 pub use npd_common::hung_task::{BTF_PROGRAM, TRACEPOINT_PROGRAM};
@@ -132,7 +130,6 @@ impl Detector for HungTaskDetector {
     }
 }
 
-
 /// A task reported blocked in D state longer than `kernel.hung_task_timeout_secs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HungTask {
@@ -166,11 +163,17 @@ finding!(HungTask, "hung_task", {
     /// KernelDeadlock True; a TaskHung Event on the first report of a hang only (repeats
     /// update the condition).
     fn assess(&self, event: &Event) -> Assessment {
-        let top = self.stack.first().map_or("?", |frame| frame_function(frame));
+        let top = self
+            .stack
+            .first()
+            .map_or("?", |frame| frame_function(frame));
         let stack = if self.stack.is_empty() {
             String::new()
         } else {
-            format!("; stack: {}", self.stack[..self.stack.len().min(3)].join(", "))
+            format!(
+                "; stack: {}",
+                self.stack[..self.stack.len().min(3)].join(", ")
+            )
         };
         let in_pod = event.attribution.as_ref().is_some_and(|a| a.pod.is_some());
         let component = hung_component(&event.task.comm, in_pod);
@@ -191,7 +194,12 @@ finding!(HungTask, "hung_task", {
             KERNEL_DEADLOCK,
             Change::TaskHung {
                 first_seen_ns: self.first_seen_ns,
-                stack_top: self.stack.iter().take(STACK_FRAMES_SHOWN).cloned().collect(),
+                stack_top: self
+                    .stack
+                    .iter()
+                    .take(STACK_FRAMES_SHOWN)
+                    .cloned()
+                    .collect(),
                 first_report: self.first_seen,
             },
         )
@@ -448,7 +456,10 @@ mod tests {
         let runtime = hang("containerd");
         assert_eq!(runtime.condition_reason, Some(CONTAINERD_HUNG));
         let message = &runtime.report.unwrap().message;
-        assert!(message.contains("(the container runtime containerd)"), "{message}");
+        assert!(
+            message.contains("(the container runtime containerd)"),
+            "{message}"
+        );
         let other = hang("dd");
         assert_eq!(other.condition_reason, None);
         assert_eq!(other.report.unwrap().reason, TASK_HUNG);

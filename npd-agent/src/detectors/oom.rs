@@ -40,7 +40,6 @@ pub struct OomDetector;
 
 pub static DETECTOR: OomDetector = OomDetector;
 
-
 impl Detector for OomDetector {
     fn kernel(&self) -> Option<npd_common::counters::Detector> {
         Some(npd_common::counters::Detector::Oom)
@@ -168,7 +167,6 @@ finding!(OomKill, "oom_kill", {
         }
     }
 });
-
 
 /// tp_btf where `mark_victim` passes the victim's `task_struct *` (6.5+); fentry on
 /// `mark_oom_victim` where the tracepoint passes only a pid and fentry is allowed; the
@@ -336,7 +334,11 @@ fn kernel_memcg(record: &npd_common::oom::OomKill, victim: &str) -> Option<Strin
     for _ in 0..above {
         path = &path[..path.rfind('/')?];
     }
-    Some(if path.is_empty() { "/".to_owned() } else { path.to_owned() })
+    Some(if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    })
 }
 
 impl Runtime for OomDecoder {
@@ -413,7 +415,11 @@ mod tests {
         record.header.tid = 42;
         record.header.cgroup_id = 7777;
         record.flags |= flags::VICTIM_CGROUP;
-        let decoder = OomDecoder::new(Path::new("/nonexistent"), CgroupLayout::Unified, Path::new("/nonexistent"));
+        let decoder = OomDecoder::new(
+            Path::new("/nonexistent"),
+            CgroupLayout::Unified,
+            Path::new("/nonexistent"),
+        );
         let mut event = decoder.on_record(&record, &mut Symbolizer::new(Path::new("/nonexistent")));
         let mut attributor = Attributor::new(CgroupIndex::new("/nonexistent-npd-cgroup-root"));
         attributor.attribute_event(&mut event, std::time::Instant::now());
@@ -454,7 +460,11 @@ mod tests {
     fn the_kernel_names_a_cgroup_leaf_first() {
         let cases: &[(&[&str], bool, Option<&str>)] = &[
             (
-                &["cri-containerd-ab12.scope", "kubepods-pod1.slice", "kubepods.slice"],
+                &[
+                    "cri-containerd-ab12.scope",
+                    "kubepods-pod1.slice",
+                    "kubepods.slice",
+                ],
                 true,
                 Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab12.scope"),
             ),
@@ -528,8 +538,8 @@ mod memcg_tests {
             ("v2", "memory.max", "max"),
             ("v1", "memory.limit_in_bytes", "9223372036854771712"),
         ] {
-            let root = std::env::temp_dir()
-                .join(format!("npd-memcg-{version}-{}", std::process::id()));
+            let root =
+                std::env::temp_dir().join(format!("npd-memcg-{version}-{}", std::process::id()));
             let leaf = root.join("kubepods/burstable/podx/ctr");
             std::fs::create_dir_all(&leaf).unwrap();
             if version == "v1" {
@@ -537,8 +547,11 @@ mod memcg_tests {
                 std::fs::write(root.join(file), unlimited).unwrap();
             }
             std::fs::write(leaf.join(file), format!("{unlimited}\n")).unwrap();
-            std::fs::write(root.join("kubepods/burstable/podx").join(file), "67108864\n")
-                .unwrap();
+            std::fs::write(
+                root.join("kubepods/burstable/podx").join(file),
+                "67108864\n",
+            )
+            .unwrap();
             std::fs::write(root.join("kubepods").join(file), format!("{unlimited}\n")).unwrap();
             assert_eq!(
                 limiting_memcg(&root, "/kubepods/burstable/podx/ctr").as_deref(),

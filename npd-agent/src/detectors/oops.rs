@@ -17,9 +17,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     kernel::kallsyms::{Symbolizer, without_tracing_frames},
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 /// NPD's KernelOops: True from the first oops until the node reboots.
@@ -43,7 +41,6 @@ pub const KERNEL_WARNING: EventReason = EventReason::warning("KernelWarning");
 pub struct OopsDetector;
 
 pub static DETECTOR: OopsDetector = OopsDetector;
-
 
 impl Detector for OopsDetector {
     fn kernel(&self) -> Option<npd_common::counters::Detector> {
@@ -91,7 +88,11 @@ impl Runtime for OopsRuntime {
         symbolizer: &mut Symbolizer,
     ) -> Result<Event, DecodeError> {
         let record = payload(kind, npd_common::oops::KERNEL_PROBLEM_VERSION, data)?;
-        Ok(on_record(kind == RecordKind::KernelOops, &record, symbolizer))
+        Ok(on_record(
+            kind == RecordKind::KernelOops,
+            &record,
+            symbolizer,
+        ))
     }
 
     fn poll(&mut self, now_ns: u64) -> Vec<Event> {
@@ -283,7 +284,9 @@ mod tests {
     }
 }
 
-pub use npd_common::oops::{OOPS_FENTRY_PROGRAM as OOPS_PROGRAM, WARN_FENTRY_PROGRAM as WARN_PROGRAM};
+pub use npd_common::oops::{
+    OOPS_FENTRY_PROGRAM as OOPS_PROGRAM, WARN_FENTRY_PROGRAM as WARN_PROGRAM,
+};
 
 /// Which problems the fentry hooks cover; the counter watcher covers the rest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -513,9 +516,19 @@ impl CounterWatcher {
                 since_boot: lookback,
             };
             events.push(if counter.oops {
-                Event::new(now_ns, Task::default(), Source::Counters, KernelOops(problem))
+                Event::new(
+                    now_ns,
+                    Task::default(),
+                    Source::Counters,
+                    KernelOops(problem),
+                )
             } else {
-                Event::new(now_ns, Task::default(), Source::Counters, KernelWarning(problem))
+                Event::new(
+                    now_ns,
+                    Task::default(),
+                    Source::Counters,
+                    KernelWarning(problem),
+                )
             });
         }
         self.last_taint = taint;

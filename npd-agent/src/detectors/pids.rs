@@ -22,9 +22,7 @@ use crate::{
     event::{Event, Source, Task},
     finding,
     metrics::{Level, LevelMetric},
-    problem::{
-        Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report,
-    },
+    problem::{Assessment, Change, Clearing, ConditionSpec, ConditionType, EventReason, Report},
 };
 
 /// Tasks at or near a node-wide limit.
@@ -155,7 +153,11 @@ impl TaskCounts {
         };
         [
             (Limit::PidMax, self.pid_max, percent(self.pid_max)),
-            (Limit::ThreadsMax, self.threads_max, percent(self.threads_max)),
+            (
+                Limit::ThreadsMax,
+                self.threads_max,
+                percent(self.threads_max),
+            ),
         ]
     }
 }
@@ -341,10 +343,15 @@ mod tests {
 
     #[test]
     fn parses_loadavg() {
-        assert_eq!(parse_loadavg_tasks("2.19 2.60 3.62 3/103 29945\n"), Some(103));
+        assert_eq!(
+            parse_loadavg_tasks("2.19 2.60 3.62 3/103 29945\n"),
+            Some(103)
+        );
         assert_eq!(parse_loadavg_tasks("2.19 2.60 3.62 3 29945\n"), None);
         assert_eq!(parse_loadavg_tasks(""), None);
-        let here = Files::new(Path::new("/proc")).read().expect("this kernel's");
+        let here = Files::new(Path::new("/proc"))
+            .read()
+            .expect("this kernel's");
         assert!(here.tasks > 0 && here.tasks < here.pid_max, "{here:?}");
     }
 
@@ -383,11 +390,20 @@ mod tests {
         );
         assert!(watch.sample(counts(899)).is_none());
         let near = watch.sample(counts(900)).expect("90 % of pid_max");
-        assert_eq!((near.near.clone(), near.crossed.clone()), (vec![Limit::PidMax], vec![Limit::PidMax]));
+        assert_eq!(
+            (near.near.clone(), near.crossed.clone()),
+            (vec![Limit::PidMax], vec![Limit::PidMax])
+        );
         let assessment = Event::new(1, Task::default(), Source::Sampled, near).assess();
         let report = assessment.report.unwrap();
         assert_eq!(report.reason, APPROACHING_PID_MAX);
-        assert!(report.message.contains("900 tasks are 90 % of kernel.pid_max (1000)"), "{}", report.message);
+        assert!(
+            report
+                .message
+                .contains("900 tasks are 90 % of kernel.pid_max (1000)"),
+            "{}",
+            report.message
+        );
         let Some((_, Change::Resync { current })) = assessment.condition else {
             panic!("a resync");
         };

@@ -33,8 +33,7 @@ use crate::{
 };
 
 pub const POD_PIDS_LIMIT_REACHED: EventReason = EventReason::warning("PodPIDsLimitReached");
-pub const APPROACHING_POD_PIDS_LIMIT: EventReason =
-    EventReason::warning("ApproachingPodPIDsLimit");
+pub const APPROACHING_POD_PIDS_LIMIT: EventReason = EventReason::warning("ApproachingPodPIDsLimit");
 
 /// How often the pods' counters are read.
 pub const PERIOD_NS: u64 = 10_000_000_000;
@@ -272,7 +271,10 @@ impl PodPidsWatch {
         };
         let near = self.marks.over(percent, was_near);
         // A counter that went down is a new cgroup under the same path.
-        let refused = tasks.refused_total.checked_sub(refused_before).unwrap_or(tasks.refused_total);
+        let refused = tasks
+            .refused_total
+            .checked_sub(refused_before)
+            .unwrap_or(tasks.refused_total);
         self.pods
             .insert(cgroup.to_owned(), (tasks.refused_total, near));
         let approaching = near && !was_near;
@@ -381,12 +383,18 @@ mod tests {
     #[test]
     fn a_pod_first_seen_near_its_limit_is_reported_and_unlimited_pods_never() {
         let mut watch = PodPidsWatch::new(Watermarks::DEFAULT);
-        let near = watch.sample("/kubepods/pod2", tasks(99, 0)).expect("near at once");
+        let near = watch
+            .sample("/kubepods/pod2", tasks(99, 0))
+            .expect("near at once");
         assert!(near.approaching);
         let event = Event::new(1, Task::default(), Source::Sampled, near);
         let report = event.assess().report.expect("an Event");
         assert_eq!(report.reason, APPROACHING_POD_PIDS_LIMIT);
-        assert!(report.message.contains("99 % of the pod's pids.max (100)"), "{}", report.message);
+        assert!(
+            report.message.contains("99 % of the pod's pids.max (100)"),
+            "{}",
+            report.message
+        );
 
         let unlimited = PodTasks {
             current: 5000,
@@ -400,7 +408,8 @@ mod tests {
     #[test]
     fn on_cgroup_v1_a_pods_refusals_are_its_containers() {
         let pod = std::env::temp_dir().join(format!("npd-pod-pids-{}", std::process::id()));
-        let container = pod.join("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        let container =
+            pod.join("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
         let other = pod.join("fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210");
         for dir in [&container, &other] {
             std::fs::create_dir_all(dir).unwrap();
@@ -411,8 +420,16 @@ mod tests {
         std::fs::write(pod.join("pids.current"), "20\n").unwrap();
         std::fs::write(pod.join("pids.max"), "20\n").unwrap();
         let read = |count| read_pod(&pod, count).unwrap().refused_total;
-        assert_eq!(read(RefusalCount::Local), 8, "the pod's own and its containers'");
-        assert_eq!(read(RefusalCount::Hierarchical), 1, "v2's pod counter has them already");
+        assert_eq!(
+            read(RefusalCount::Local),
+            8,
+            "the pod's own and its containers'"
+        );
+        assert_eq!(
+            read(RefusalCount::Hierarchical),
+            1,
+            "v2's pod counter has them already"
+        );
         std::fs::remove_dir_all(&pod).unwrap();
     }
 
@@ -428,6 +445,10 @@ mod tests {
         let report = event.assess().report.expect("an Event");
         assert_eq!(report.reason, POD_PIDS_LIMIT_REACHED);
         assert_eq!(report.count, 9);
-        assert!(!report.message.contains('\n'), "escaped: {}", report.message);
+        assert!(
+            !report.message.contains('\n'),
+            "escaped: {}",
+            report.message
+        );
     }
 }

@@ -288,10 +288,7 @@ impl Detector for PressureDetector {
         let pods = (ctx.host.layout == CgroupLayout::Unified).then(|| ctx.host.cgroup_root.clone());
         let mut target = format!("{}/{{memory,io,cpu}}", node.display());
         if let Some(root) = &pods {
-            target.push_str(&format!(
-                ", {}/<pod cgroup>/*.pressure",
-                root.display()
-            ));
+            target.push_str(&format!(", {}/<pod cgroup>/*.pressure", root.display()));
         }
         target.push_str(", every 10 s");
         status.tried(Source::Sampled, target, Ok(()));
@@ -529,8 +526,8 @@ mod tests {
         );
         assert_eq!(pressure.full.unwrap().avg60, 0.05);
         // Before 5.13 the CPU had no `full` line.
-        let cpu = parse_pressure("some avg10=4.99 avg60=6.43 avg300=19.70 total=2908617012\n")
-            .unwrap();
+        let cpu =
+            parse_pressure("some avg10=4.99 avg60=6.43 avg300=19.70 total=2908617012\n").unwrap();
         assert!(cpu.full.is_none());
         assert_eq!(parse_pressure(""), None);
         assert_eq!(parse_pressure("some avg10=x\n"), None);
@@ -538,7 +535,11 @@ mod tests {
         for resource in Resource::ALL {
             let path = Path::new("/proc/pressure").join(resource.file());
             if let Ok(text) = std::fs::read_to_string(&path) {
-                assert!(parse_pressure(&text).is_some(), "{}: {text}", path.display());
+                assert!(
+                    parse_pressure(&text).is_some(),
+                    "{}: {text}",
+                    path.display()
+                );
             }
         }
     }
@@ -549,31 +550,73 @@ mod tests {
         let node = Scope::Node;
         let read = |some, full| parse_pressure(&psi(some, full)).unwrap();
         // Memory and I/O count `full`: much `some` alone is no stall.
-        assert!(watch.sample(&node, Resource::Memory, &read(90.0, 9.9)).is_none());
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(90.0, 9.9))
+                .is_none()
+        );
         let stall = watch
             .sample(&node, Resource::Memory, &read(90.0, 10.0))
             .expect("full avg60 at 10 %");
         assert_eq!((stall.line, stall.averages.avg60), (Line::Full, 10.0));
         // Once, until it fell below half the threshold.
-        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 30.0)).is_none());
-        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 6.0)).is_none());
-        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 12.0)).is_none());
-        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 4.0)).is_none());
-        assert!(watch.sample(&node, Resource::Memory, &read(0.0, 12.0)).is_some());
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(0.0, 30.0))
+                .is_none()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(0.0, 6.0))
+                .is_none()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(0.0, 12.0))
+                .is_none()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(0.0, 4.0))
+                .is_none()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Memory, &read(0.0, 12.0))
+                .is_some()
+        );
         // The CPU counts `some`, at 50 %; scopes and resources are separate.
-        assert!(watch.sample(&node, Resource::Cpu, &read(49.0, 99.0)).is_none());
-        assert!(watch.sample(&node, Resource::Cpu, &read(51.0, 0.0)).is_some());
+        assert!(
+            watch
+                .sample(&node, Resource::Cpu, &read(49.0, 99.0))
+                .is_none()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Cpu, &read(51.0, 0.0))
+                .is_some()
+        );
         let pod = Scope::Pod {
             cgroup: "/kubepods/pod1".to_owned(),
         };
-        assert!(watch.sample(&pod, Resource::Memory, &read(0.0, 12.0)).is_some());
-        assert!(watch.sample(&node, Resource::Io, &read(0.0, 12.0)).is_some());
+        assert!(
+            watch
+                .sample(&pod, Resource::Memory, &read(0.0, 12.0))
+                .is_some()
+        );
+        assert!(
+            watch
+                .sample(&node, Resource::Io, &read(0.0, 12.0))
+                .is_some()
+        );
 
         let event = Event::new(1, Task::default(), Source::Sampled, stall);
         let report = event.assess().report.unwrap();
         assert_eq!(report.reason, MEMORY_PRESSURE_STALL);
         assert!(
-            report.message.contains("all non-idle tasks on the node stalled waiting for memory 10.0 %"),
+            report
+                .message
+                .contains("all non-idle tasks on the node stalled waiting for memory 10.0 %"),
             "{}",
             report.message
         );
@@ -595,11 +638,18 @@ mod tests {
             ))
             .unwrap()
         };
-        assert!(watch.sample(&Scope::Node, Resource::Memory, &read(4.9)).is_none());
+        assert!(
+            watch
+                .sample(&Scope::Node, Resource::Memory, &read(4.9))
+                .is_none()
+        );
         let stall = watch
             .sample(&Scope::Node, Resource::Memory, &read(6.0))
             .expect("full avg10 at 6 % is over 5 %");
-        assert_eq!((stall.window, stall.threshold_percent), (Window::Avg10, 5.0));
+        assert_eq!(
+            (stall.window, stall.threshold_percent),
+            (Window::Avg10, 5.0)
+        );
         let event = Event::new(1, Task::default(), Source::Sampled, stall);
         let message = event.assess().report.unwrap().message;
         assert!(
@@ -607,7 +657,11 @@ mod tests {
             "{message}"
         );
         // The CPU's default threshold is untouched.
-        assert!(watch.sample(&Scope::Node, Resource::Cpu, &read(40.0)).is_none());
+        assert!(
+            watch
+                .sample(&Scope::Node, Resource::Cpu, &read(40.0))
+                .is_none()
+        );
     }
 
     #[test]
@@ -615,9 +669,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("npd-pressure-levels-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("memory"), psi(40.0, 25.0)).unwrap();
-        std::fs::write(dir.join("cpu"), "some avg10=4.00 avg60=6.50 avg300=19.70 total=2500000\n")
-            .unwrap();
-        let mut runtime = Sampled::new(PressureRuntime::new(dir.clone(), None, PressureOptions::default()), PERIOD_NS);
+        std::fs::write(
+            dir.join("cpu"),
+            "some avg10=4.00 avg60=6.50 avg300=19.70 total=2500000\n",
+        )
+        .unwrap();
+        let mut runtime = Sampled::new(
+            PressureRuntime::new(dir.clone(), None, PressureOptions::default()),
+            PERIOD_NS,
+        );
         assert_eq!(runtime.take_levels(), None, "nothing read yet");
         runtime.poll(1);
         let levels = runtime.take_levels().expect("the first reading");
@@ -625,8 +685,7 @@ mod tests {
             levels
                 .iter()
                 .find(|l| {
-                    l.metric == metric
-                        && l.labels == [("resource", resource), ("line", line)]
+                    l.metric == metric && l.labels == [("resource", resource), ("line", line)]
                 })
                 .map(|l| l.value)
         };
@@ -649,8 +708,13 @@ mod tests {
     fn per_pod_pressure_from_a_cgroup_v2_tree() {
         let root = std::env::temp_dir().join(format!("npd-pressure-{}", std::process::id()));
         let uid = "0b2c8a4e-5a31-4c1e-9d5c-3f2a1b0c9d8e";
-        let pod = root.join(format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
-        let container = pod.join("cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope");
+        let pod = root.join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        let container = pod.join(
+            "cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+        );
         let calm = root.join("kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
         let elsewhere = root.join("system.slice/pod99999999-2222-3333-4444-555555555555");
         for dir in [&container, &calm, &elsewhere] {
@@ -665,19 +729,31 @@ mod tests {
         found.sort();
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("/kubepods.slice/"), "{found:?}");
-        assert_eq!(found[1], "/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
+        assert_eq!(
+            found[1],
+            "/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555"
+        );
 
         let proc_pressure = root.join("proc-pressure");
         std::fs::create_dir_all(&proc_pressure).unwrap();
         std::fs::write(proc_pressure.join("memory"), psi(0.0, 0.0)).unwrap();
-        let mut runtime = Sampled::new(PressureRuntime::new(proc_pressure, Some(root.clone()), PressureOptions::default()), PERIOD_NS);
+        let mut runtime = Sampled::new(
+            PressureRuntime::new(
+                proc_pressure,
+                Some(root.clone()),
+                PressureOptions::default(),
+            ),
+            PERIOD_NS,
+        );
         let events = runtime.poll(1);
         assert_eq!(events.len(), 1, "{events:?}");
         let event = &events[0];
         assert_eq!(event.task.cgroup_id, std::fs::metadata(&pod).unwrap().ino());
         let stall = event.detail_as::<PressureStall>().unwrap();
         assert_eq!(stall.resource, Resource::Memory);
-        assert!(matches!(&stall.scope, Scope::Pod { cgroup } if cgroup.contains(&uid.replace('-', "_"))));
+        assert!(
+            matches!(&stall.scope, Scope::Pod { cgroup } if cgroup.contains(&uid.replace('-', "_")))
+        );
         assert!(runtime.poll(2).is_empty(), "not before the period");
         assert!(runtime.poll(PERIOD_NS + 1).is_empty(), "reported once");
         std::fs::remove_dir_all(&root).unwrap();

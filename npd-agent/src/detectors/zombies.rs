@@ -17,10 +17,7 @@ use std::{
 use aya::Ebpf;
 use serde::Serialize;
 
-use super::{
-    AttachContext, Attached, Detector, DetectorStatus, HostPaths,
-    Sampled, Sampler,
-};
+use super::{AttachContext, Attached, Detector, DetectorStatus, HostPaths, Sampled, Sampler};
 use crate::{
     attribution::{CgroupOwner, parse_cgroup_path},
     engine::describe_task,
@@ -74,7 +71,10 @@ impl Detector for ZombiesDetector {
         );
         Attached {
             status,
-            runtime: Sampled::boxed(ZombiesRuntime::new(ctx.host.clone(), ctx.options.resources.zombies), PERIOD_NS),
+            runtime: Sampled::boxed(
+                ZombiesRuntime::new(ctx.host.clone(), ctx.options.resources.zombies),
+                PERIOD_NS,
+            ),
         }
     }
 }
@@ -275,7 +275,9 @@ impl ZombiesRuntime {
         });
         let mut over = HashSet::new();
         let mut events = Vec::new();
-        for (uid, (zombies, parents, (ppid, largest))) in zombies_per_pod(parents.collect::<Vec<_>>()) {
+        for (uid, (zombies, parents, (ppid, largest))) in
+            zombies_per_pod(parents.collect::<Vec<_>>())
+        {
             if zombies < self.threshold || largest >= self.threshold {
                 continue;
             }
@@ -305,7 +307,6 @@ impl ZombiesRuntime {
         self.pods_over = over;
         events
     }
-
 }
 
 impl Sampler for ZombiesRuntime {
@@ -356,7 +357,6 @@ impl Sampler for ZombiesRuntime {
         events
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -413,7 +413,10 @@ mod tests {
         let events = runtime.poll(1);
         assert_eq!(events.len(), 1, "{events:?}");
         let event = &events[0];
-        assert_eq!((event.task.pid, event.task.comm.as_str()), (10, "bad\nparent"));
+        assert_eq!(
+            (event.task.pid, event.task.comm.as_str()),
+            (10, "bad\nparent")
+        );
         let detail = event.detail_as::<ZombieParent>().unwrap();
         assert_eq!((detail.zombies, detail.zombies_on_node), (3, 4));
         let report = event.assess().report.unwrap();

@@ -43,10 +43,12 @@ static FD_RATE_LIMIT: LruHashMap<u32, FdRateState> =
 const USUAL_RET_OFFSET: u32 = 16;
 
 #[tracepoint]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fd_sys_exit(ctx: TracePointContext) -> u32 {
-    let Some(ret) =
-        hot_field::<i64, USUAL_RET_OFFSET>(&ctx, config!(tracepoints.sys_exit_ret))
+    let Some(ret) = hot_field::<i64, USUAL_RET_OFFSET>(&ctx, config!(tracepoints.sys_exit_ret))
     else {
         return 0;
     };
@@ -144,8 +146,8 @@ fn emit(errno: i32, syscall_nr: i32, hook: Hook, tally: &Tally) -> bool {
         |record| {
             let current = task::current_task();
             let signal = task::read_ptr(current, config!(offsets.task_signal));
-            let nofile_limit = task::read::<u64>(signal, config!(offsets.signal_nofile_cur))
-                .unwrap_or(u64::MAX);
+            let nofile_limit =
+                task::read::<u64>(signal, config!(offsets.signal_nofile_cur)).unwrap_or(u64::MAX);
             // Dead code where the agent turned the walk off: the verifier never sees it.
             let (depth, whole) = if config!(cgroup_walk) != 0 {
                 // SAFETY: `record` points into the reserved entry (see `emit::record`).

@@ -66,21 +66,34 @@ impl From<Tally> for FsTally {
 }
 
 #[tracepoint(category = "ext4", name = "ext4_error")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fs_ext4_error(ctx: TracePointContext) -> u32 {
     fs_event(&ctx, source::EXT4_ERROR, &FS_CONFIG.offsets.ext4_error);
     0
 }
 
 #[tracepoint(category = "ext4", name = "ext4_shutdown")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fs_ext4_shutdown(ctx: TracePointContext) -> u32 {
-    fs_event(&ctx, source::EXT4_SHUTDOWN, &FS_CONFIG.offsets.ext4_shutdown);
+    fs_event(
+        &ctx,
+        source::EXT4_SHUTDOWN,
+        &FS_CONFIG.offsets.ext4_shutdown,
+    );
     0
 }
 
 #[tracepoint(category = "xfs", name = "xfs_force_shutdown")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fs_xfs_shutdown(ctx: TracePointContext) -> u32 {
     fs_event(&ctx, source::XFS_SHUTDOWN, &FS_CONFIG.offsets.xfs_shutdown);
     0
@@ -125,14 +138,20 @@ fn fs_event(ctx: &TracePointContext, source: u16, offsets: &FsEventOffsets) {
 }
 
 #[tracepoint(category = "block", name = "block_rq_error")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fs_block_rq_error(ctx: TracePointContext) -> u32 {
     block_completion(&ctx, source::BLOCK_RQ_ERROR);
     0
 }
 
 #[tracepoint(category = "block", name = "block_rq_complete")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn fs_block_rq_complete(ctx: TracePointContext) -> u32 {
     block_completion(&ctx, source::BLOCK_RQ_COMPLETE);
     0

@@ -56,7 +56,10 @@ static HW_RATE_LIMIT: LruHashMap<HwRateKey, HwRateState> =
     LruHashMap::with_max_entries(HW_RATE_LIMIT_ENTRIES, 0);
 
 #[tracepoint(category = "mce", name = "mce_record")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_mce_record(ctx: TracePointContext) -> u32 {
     let Some(status) = field::<u64>(&ctx, hw_config!(offsets.mce.status)) else {
         return 0;
@@ -95,7 +98,10 @@ fn hardware_mce_record(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "ras", name = "mc_event")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_mc_event(ctx: TracePointContext) -> u32 {
     let Some(error_type) = field::<u32>(&ctx, hw_config!(offsets.mc_event.error_type)) else {
         return 0;
@@ -155,7 +161,10 @@ fn hardware_mc_event(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "ras", name = "memory_failure_event")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_memory_failure(ctx: TracePointContext) -> u32 {
     let Some(pfn) = field::<u64>(&ctx, hw_config!(offsets.memory_failure.pfn)) else {
         return 0;
@@ -178,9 +187,8 @@ fn hardware_memory_failure(ctx: TracePointContext) -> u32 {
         // SAFETY: `record` points into the reserved entry (see `emit::record`).
         |record, tally| unsafe {
             (*record).pfn = pfn;
-            (*record).page_type =
-                field::<u32>(&ctx, hw_config!(offsets.memory_failure.page_type))
-                    .unwrap_or(u32::MAX);
+            (*record).page_type = field::<u32>(&ctx, hw_config!(offsets.memory_failure.page_type))
+                .unwrap_or(u32::MAX);
             (*record).result = result;
             (*record).tally = tally;
         },
@@ -189,21 +197,30 @@ fn hardware_memory_failure(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "ras", name = "aer_event")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_aer_event(ctx: TracePointContext) -> u32 {
     platform_error(&ctx, source::AER, &HW_CONFIG.offsets.aer);
     0
 }
 
 #[tracepoint(category = "ras", name = "arm_event")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_arm_event(ctx: TracePointContext) -> u32 {
     platform_error(&ctx, source::ARM, &HW_CONFIG.offsets.arm);
     0
 }
 
 #[tracepoint(category = "ras", name = "non_standard_event")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hardware_non_standard_event(ctx: TracePointContext) -> u32 {
     platform_error(&ctx, source::NON_STANDARD, &HW_CONFIG.offsets.non_standard);
     0

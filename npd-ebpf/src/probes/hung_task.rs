@@ -26,7 +26,10 @@ use crate::{
 };
 
 #[btf_tracepoint(function = "sched_process_hang")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {
@@ -55,7 +58,10 @@ fn hung_task_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn hung_task_tp(ctx: TracePointContext) -> u32 {
     count(Detector::HungTask, Counter::Hits);
     if !ratelimit::allow(Detector::HungTask) {

@@ -33,7 +33,10 @@ use crate::{
 };
 
 #[btf_tracepoint(function = "mark_victim")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn oom_btf(ctx: BtfTracePointContext) -> i32 {
     let victim: *mut task_struct = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
@@ -42,7 +45,10 @@ fn oom_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[fentry(function = "mark_oom_victim")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn oom_fentry(ctx: FEntryContext) -> u32 {
     let victim: *mut task_struct = ctx.arg(0);
     from_task(&ctx, victim as *const u8, Hook::Fentry, None);
@@ -124,8 +130,7 @@ fn victim_facts(victim: *const u8, uid: Option<u32>) -> VictimFacts {
     });
     // Per-CPU counters can fold to slightly negative values; the kernel clamps the
     // same way.
-    let kib =
-        |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
+    let kib = |pages: Option<i64>| pages.map(|p| if p < 0 { 0 } else { p as u64 * kib_per_page });
     let memory_kb = match (total_vm, kib(anon), kib(file), kib(shmem)) {
         (Some(total_vm), Some(anon), Some(file), Some(shmem)) => {
             Some([total_vm * kib_per_page, anon, file, shmem])
@@ -190,7 +195,10 @@ fn from_task<C: EbpfContext>(ctx: &C, victim: *const u8, hook: Hook, uid: Option
 }
 
 #[tracepoint]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn oom_tp(ctx: TracePointContext) -> u32 {
     count(Detector::Oom, Counter::Hits);
     let Some(pid) = field::<i32>(&ctx, config!(tracepoints.oom_pid)) else {
@@ -201,12 +209,7 @@ fn oom_tp(ctx: TracePointContext) -> u32 {
         RecordKind::OomKill,
         OOM_KILL_VERSION,
         Hook::Tracepoint,
-        thread_subject(
-            &ctx,
-            pid,
-            config!(tracepoints.oom_comm),
-            COMM_DATA_LOC_OOM,
-        ),
+        thread_subject(&ctx, pid, config!(tracepoints.oom_comm), COMM_DATA_LOC_OOM),
         |record| {
             let valid = write_facts(record, tracepoint_facts(&ctx));
             // SAFETY: `record` points into the reserved entry (see `emit::record`).

@@ -20,7 +20,10 @@ use crate::{
 };
 
 #[fentry(function = "oops_enter")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn oops_fentry(ctx: FEntryContext) -> u32 {
     // An oops is rare and grave: never rate-limited.
     report(&ctx, RecordKind::KernelOops, 0, 0);
@@ -30,7 +33,10 @@ fn oops_fentry(ctx: FEntryContext) -> u32 {
 /// `__warn(const char *file, int line, void *caller, unsigned taint, struct pt_regs *regs,
 /// struct warn_args *args)`.
 #[fentry(function = "__warn")]
-#[expect(clippy::needless_pass_by_value, reason = "aya's macros pass ctx by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros pass ctx by value"
+)]
 fn warn_fentry(ctx: FEntryContext) -> u32 {
     count(Detector::Oops, Counter::Hits);
     if !ratelimit::allow(Detector::Oops) {
